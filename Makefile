@@ -1,0 +1,33 @@
+# Set-up and everyday commands. `make demo` is the main job, `make test` the test suite.
+PY ?= python3
+PIP = $(PY) -m pip install --quiet --disable-pip-version-check
+# torch is installed first: the CPU build 2.13.0 where no NVIDIA GPU is visible (it avoids
+# gigabytes of CUDA wheels), the normal (CUDA) build from PyPI where `nvidia-smi` works.
+TORCH_CPU = torch==2.13.0
+
+.PHONY: install test demo schema bench clean
+
+install:
+	@if $(PY) -c "import torch" 2>/dev/null; then \
+	  echo "torch $$($(PY) -c 'import torch; print(torch.__version__)') already installed"; \
+	elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+	  $(PIP) torch; \
+	else \
+	  $(PIP) $(TORCH_CPU); \
+	fi
+	$(PIP) -e ".[test]"
+
+test: install
+	$(PY) -m pytest -q
+
+demo: install
+	simformer split --dataset synthetic --out runs/syn/split.zarr
+
+schema: install
+	simformer schema --out manifests
+
+bench: install
+	$(PY) benchmarks/split_ingest.py --out BENCHMARKS.md
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,77 @@
+"""The manifest header every artifact carries, and the pieces it is made of.
+
+Each stage defines its own manifest as a subclass of :class:`ManifestBase` with a literal ``kind``,
+its own ``params`` and ``summary`` models and any kind-specific fields. All models are frozen and
+forbid unknown fields, so a hand-edited or foreign manifest fails validation instead of being
+half-understood.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from simformer_cli import __version__
+
+ArtifactKind = Literal["split", "model", "predictions", "pseudolabels", "metrics"]
+
+
+class Frozen(BaseModel):
+    """Base of every manifest model: immutable, unknown fields rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ArtifactRef(Frozen):
+    """An input artifact: where it was and the digest of its manifest when it was read."""
+
+    path: str
+    kind: ArtifactKind
+    digest: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+
+
+class DatasetFingerprint(Frozen):
+    """Identity of raw dataset files: which reader, which layout, and a digest of every file's bytes."""
+
+    name: str
+    layout: str
+    files: int = Field(ge=0)
+    digest: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+
+
+class Inputs(Frozen):
+    artifacts: dict[str, ArtifactRef] = Field(default_factory=dict)
+    dataset: DatasetFingerprint | None = None
+
+
+class ArraySpec(Frozen):
+    """Shape and dtype an array must have for the artifact to be complete."""
+
+    shape: list[int]
+    dtype: str
+
+
+class Provenance(Frozen):
+    """Where and how the artifact was made; informative only, not part of the digest."""
+
+    command: list[str] = Field(default_factory=list)
+    dataset_root: str | None = None
+    host: str | None = None
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+class ManifestBase(Frozen):
+    """Common header. Subclasses narrow ``kind`` and add ``params`` and ``summary``."""
+
+    kind: ArtifactKind
+    schema_version: int
+    created_at: datetime = Field(default_factory=utc_now)
+    tool_version: str = __version__
+    inputs: Inputs = Field(default_factory=Inputs)
+    arrays: dict[str, ArraySpec] = Field(default_factory=dict)
+    provenance: Provenance = Field(default_factory=Provenance)

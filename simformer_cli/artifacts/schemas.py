@@ -1,0 +1,17 @@
+"""JSON Schema of every manifest kind, as checked into ``manifests/``."""
+
+from __future__ import annotations
+
+import json
+
+from simformer_cli.artifacts.split_manifest import SplitManifest
+
+MANIFEST_MODELS = {"split": SplitManifest}
+
+
+def schema_files() -> dict[str, str]:
+    """File name -> JSON Schema text, one file per artifact kind."""
+    return {
+        f"{kind}.schema.json": json.dumps(model.model_json_schema(), indent=2, sort_keys=True) + "\n"
+        for kind, model in MANIFEST_MODELS.items()
+    }

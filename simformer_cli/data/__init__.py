@@ -1,0 +1,1 @@
+"""Dataset readers, the synthetic generator, and the training data path."""

@@ -1,0 +1,202 @@
+"""Reading a raw dataset into a split artifact, on every core.
+
+Two passes over the files. The scan hashes every file (the dataset fingerprint that decides whether
+an existing split is up to date) and reads image sizes from headers (to lay out the arrays). The
+ingest decodes and validates every image and label and writes whole shards, one worker per shard,
+so the bytes written do not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from collections import Counter
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import zarr
+from PIL import Image, UnidentifiedImageError
+
+from simformer_cli.data.source import Sample
+from simformer_cli.data.split_store import AUDIT_LABELS, SubsetLayout, write_shard_block
+from simformer_cli.errors import DataError
+
+Progress = Callable[[int], None]
+SCAN_BATCH = 256
+
+
+def default_workers() -> int:
+    return max(1, min(len(os.sched_getaffinity(0)), 8))
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError:
+        raise DataError(path, "file is missing", "restore it or remove it from the dataset") from None
+    except OSError as exc:
+        raise DataError(path, f"cannot be read ({exc.strerror or exc})") from None
+    return digest.hexdigest()
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(path, f"not a readable image ({exc})", "re-download or delete the file") from None
+    if width == 0 or height == 0:
+        raise DataError(path, "image is empty (0 pixels)")
+    return height, width
+
+
+def _scan_batch(
+    root: Path, samples: Sequence[Sample], skip: frozenset[str]
+) -> tuple[list[tuple[int, int]], list[tuple[str, str]]]:
+    sizes, digests = [], []
+    for sample in samples:
+        files = sample.files()
+        sizes.append(_image_size(root / files[0]))
+        digests.extend((rel, _file_digest(root / rel)) for rel in files if rel not in skip)
+    return sizes, digests
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    staging: Path
+    root: Path
+    layout: SubsetLayout
+    start: int
+    samples: tuple[Sample, ...]
+    lut: np.ndarray
+    ignore_index: int
+    num_classes: int
+    novel_classes: tuple[int, ...]
+    expected_sizes: np.ndarray
+    keep_audit: bool
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    start: int
+    image_labels: np.ndarray  # (n, K) bool
+    pixel_counts: np.ndarray  # (K + 1,) int64, last entry = ignore
+
+
+def _ingest_shard(task: ShardTask) -> ShardResult:
+    group = zarr.open_group(store=str(task.staging), mode="r+")
+    subset = task.layout.subset
+    weak_lut = np.arange(task.ignore_index + 1, dtype=np.int64)
+    weak_lut[list(task.novel_classes)] = task.ignore_index
+    images, stored_labels, full_labels = [], [], []
+    image_labels = np.zeros((len(task.samples), task.num_classes), dtype=bool)
+    pixel_counts = np.zeros(task.num_classes + 1, dtype=np.int64)
+    for k, sample in enumerate(task.samples):
+        decoded = sample.decode(task.root, task.lut, task.ignore_index)
+        if decoded.label is None:
+            raise DataError(task.root / sample.files()[0], "has no label; every image of a split needs one")
+        if tuple(decoded.image.shape[:2]) != tuple(task.expected_sizes[k]):
+            raise DataError(task.root / sample.files()[0], "changed while it was being read; rerun split")
+        counts = np.bincount(decoded.label.ravel(), minlength=task.ignore_index + 1)
+        image_labels[k] = counts[: task.num_classes] > 0
+        pixel_counts[: task.num_classes] += counts[: task.num_classes]
+        pixel_counts[-1] += counts[task.ignore_index]
+        images.append(decoded.image)
+        full_labels.append(decoded.label)
+        if subset == "train":
+            stored_labels.append(weak_lut[decoded.label].astype(decoded.label.dtype))
+        else:
+            stored_labels.append(decoded.label)
+    write_shard_block(group[f"{subset}/images"], task.start, images, 0)
+    write_shard_block(group[f"{subset}/labels"], task.start, stored_labels, task.ignore_index)
+    if subset == "train" and task.keep_audit:
+        write_shard_block(group[AUDIT_LABELS], task.start, full_labels, task.ignore_index)
+    return ShardResult(task.start, image_labels, pixel_counts)
+
+
+class WorkerPool:
+    """A process pool (spawned, so no forked zarr threads) or, with one worker, plain calls."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._executor = (
+            ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) if workers > 1 else None
+        )
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def run(self, fn: Callable, jobs: Sequence, on_done: Callable[[object, object], None]) -> None:
+        """Run ``fn(job)`` for every job; ``on_done(job, result)`` in the parent as each finishes."""
+        if self._executor is None:
+            for job in jobs:
+                on_done(job, fn(job))
+            return
+        futures: dict[Future, object] = {self._executor.submit(fn, job): job for job in jobs}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for future in done:
+                if future.exception() is not None:
+                    for other in pending:
+                        other.cancel()
+                    raise future.exception()  # type: ignore[misc]
+                on_done(futures[future], future.result())
+
+
+def scan(
+    pool: WorkerPool, root: Path, samples: Sequence[Sample], progress: Progress
+) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Sizes (N, 2) of every image and (relative path, sha256) of every file.
+
+    A file several samples share (an annotation JSON) is hashed once, here, not once per sample.
+    """
+    uses = Counter(rel for sample in samples for rel in sample.files())
+    shared = frozenset(rel for rel, count in uses.items() if count > 1)
+    shared_digests = [(rel, _file_digest(root / rel)) for rel in sorted(shared)]
+    batches = [(start, tuple(samples[start : start + SCAN_BATCH])) for start in range(0, len(samples), SCAN_BATCH)]
+    results: dict[int, tuple[list, list]] = {}
+
+    def done(batch: object, result: object) -> None:
+        start, members = batch  # type: ignore[misc]
+        results[start] = result  # type: ignore[assignment]
+        progress(len(members))
+
+    pool.run(_ScanJob(root, shared), batches, done)
+    sizes: list[tuple[int, int]] = []
+    digests: list[tuple[str, str]] = list(shared_digests)
+    for start in sorted(results):
+        sizes.extend(results[start][0])
+        digests.extend(results[start][1])
+    return np.asarray(sizes, dtype=np.int32).reshape(-1, 2), digests
+
+
+@dataclass(frozen=True)
+class _ScanJob:
+    root: Path
+    skip: frozenset[str]
+
+    def __call__(self, batch: tuple[int, Sequence[Sample]]) -> tuple[list, list]:
+        return _scan_batch(self.root, batch[1], self.skip)
+
+
+def ingest_subset(pool: WorkerPool, tasks: list[ShardTask], progress: Progress) -> list[ShardResult]:
+    results: list[ShardResult] = []
+
+    def done(task: object, result: object) -> None:
+        results.append(result)  # type: ignore[arg-type]
+        progress(len(task.samples))  # type: ignore[attr-defined]
+
+    pool.run(_ingest_shard, tasks, done)
+    return sorted(results, key=lambda r: r.start)

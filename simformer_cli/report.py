@@ -1,0 +1,30 @@
+"""Short human summaries printed at the end of a stage (stderr)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+
+from simformer_cli.artifacts.split_manifest import SplitManifest
+from simformer_cli.console import stderr
+
+
+def _names(manifest: SplitManifest, ids: list[int], limit: int = 12) -> str:
+    names = [manifest.class_names[i] for i in ids]
+    more = f", ... (+{len(names) - limit})" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def print_split_summary(manifest: SplitManifest, path: Path, digest: str) -> None:
+    table = Table(title=f"split {path}", title_justify="left")
+    for column in ("subset", "images", "canvas", "base px", "novel px", "ignore px"):
+        table.add_column(column, justify="right" if column != "subset" else "left")
+    for subset, info in manifest.summary.subsets.items():
+        table.add_row(subset, str(info.images), f"{info.canvas[0]}x{info.canvas[1]}",
+                      f"{info.base_share:.1%}", f"{info.novel_share:.1%}", f"{info.ignore_share:.1%}")
+    stderr.print(table)
+    stderr.print(f"classes: {len(manifest.class_names)} ({len(manifest.base_classes)} base, "
+                 f"{len(manifest.novel_classes)} novel)", markup=False)
+    stderr.print(f"novel: {_names(manifest, manifest.novel_classes)}", markup=False)
+    stderr.print(f"digest: {digest}", markup=False)

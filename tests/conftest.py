@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny datasets built on the fly, and a way to run the CLI in-process."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from simformer_cli.cli import run
+
+CLASS_NAMES = ["background", "sky", "road", "car", "person", "tree"]
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run ``simformer ARGS`` in-process; returns exit code, stdout and stderr."""
+
+    def invoke(*args: str) -> CliResult:
+        capsys.readouterr()
+        code = run([str(a) for a in args])
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return invoke
+
+
+def write_png(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def label_map(rng: np.random.Generator, height: int, width: int, num_classes: int) -> np.ndarray:
+    """Blocky label map with a few classes and an unlabelled stripe."""
+    label = np.zeros((height, width), dtype=np.uint8)
+    for class_id in rng.choice(np.arange(1, num_classes), size=3, replace=False):
+        y, x = rng.integers(0, height // 2), rng.integers(0, width // 2)
+        label[y : y + height // 2, x : x + width // 2] = class_id
+    label[:, width // 2] = 255
+    return label
+
+
+def make_folder_dataset(
+    root: Path, *, sizes: dict[str, list[tuple[int, int]]] | None = None, seed: int = 0, jpeg: bool = False
+) -> Path:
+    """A small dataset in the documented folder format, images of mixed sizes."""
+    rng = np.random.default_rng(seed)
+    sizes = sizes or {"train": [(24, 32), (30, 20), (16, 16), (40, 28)], "val": [(20, 36), (32, 32)]}
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "classes.json").write_text(json.dumps({"classes": CLASS_NAMES, "always_base": ["background"]}))
+    for subset, shapes in sizes.items():
+        for i, (h, w) in enumerate(shapes):
+            label = label_map(rng, h, w, len(CLASS_NAMES))
+            image = (rng.integers(0, 255, (h, w, 3))).astype(np.uint8)
+            suffix = ".jpg" if jpeg else ".png"
+            write_png(root / "images" / subset / f"img{i:03d}{suffix}", image)
+            write_png(root / "labels" / subset / f"img{i:03d}.png", label)
+    return root
+
+
+@pytest.fixture
+def folder_dataset(tmp_path: Path) -> Path:
+    return make_folder_dataset(tmp_path / "data")

@@ -1,0 +1,109 @@
+"""The split stage end to end on a tiny folder dataset: contents, determinism, skipping, refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from simformer_cli.artifacts.store import read_manifest
+from simformer_cli.artifacts.split_manifest import SplitManifest
+from simformer_cli.data.split_store import SplitArtifact, read_audit_label
+from simformer_cli.pipeline.split import run_split
+
+from conftest import CLASS_NAMES, make_folder_dataset
+
+
+def tree_bytes(path: Path) -> dict[str, bytes]:
+    """Every file of an artifact except the manifest (whose created_at differs between runs)."""
+    return {
+        str(p.relative_to(path)): p.read_bytes()
+        for p in sorted(path.rglob("*"))
+        if p.is_file() and p.name != "manifest.json"
+    }
+
+
+def test_split_contents_round_trip_at_original_resolution(folder_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "split.zarr"
+    result = run_split(dataset="folder", root=folder_dataset, out=out, novel_classes="car,person", workers=1)
+    manifest = result.manifest
+    assert manifest.novel_classes == [3, 4]
+    assert manifest.base_classes == [0, 1, 2, 5]
+    assert manifest.class_names == CLASS_NAMES
+    split = SplitArtifact(out)
+    for subset in ("train", "val"):
+        names = split.names(subset)
+        assert split.count(subset) == len(names)
+        for i, name in enumerate(names):
+            image = np.asarray(Image.open(folder_dataset / "images" / subset / f"{name}.png"))
+            full = np.asarray(Image.open(folder_dataset / "labels" / subset / f"{name}.png"))
+            assert np.array_equal(split.image(subset, i), image)
+            stored = split.label(subset, i)
+            assert stored.shape == full.shape
+            if subset == "val":
+                assert np.array_equal(stored, full)
+            else:
+                expected = full.copy()
+                expected[np.isin(full, [3, 4])] = 255
+                assert np.array_equal(stored, expected)
+                assert np.array_equal(read_audit_label(split, i), full)
+            present = [c for c in range(len(CLASS_NAMES)) if (full == c).any()]
+            assert np.flatnonzero(split.image_labels(subset)[i]).tolist() == present
+
+
+def test_same_inputs_same_bytes_and_digest(folder_dataset: Path, tmp_path: Path) -> None:
+    first = run_split(dataset="folder", root=folder_dataset, out=tmp_path / "a.zarr", seed=3, workers=1)
+    second = run_split(dataset="folder", root=folder_dataset, out=tmp_path / "b.zarr", seed=3, workers=2)
+    assert first.digest == second.digest
+    assert tree_bytes(tmp_path / "a.zarr") == tree_bytes(tmp_path / "b.zarr")
+
+
+def test_rerun_skips_and_changed_file_rebuilds(folder_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "split.zarr"
+    first = run_split(dataset="folder", root=folder_dataset, out=out, workers=1)
+    again = run_split(dataset="folder", root=folder_dataset, out=out, workers=1)
+    assert again.skipped and again.digest == first.digest
+    label_path = folder_dataset / "labels" / "train" / "img000.png"
+    label = np.asarray(Image.open(label_path)).copy()
+    label[0, 0] = 5 if label[0, 0] != 5 else 1
+    Image.fromarray(label).save(label_path)
+    changed = run_split(dataset="folder", root=folder_dataset, out=out, workers=1)
+    assert not changed.skipped and changed.digest != first.digest
+    assert read_manifest(out, SplitManifest)[1] == changed.digest
+
+
+def test_ratio_split_never_draws_always_base(folder_dataset: Path, tmp_path: Path) -> None:
+    for seed in range(8):
+        result = run_split(dataset="folder", root=folder_dataset, out=tmp_path / f"s{seed}.zarr",
+                           ratio="1:1", seed=seed, workers=1)
+        assert 0 not in result.manifest.novel_classes
+        assert len(result.manifest.novel_classes) == 3
+
+
+def test_summary_shares_add_up(folder_dataset: Path, tmp_path: Path) -> None:
+    manifest = run_split(dataset="folder", root=folder_dataset, out=tmp_path / "s.zarr", workers=1).manifest
+    for info in manifest.summary.subsets.values():
+        assert abs(info.base_share + info.novel_share + info.ignore_share - 1) < 1e-4
+        assert info.ignore_share > 0
+    assert sum(manifest.summary.train_images_per_class) > 0
+
+
+def test_cli_json_prints_only_the_manifest(cli, folder_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "split.zarr"
+    result = cli("split", "--dataset", "folder", "--root", folder_dataset, "--novel-classes", "3,tree",
+                 "--out", out, "--workers", "1", "--json")
+    assert result.code == 0, result.err
+    manifest = json.loads(result.out)
+    assert manifest["kind"] == "split"
+    assert manifest["novel_classes"] == [3, 5]
+    assert "novel: car, tree" in result.err
+
+
+def test_mixed_sizes_jpeg_dataset(tmp_path: Path) -> None:
+    root = make_folder_dataset(tmp_path / "jpg", jpeg=True,
+                               sizes={"train": [(50, 70), (64, 33)], "val": [(17, 90)]})
+    split = SplitArtifact(run_split(dataset="folder", root=root, out=tmp_path / "s.zarr", workers=1).path)
+    assert split.sizes("train").tolist() == [[50, 70], [64, 33]]
+    assert split.image("val", 0).shape == (17, 90, 3)
