@@ -107,3 +107,39 @@ def test_mixed_sizes_jpeg_dataset(tmp_path: Path) -> None:
     split = SplitArtifact(run_split(dataset="folder", root=root, out=tmp_path / "s.zarr", workers=1).path)
     assert split.sizes("train").tolist() == [[50, 70], [64, 33]]
     assert split.image("val", 0).shape == (17, 90, 3)
+
+
+def test_official_splits_through_the_cli(cli, tmp_path: Path) -> None:
+    from test_datasets_real_formats import make_ade, make_coco_converted, make_coco_release
+
+    from simformer_cli.data.official_splits import official_novel_classes
+
+    ade_root = tmp_path / "ade"
+    make_ade(ade_root, "release")
+    result = cli("split", "--dataset", "ade20k", "--root", ade_root, "--official-split", "1",
+                 "--out", tmp_path / "ade.zarr", "--workers", "1", "--json")
+    assert result.code == 0, result.err
+    manifest = json.loads(result.out)
+    assert manifest["novel_classes"] == list(official_novel_classes("ade20k", 1))
+    assert len(manifest["class_names"]) == 150 and manifest["class_names"][1] == "building"
+    for make in (make_coco_converted, make_coco_release):
+        root = tmp_path / make.__name__
+        make(root)
+        result = cli("split", "--dataset", "coco-stuff-10k", "--root", root, "--official-split", "3",
+                     "--out", tmp_path / f"{make.__name__}.zarr", "--workers", "1", "--json")
+        assert result.code == 0, result.err
+        manifest = json.loads(result.out)
+        assert manifest["novel_classes"] == list(official_novel_classes("coco-stuff-10k", 3))
+        assert len(manifest["class_names"]) == 171
+
+
+def test_default_root_from_environment(cli, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    from test_datasets_real_formats import make_ade
+
+    make_ade(tmp_path / "envroot", "release")
+    monkeypatch.setenv("SIMFORMER_DATASETS", str(tmp_path / "envroot"))
+    monkeypatch.chdir(tmp_path)
+    result = cli("split", "--dataset", "ade20k", "--ratio", "3:1", "--seed", "2", "--workers", "1", "--json")
+    assert result.code == 0, result.err
+    assert (tmp_path / "runs" / "ade20k-r3-1-s2" / "split.zarr" / "manifest.json").is_file()
+    assert len(json.loads(result.out)["novel_classes"]) == 38
