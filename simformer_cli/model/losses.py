@@ -1,0 +1,89 @@
+"""Pure loss functions of the SimFormer objective (method reference sections 4.3-4.6).
+
+No state, no randomness, no matching: each takes tensors and returns a loss, so each can be
+checked against hand-computed values.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """Focal loss per mask, averaged over pixels: (N, P) logits, (N, P) targets in [0, 1] -> (N,).
+
+    FL = alpha_t * (1 - p_t)^gamma * BCE, with p_t the probability given to the true label and
+    alpha_t = alpha on positives, 1 - alpha on negatives (Lin et al., as in DETR/MaskFormer).
+    """
+    prob = logits.sigmoid()
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_true = prob * targets + (1 - prob) * (1 - targets)
+    alpha_true = alpha * targets + (1 - alpha) * (1 - targets)
+    return (alpha_true * (1 - p_true) ** gamma * bce).mean(-1)
+
+
+def dice_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """1 - (2 sum(sigma(m) M) + 1) / (sum sigma(m) + sum M + 1) per mask: (N, P), (N, P) -> (N,)."""
+    prob = logits.sigmoid()
+    numerator = 2 * (prob * targets).sum(-1)
+    denominator = prob.sum(-1) + targets.sum(-1)
+    return 1 - (numerator + 1) / (denominator + 1)
+
+
+def complementary_loss(
+    novel_mask_logits: Tensor,
+    non_base: Tensor,
+    *,
+    floor_logit: float,
+    focal_weight: float,
+    dice_weight: float,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+) -> Tensor:
+    """The union of the novel-matched masks must cover exactly the non-base, non-padding region.
+
+    novel_mask_logits (N, H, W): logits of the queries matched to maskless targets of one image
+    (N may be 0); non_base (H, W) bool: not base and not padding. The union is the pixel-wise max
+    of the logits and of a constant floor (sigmoid(-2.9444) = 0.05): on base pixels the loss stops
+    pushing once every novel mask is below the floor, so novel masks are not driven to -inf there.
+    Returns focal_weight * focal + dice_weight * dice, a scalar.
+    """
+    floor = torch.full(non_base.shape, floor_logit, dtype=novel_mask_logits.dtype, device=non_base.device)
+    union = torch.cat((novel_mask_logits, floor[None])).amax(dim=0)
+    union, target = union.flatten()[None], non_base.flatten()[None].to(union.dtype)
+    focal = sigmoid_focal_loss(union, target, alpha, gamma)
+    return (focal_weight * focal + dice_weight * dice_loss(union, target)).squeeze(0)
+
+
+def balanced_binary_cross_entropy(
+    log_probs: Tensor, same: Tensor, valid: Tensor, positive_weight: float, negative_weight: float
+) -> Tensor:
+    """Class-balanced BCE of the similarity net over valid pairs.
+
+    log_probs (N, 2): log P(different), log P(same); same (N,) bool: the two pixels share a base
+    class; valid (N,) bool. Sum of valid * w_y * BCE divided by the number of valid pairs (a
+    zero that still carries a graph when there is none).
+    """
+    nll = -torch.where(same, log_probs[:, 1], log_probs[:, 0])
+    weights = torch.where(same, positive_weight, negative_weight) * valid.to(nll.dtype)
+    return (weights * nll).sum() / valid.sum().clamp(min=1e-5)
+
+
+def distillation_loss(teacher: Tensor, student: Tensor, kind: Literal["cce", "ce"]) -> Tensor:
+    """Mean over all pairs of the loss pulling student similarity u towards teacher t, both in [0, 1].
+
+    - ``cce``: -relu(t - 0.5) * log(1 + u) - relu(0.5 - t) * log(2 - u). Only t's side of 0.5
+      matters, with strength |t - 0.5|; an unsure teacher (t near 0.5) asks for nothing.
+    - ``ce``: t and u clamped to [0.01, 0.99], then -t log u - (1 - t) log(1 - u).
+    """
+    if kind == "cce":
+        pull_up = F.relu(teacher - 0.5) * torch.log1p(student)
+        push_down = F.relu(0.5 - teacher) * torch.log(2 - student)
+        return -(pull_up + push_down).mean()
+    teacher = teacher.clamp(0.01, 0.99)
+    student = student.clamp(0.01, 0.99)
+    return -(teacher * student.log() + (1 - teacher) * (1 - student).log()).mean()

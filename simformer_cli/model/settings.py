@@ -1,0 +1,135 @@
+"""Typed settings of the segmentation model and of its training objective, plus the two presets.
+
+``ModelSettings`` fixes the network (what a checkpoint needs to be rebuilt); ``LossSettings`` fixes
+the SimFormer objective (what a training run needs besides the network). Both are frozen pydantic
+models with ``extra="forbid"`` so a typo in a manifest is an error, not a silently ignored key.
+Defaults follow the official ADE20K configuration (section 4 of the method reference); COCO-Stuff-10K
+uses ``complementary_weight=0.15`` and ``distill_weight=0.1``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ModelSettings(BaseModel):
+    """Shape of a MaskFormer: backbone, FPN pixel decoder and DETR transformer decoder."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_classes: int = Field(ge=1, description="K, the number of real classes (no-object excluded)")
+    backbone: Literal["resnet50", "resnet101", "tiny"] = "resnet50"
+    # FrozenBN is right with ImageNet weights; from-scratch ResNets need live batch statistics.
+    backbone_norm: Literal["frozen_bn", "batch_norm"] = "frozen_bn"
+    tiny_channels: tuple[int, int, int, int] = (16, 32, 64, 128)
+    conv_dim: int = Field(256, ge=8, description="channels inside the FPN pixel decoder")
+    mask_dim: int = Field(256, ge=8, description="channels of the stride-4 mask features")
+    norm_groups: int = Field(32, ge=1, description="GroupNorm groups in the pixel decoder")
+    hidden_dim: int = Field(256, ge=8)
+    num_queries: int = Field(100, ge=1)
+    dec_layers: int = Field(6, ge=1)
+    nheads: int = Field(8, ge=1)
+    dim_feedforward: int = Field(2048, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _check_divisibility(self) -> ModelSettings:
+        if self.hidden_dim % self.nheads:
+            raise ValueError(f"hidden_dim {self.hidden_dim} is not divisible by nheads {self.nheads}")
+        if self.hidden_dim % 2:
+            raise ValueError("hidden_dim must be even (half of it encodes y, half x)")
+        if self.conv_dim % self.norm_groups:
+            raise ValueError(f"conv_dim {self.conv_dim} is not divisible by norm_groups {self.norm_groups}")
+        if self.backbone == "tiny" and any(c % 8 for c in self.tiny_channels):
+            raise ValueError("tiny_channels must be multiples of 8 (GroupNorm with 8 groups)")
+        return self
+
+
+class LossSettings(BaseModel):
+    """Weights and switches of the SimFormer objective (method reference, sections 4.1-4.7)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Hungarian matching cost (section 4.1).
+    match_class_weight: float = Field(1.0, ge=0.0)
+    match_focal_weight: float = Field(20.0, ge=0.0)
+    match_dice_weight: float = Field(1.0, ge=0.0)
+    # Set prediction losses (sections 4.2, 4.3); every decoder layer.
+    class_weight: float = Field(1.0, ge=0.0)
+    mask_focal_weight: float = Field(20.0, ge=0.0)
+    dice_weight: float = Field(1.0, ge=0.0)
+    no_object_weight: float = Field(0.1, ge=0.0)
+    focal_alpha: float = Field(0.25, ge=0.0, le=1.0)
+    focal_gamma: float = Field(2.0, ge=0.0)
+    deep_supervision: bool = True
+    # Complementary loss (section 4.4); every decoder layer.
+    complementary: bool = True
+    complementary_weight: float = Field(0.2, ge=0.0)
+    complementary_floor_logit: float = -2.9444
+    # Pixel-pixel similarity net and its base loss (section 4.5); final layer, image pairs.
+    similarity: bool = True
+    sim_weight: float = Field(1.0, ge=0.0)
+    base_points: int = Field(100, ge=2)
+    base_positive_points: int = Field(80, ge=1)
+    balance_window: int = Field(25, ge=1, description="iterations in the class-balance running counts")
+    # Distillation of the similarity net into novel-class score vectors (section 4.6).
+    distillation: bool = True
+    distill_weight: float = Field(0.5, ge=0.0)
+    distill_loss: Literal["cce", "ce"] = "cce"
+    distill_pairs: Literal["cross_image", "intra_image_released"] = "cross_image"
+    novel_points: int = Field(100, ge=1)
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> LossSettings:
+        if self.base_positive_points >= self.base_points:
+            raise ValueError("base_positive_points must be smaller than base_points")
+        if self.distillation and not self.similarity:
+            raise ValueError("distillation needs similarity=True: the similarity net is its teacher")
+        return self
+
+    @property
+    def needs_pairs(self) -> bool:
+        """Whether the batch must be laid out as consecutive image pairs [a0, b0, a1, b1, ...]."""
+        return self.similarity
+
+
+def tiny_model_settings(num_classes: int) -> ModelSettings:
+    """A MaskFormer small enough for a training step well under a second on two CPU cores.
+
+    Batch 8 at 128x128: a 4-stage conv backbone (16/32/64/128 channels), 64-d features,
+    3 decoder layers and 16 queries. Dropout is off because tiny runs are too short to need it.
+    """
+    return ModelSettings(
+        num_classes=num_classes,
+        backbone="tiny",
+        tiny_channels=(16, 32, 64, 128),
+        conv_dim=64,
+        mask_dim=64,
+        norm_groups=8,
+        hidden_dim=64,
+        num_queries=16,
+        dec_layers=3,
+        nheads=4,
+        dim_feedforward=128,
+        dropout=0.0,
+    )
+
+
+def paper_model_settings(num_classes: int) -> ModelSettings:
+    """The published configuration: ResNet-50, 256-d, 6 decoder layers, 100 queries, 8 heads."""
+    return ModelSettings(
+        num_classes=num_classes,
+        backbone="resnet50",
+        backbone_norm="frozen_bn",
+        conv_dim=256,
+        mask_dim=256,
+        norm_groups=32,
+        hidden_dim=256,
+        num_queries=100,
+        dec_layers=6,
+        nheads=8,
+        dim_feedforward=2048,
+        dropout=0.1,
+    )

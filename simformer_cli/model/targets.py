@@ -1,0 +1,101 @@
+"""What the criterion is told about one training image, and how to build it from a label map.
+
+Target format (one ``ImageTargets`` per image of the batch, all at input resolution H x W, i.e.
+the padded crop the network sees):
+
+- ``classes``  int64 (T,): class id of each target, 0 <= id < K. One target per class present.
+- ``masks``    bool (T, H, W): the target's pixels; an all-zero row for a target without a mask.
+- ``has_mask`` bool (T,): True for targets with a pixel mask (base classes in weak-shot training,
+  every class when retraining on pseudo labels), False for targets known only from the
+  image-level label (novel classes). The matcher and the losses use this flag, never "is the
+  mask empty", so a base region that vanishes under downsampling keeps its mask cost.
+- ``base_label`` int64 (H, W): the base class id on base pixels, ``NOT_BASE`` (-1) elsewhere
+  (novel, unlabelled and padding pixels alike). This is the only pixel map the similarity
+  losses read: novel pixel identities are never needed, and never provided.
+- ``pad``      bool (H, W): True on padding added to reach the crop size.
+- ``image_classes`` int64 (C,): the sorted image-level label set (base and novel ids).
+
+Targets may come in any order; matching returns indices into this order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+NOT_BASE = -1
+
+
+@dataclass(frozen=True)
+class ImageTargets:
+    classes: Tensor
+    masks: Tensor
+    has_mask: Tensor
+    base_label: Tensor
+    pad: Tensor
+    image_classes: Tensor
+
+    def to(self, device: torch.device | str) -> ImageTargets:
+        return ImageTargets(**{name: getattr(self, name).to(device) for name in self.__dataclass_fields__})
+
+    def validate(self) -> None:
+        """Raise ValueError when shapes or dtypes break the format above."""
+        count = self.classes.shape[0]
+        size = tuple(self.base_label.shape)
+        checks = [
+            (self.classes.dtype == torch.int64 and self.classes.dim() == 1, "classes must be int64 (T,)"),
+            (self.masks.dtype == torch.bool and tuple(self.masks.shape) == (count, *size),
+             f"masks must be bool (T, H, W) = ({count}, {size[0]}, {size[1]})"),
+            (self.has_mask.dtype == torch.bool and tuple(self.has_mask.shape) == (count,),
+             "has_mask must be bool (T,)"),
+            (self.base_label.dtype == torch.int64 and self.base_label.dim() == 2, "base_label must be int64 (H, W)"),
+            (self.pad.dtype == torch.bool and tuple(self.pad.shape) == size, "pad must be bool (H, W)"),
+            (self.image_classes.dtype == torch.int64 and self.image_classes.dim() == 1,
+             "image_classes must be int64 (C,)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"bad ImageTargets: {message}")
+        if bool(self.masks[~self.has_mask].any()):
+            raise ValueError("bad ImageTargets: a target with has_mask=False has mask pixels")
+
+
+def targets_from_label_map(
+    label_map: Tensor,
+    pad: Tensor,
+    *,
+    base_classes: Iterable[int],
+    maskless_classes: Iterable[int],
+    ignore_index: int,
+) -> ImageTargets:
+    """Targets of one crop from its label map (H, W) and pad map (H, W).
+
+    Every class with pixels in ``label_map`` becomes a target with a mask. Each class of
+    ``maskless_classes`` without pixels becomes a target without a mask. Weak-shot training passes
+    the weak label map (base pixels only; novel pixels are ``ignore_index``) and the image-level
+    novel classes as ``maskless_classes``; retraining passes the pseudo-label map and no maskless
+    classes. Base classes absent from the crop are simply absent: their pixels are known.
+    """
+    label_map, pad = label_map.long(), pad.bool()
+    device = label_map.device
+    present = [c for c in torch.unique(label_map).tolist() if c != ignore_index]
+    maskless = sorted(set(int(c) for c in maskless_classes) - set(present))
+    classes = torch.tensor(present + maskless, dtype=torch.int64, device=device)
+    masks = torch.zeros((len(classes), *label_map.shape), dtype=torch.bool, device=device)
+    if present:
+        masks[: len(present)] = label_map[None] == classes[: len(present), None, None]
+    has_mask = torch.arange(len(classes), device=device) < len(present)
+    base = torch.tensor(sorted(set(int(c) for c in base_classes)), dtype=torch.int64, device=device)
+    is_base = torch.isin(label_map, base) & ~pad
+    base_label = torch.where(is_base, label_map, torch.full_like(label_map, NOT_BASE))
+    return ImageTargets(
+        classes=classes,
+        masks=masks,
+        has_mask=has_mask,
+        base_label=base_label,
+        pad=pad,
+        image_classes=torch.unique(classes),
+    )
