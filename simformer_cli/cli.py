@@ -70,8 +70,7 @@ def split(
     from simformer_cli.pipeline.split import run_split
     from simformer_cli.report import print_split_summary
 
-    if dataset not in ("synthetic", "ade20k", "coco-stuff-10k", "folder"):
-        raise UserError(f"--dataset {dataset!r}: expected synthetic, ade20k, coco-stuff-10k or folder")
+    _choice("--dataset", dataset, ("synthetic", "ade20k", "coco-stuff-10k", "folder"))
     synthetic = _synthetic_settings(synthetic_train, synthetic_val, synthetic_size, synthetic_seed)
     result = run_split(
         dataset=dataset,  # type: ignore[arg-type]
@@ -93,6 +92,90 @@ def _synthetic_settings(train: int | None, val: int | None, size: int | None, se
         return SyntheticSettings(**overrides)
     except ValueError as exc:
         raise UserError(f"synthetic settings: {exc.errors()[0]['msg'] if hasattr(exc, 'errors') else exc}") from None
+
+
+@app.command()
+def train(
+    split: Annotated[Path, typer.Option(help="Split artifact to train on.")],
+    out: Annotated[Optional[Path], typer.Option(help="Output model artifact (default: beside the split, model.zarr).")] = None,
+    preset: Annotated[str, typer.Option(help="tiny (CPU minutes) | paper (ResNet-50, GPUs).")] = "tiny",
+    iters: Annotated[Optional[int], typer.Option(help="Training steps (default: the preset's).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Global batch: images per step over all devices.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Base learning rate (default: the preset's).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of initialisation, data order and augmentation.")] = None,
+    checkpoint_every: Annotated[int, typer.Option(help="Write a resumable checkpoint every N steps.")] = 100,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint of this run.")] = False,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 0,
+    backbone_weights: Annotated[Optional[Path], typer.Option(help="Local torchvision-layout ResNet weights (.pth).")] = None,
+    force: ForceOption = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Train SimFormer on a split (weak labels only) into a model artifact."""
+    from simformer_cli.pipeline.train import run_train
+
+    result = run_train(
+        split=split, out=out, preset=_choice("--preset", preset, ("tiny", "paper")), iters=iters,
+        batch_size=batch_size, lr=lr, seed=seed, checkpoint_every=_positive("--checkpoint-every", checkpoint_every),
+        resume=resume, device=_choice("--device", device, ("auto", "cpu", "cuda")), workers=workers,
+        backbone_weights=backbone_weights, force=force, reporter=RichReporter(),
+    )
+    summary = result.manifest.summary
+    stderr.print(f"model {result.path}: {summary.steps} steps, {summary.images_per_second:.1f} images/s, "
+                 f"final loss {sum(summary.final_losses.values()):.3f}", markup=False)
+    if json_out:
+        print_json(result.manifest.model_dump(mode="json"))
+
+
+@app.command()
+def infer(
+    model: Annotated[Path, typer.Option(help="Model artifact.")],
+    split: Annotated[Optional[Path], typer.Option(help="Split artifact whose images to segment.")] = None,
+    subset: Annotated[str, typer.Option(help="val | train (with --split).")] = "val",
+    images: Annotated[Optional[Path], typer.Option(help="Instead of a split: a folder of .jpg/.png images.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output predictions artifact (default: beside the model).")] = None,
+    scales: Annotated[str, typer.Option(help="Test-time scale factors, e.g. 0.75,1,1.25 (scores averaged).")] = "1",
+    flip: Annotated[bool, typer.Option("--flip", help="Also average horizontally mirrored views.")] = False,
+    save_scores: Annotated[bool, typer.Option("--save-scores", help="Keep per-class scores at 1/4 resolution.")] = False,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    force: ForceOption = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Segment a split subset (val by default) or a folder of images into a predictions artifact."""
+    from simformer_cli.pipeline.infer import run_infer
+
+    result = run_infer(
+        model=model, split=split, subset=_choice("--subset", subset, ("val", "train")), images=images, out=out,
+        scales=_floats("--scales", scales), flip=flip, save_scores=save_scores,
+        device=_choice("--device", device, ("auto", "cpu", "cuda")), force=force, reporter=RichReporter(),
+    )
+    summary = result.manifest.summary
+    stderr.print(f"predictions {result.path}: {summary.images} images, {summary.images_per_second:.1f} images/s",
+                 markup=False)
+    if json_out:
+        print_json(result.manifest.model_dump(mode="json"))
+
+
+def _floats(option: str, text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UserError(f"{option} {text!r}: expected comma-separated numbers, e.g. 0.75,1,1.25") from None
+    if not values or any(v <= 0 for v in values):
+        raise UserError(f"{option} {text!r}: expected positive numbers, e.g. 0.75,1,1.25")
+    return values
+
+
+def _choice(option: str, value: str, allowed: tuple[str, ...]):  # noqa: ANN202
+    if value not in allowed:
+        raise UserError(f"{option} {value!r}: expected one of {', '.join(allowed)}")
+    return value
+
+
+def _positive(option: str, value: int) -> int:
+    if value < 1:
+        raise UserError(f"{option} {value}: must be at least 1")
+    return value
 
 
 @app.command()

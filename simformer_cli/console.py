@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from simformer_cli.progress import Advance
 
-stderr = Console(stderr=True, highlight=False)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class RichReporter:
@@ -29,19 +29,22 @@ class RichReporter:
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"),
+            TextColumn("{task.fields[note]}"),
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
         )
         # Bars only on a terminal: logs of scripted runs stay readable, and an error stays one line.
         with Progress(*columns, console=self.console, disable=not self.console.is_terminal) as progress:
-            task_id = progress.add_task(description, total=total, rate="")
+            task_id = progress.add_task(description, total=total, rate="", note="")
 
-            def advance(steps: int = 1) -> None:
+            def advance(steps: int = 1, *, note: str | None = None) -> None:
                 progress.advance(task_id, steps)
                 speed = progress.tasks[0].speed
-                if speed:
-                    progress.update(task_id, rate=f"{speed:.1f}/s")
+                fields = {"rate": f"{speed:.1f}/s"} if speed else {}
+                if note is not None:
+                    fields["note"] = note
+                progress.update(task_id, **fields)
 
             yield advance
 

@@ -7,10 +7,13 @@ stderr, tests pass :class:`SilentReporter`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Protocol
 
-Advance = Callable[[int], None]
+class Advance(Protocol):
+    def __call__(self, steps: int = 1, *, note: str | None = None) -> None:
+        """Move ``steps`` forward; ``note`` replaces the short status shown beside the bar."""
+        ...
 
 
 class Reporter(Protocol):
@@ -26,7 +29,7 @@ class Reporter(Protocol):
 class SilentReporter:
     @contextlib.contextmanager
     def task(self, description: str, total: int) -> Iterator[Advance]:
-        yield lambda steps=1: None
+        yield lambda steps=1, *, note=None: None
 
     def info(self, message: str) -> None:
         return None

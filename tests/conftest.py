@@ -71,3 +71,15 @@ def make_folder_dataset(
 @pytest.fixture
 def folder_dataset(tmp_path: Path) -> Path:
     return make_folder_dataset(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def synthetic_split(tmp_path_factory) -> Path:  # noqa: ANN001
+    """A small synthetic split (48 train / 12 val images of 64x64), made once per test session."""
+    from simformer_cli.data.synthetic import SyntheticSettings
+    from simformer_cli.pipeline.split import run_split
+
+    out = tmp_path_factory.mktemp("synthetic") / "split.zarr"
+    settings = SyntheticSettings(train_images=48, val_images=12, image_size=64)
+    run_split(dataset="synthetic", out=out, synthetic=settings, workers=1)
+    return out

@@ -121,6 +121,8 @@ def staged_artifact(out: Path, *, resume_key: str | None = None) -> Iterator[Pat
 def commit(staging: Path, out: Path, manifest: ManifestBase) -> str:
     """Write the manifest last, then move the finished artifact into place. Returns its digest."""
     out = out.absolute()
+    if not (staging / "zarr.json").is_file():  # every artifact is a zarr group, arrays or not
+        zarr.create_group(store=str(staging), zarr_format=3)
     (staging / ".resume-key").unlink(missing_ok=True)
     document = manifest_document(manifest)
     try:

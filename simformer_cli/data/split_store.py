@@ -109,6 +109,7 @@ class SplitArtifact:
         self.path = Path(path)
         self.manifest, self.digest, self._group = open_artifact(self.path, SplitManifest)
         self._cache: dict[str, np.ndarray] = {}
+        self._arrays: dict[str, zarr.Array] = {}
 
     @property
     def num_classes(self) -> int:
@@ -116,8 +117,14 @@ class SplitArtifact:
 
     def _small(self, key: str) -> np.ndarray:
         if key not in self._cache:
-            self._cache[key] = np.asarray(self._group[key][...])
+            self._cache[key] = np.asarray(self._array(key)[...])
         return self._cache[key]
+
+    def _array(self, key: str) -> zarr.Array:
+        """Array handles are kept: opening one reads its metadata from disk."""
+        if key not in self._arrays:
+            self._arrays[key] = self._group[key]
+        return self._arrays[key]
 
     def count(self, subset: str) -> int:
         return self.manifest.summary.subsets[subset].images
@@ -133,12 +140,12 @@ class SplitArtifact:
 
     def image(self, subset: str, index: int) -> np.ndarray:
         h, w = self.sizes(subset)[index]
-        return np.asarray(self._group[f"{subset}/images"][index, :h, :w])
+        return np.asarray(self._array(f"{subset}/images")[index, :h, :w])
 
     def label(self, subset: str, index: int) -> np.ndarray:
         """Weak label for ``train`` (novel pixels are ignore), full label for ``val``."""
         h, w = self.sizes(subset)[index]
-        return np.asarray(self._group[f"{subset}/labels"][index, :h, :w])
+        return np.asarray(self._array(f"{subset}/labels")[index, :h, :w])
 
 
 def read_audit_label(split: SplitArtifact, index: int) -> np.ndarray:
@@ -146,4 +153,4 @@ def read_audit_label(split: SplitArtifact, index: int) -> np.ndarray:
     if AUDIT_LABELS not in split.manifest.arrays:
         raise KeyError("this split was made without --keep-train-labels")
     h, w = split.sizes("train")[index]
-    return np.asarray(split._group[AUDIT_LABELS][index, :h, :w])
+    return np.asarray(split._array(AUDIT_LABELS)[index, :h, :w])

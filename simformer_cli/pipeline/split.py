@@ -132,8 +132,16 @@ def run_split(
         shutil.rmtree(source, ignore_errors=True)
         source.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with reporter.task("generating synthetic images", params.synthetic.train_images + params.synthetic.val_images) as advance:  # type: ignore[union-attr]
-                generate_synthetic(source, params.synthetic, advance)  # type: ignore[arg-type]
+            settings = params.synthetic
+            assert settings is not None
+            with reporter.task("generating synthetic images", settings.train_images + settings.val_images) as advance:
+                finished = [0]
+
+                def progress(done: int) -> None:  # the generator reports a running total
+                    advance(done - finished[0])
+                    finished[0] = done
+
+                generate_synthetic(source, settings, progress, workers=workers)
             raw = load_folder(source)
             return _build(raw, params, out, existing, force, workers, reporter, dataset_root=None)
         finally:

@@ -1,0 +1,94 @@
+"""Training augmentation (method reference section 5.2): random short-side resize, random crop,
+SSD-style colour jitter, horizontal flip, and padding to the crop size.
+
+Works on numpy arrays with an explicit ``numpy.random.Generator`` so every sample's augmentation is
+a pure function of its seed: training is reproducible and resumes exactly.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+IMAGE_PAD_VALUE = 128
+
+
+class AugmentSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    short_sides: tuple[int, ...] = Field(min_length=1)
+    max_long_side: int = Field(ge=16)
+    crop: int = Field(ge=16)
+    color_jitter: bool = True
+    flip: bool = True
+
+
+ADE20K_AUGMENT = AugmentSettings(
+    short_sides=tuple(int(512 * s) for s in (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9, 2.0)),
+    max_long_side=2048,
+    crop=512,
+)
+COCO_AUGMENT = AugmentSettings(short_sides=tuple(range(320, 961, 64)), max_long_side=2560, crop=640)
+
+
+def tiny_augment(image_size: int) -> AugmentSettings:
+    """Scale jitter 0.75x-1.25x around the dataset's own size, crops of that size."""
+    sides = tuple(int(round(image_size * s)) for s in (0.75, 0.875, 1.0, 1.125, 1.25))
+    return AugmentSettings(short_sides=sides, max_long_side=4 * image_size, crop=image_size)
+
+
+def resize_short_side(image: np.ndarray, label: np.ndarray, short: int, max_long: int) -> tuple[np.ndarray, np.ndarray]:
+    h, w = label.shape
+    scale = min(short / min(h, w), max_long / max(h, w))
+    size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
+    if size == (w, h):
+        return image, label
+    image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+    label = cv2.resize(label, size, interpolation=cv2.INTER_NEAREST)
+    return image, label
+
+
+def _color_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Brightness, contrast, saturation and hue, each applied with probability 1/2."""
+    work = image.astype(np.float32)
+    if rng.random() < 0.5:
+        work += rng.uniform(-32, 32)
+    contrast_first = rng.random() < 0.5
+    contrast = rng.uniform(0.5, 1.5) if rng.random() < 0.5 else None
+    if contrast is not None and contrast_first:
+        work *= contrast
+    hsv = cv2.cvtColor(np.clip(work, 0, 255).astype(np.uint8), cv2.COLOR_RGB2HSV).astype(np.float32)
+    if rng.random() < 0.5:
+        hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(0.5, 1.5), 0, 255)
+    if rng.random() < 0.5:
+        hsv[..., 0] = (hsv[..., 0] + rng.integers(-9, 10)) % 180  # OpenCV hue is degrees / 2
+    work = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
+    if contrast is not None and not contrast_first:
+        work *= contrast
+    return np.clip(work, 0, 255).astype(np.uint8)
+
+
+def augment(
+    image: np.ndarray, label: np.ndarray, settings: AugmentSettings, rng: np.random.Generator, ignore_index: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Augmented (crop, crop, 3) image, (crop, crop) label and pad mask (True where padded)."""
+    short = int(rng.choice(settings.short_sides))
+    image, label = resize_short_side(image, label, short, settings.max_long_side)
+    h, w = label.shape
+    crop = settings.crop
+    y0 = int(rng.integers(0, h - crop + 1)) if h > crop else 0
+    x0 = int(rng.integers(0, w - crop + 1)) if w > crop else 0
+    image, label = image[y0 : y0 + crop, x0 : x0 + crop], label[y0 : y0 + crop, x0 : x0 + crop]
+    if settings.color_jitter:
+        image = _color_jitter(image, rng)
+    if settings.flip and rng.random() < 0.5:
+        image, label = image[:, ::-1], label[:, ::-1]
+    ch, cw = label.shape
+    out_image = np.full((crop, crop, 3), IMAGE_PAD_VALUE, dtype=np.uint8)
+    out_label = np.full((crop, crop), ignore_index, dtype=label.dtype)
+    pad = np.ones((crop, crop), dtype=bool)
+    out_image[:ch, :cw] = image
+    out_label[:ch, :cw] = label
+    pad[:ch, :cw] = False
+    return out_image, out_label, pad

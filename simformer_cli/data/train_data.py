@@ -1,0 +1,147 @@
+"""The training data path: which images each step sees, and how one becomes (image, targets).
+
+Every random choice is a pure function of ``(seed, step, slot)``, so the batches of step ``t`` are
+the same whether the run was interrupted or not, whatever the number of loader workers or
+processes: resuming needs nothing but the step number.
+
+Only weak labels reach training: the ``train/labels`` array of a split (novel pixels are ignore)
+or a pseudo-label artifact's labels, plus whole-image image-level labels. The audit group with the
+full train labels is never opened here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from simformer_cli.data.augment import AugmentSettings, augment
+from simformer_cli.data.pairs import PartnerSampler
+from simformer_cli.data.split_store import SplitArtifact
+from simformer_cli.model.targets import ImageTargets, targets_from_label_map
+
+SampleKey = tuple[int, int, int]  # (step, slot in the global batch, image index)
+
+
+@lru_cache(maxsize=4)
+def _epoch_order(seed: int, epoch: int, count: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(count)
+
+
+class LabelReader(Protocol):
+    def __call__(self, index: int) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """Which images form each global batch: anchors walk seeded epoch permutations; in pair mode
+    every anchor is followed by its partner."""
+
+    seed: int
+    num_images: int
+    batch_size: int
+    pairs: bool
+
+    def keys(self, step: int, partners: PartnerSampler | None) -> list[SampleKey]:
+        anchors_per_step = self.batch_size // 2 if self.pairs else self.batch_size
+        keys: list[SampleKey] = []
+        for a in range(anchors_per_step):
+            position = step * anchors_per_step + a
+            epoch, offset = divmod(position, self.num_images)
+            anchor = int(_epoch_order(self.seed, epoch, self.num_images)[offset])
+            if self.pairs:
+                assert partners is not None
+                partner = partners.partner(anchor, np.random.default_rng([self.seed, step, a, 1]))
+                keys += [(step, 2 * a, anchor), (step, 2 * a + 1, partner)]
+            else:
+                keys.append((step, a, anchor))
+        return keys
+
+
+class StepBatchSampler(Sampler[list[SampleKey]]):
+    """Yields, for steps ``start..stop-1``, this process's micro-batches of the global batch.
+
+    The global batch is cut into ``world_size * accumulation`` equal micro-batches; pairs are never
+    split because every micro-batch has an even size in pair mode.
+    """
+
+    def __init__(self, plan: StepPlan, partners: PartnerSampler | None, *, start: int, stop: int,
+                 rank: int, world_size: int, accumulation: int) -> None:
+        parts = world_size * accumulation
+        if plan.batch_size % parts or (plan.pairs and (plan.batch_size // parts) % 2):
+            raise ValueError(f"batch {plan.batch_size} cannot be cut into {parts} micro-batches"
+                             + (" of whole pairs" if plan.pairs else ""))
+        self.plan, self.partners = plan, partners
+        self.start, self.stop = start, stop
+        self.rank, self.world_size, self.accumulation = rank, world_size, accumulation
+        self.micro = plan.batch_size // parts
+
+    def __len__(self) -> int:
+        return (self.stop - self.start) * self.accumulation
+
+    def __iter__(self) -> Iterator[list[SampleKey]]:
+        for step in range(self.start, self.stop):
+            keys = self.plan.keys(step, self.partners)
+            for m in range(self.accumulation):
+                first = (m * self.world_size + self.rank) * self.micro
+                yield keys[first : first + self.micro]
+
+
+@dataclass
+class TrainBatch:
+    images: torch.Tensor  # (B, 3, H, W) uint8
+    targets: list[ImageTargets]
+    keys: list[SampleKey]
+
+
+class WeakTrainingSet(Dataset):
+    """(augmented image, targets) for a sample key. Opens the split lazily in each worker."""
+
+    def __init__(self, split_path: Path, *, augment_settings: AugmentSettings, seed: int,
+                 label_reader: LabelReader | None = None, maskless_novel: bool = True) -> None:
+        self.split_path = Path(split_path)
+        self.augment_settings = augment_settings
+        self.seed = seed
+        self.label_reader = label_reader
+        self.maskless_novel = maskless_novel
+        self._split: SplitArtifact | None = None
+
+    @property
+    def split(self) -> SplitArtifact:
+        if self._split is None:
+            self._split = SplitArtifact(self.split_path)
+        return self._split
+
+    def __len__(self) -> int:
+        return self.split.count("train")
+
+    def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, ImageTargets, SampleKey]:
+        step, slot, index = key
+        split = self.split
+        manifest = split.manifest
+        image = split.image("train", index)
+        label = self.label_reader(index) if self.label_reader is not None else split.label("train", index)
+        rng = np.random.default_rng([self.seed, step, slot, 0])
+        image, label, pad = augment(image, label, self.augment_settings, rng, manifest.ignore_index)
+        present = np.flatnonzero(split.image_labels("train")[index])
+        novel = [int(c) for c in present if c in set(manifest.novel_classes)] if self.maskless_novel else []
+        targets = targets_from_label_map(
+            torch.from_numpy(label.astype(np.int64)), torch.from_numpy(pad),
+            base_classes=manifest.base_classes if self.maskless_novel else range(split.num_classes),
+            maskless_classes=novel, ignore_index=manifest.ignore_index,
+        )
+        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), targets, key
+
+
+def collate(items: Sequence[tuple[torch.Tensor, ImageTargets, SampleKey]]) -> TrainBatch:
+    return TrainBatch(
+        images=torch.stack([item[0] for item in items]),
+        targets=[item[1] for item in items],
+        keys=[item[2] for item in items],
+    )

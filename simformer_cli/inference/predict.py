@@ -1,0 +1,65 @@
+"""Per-image semantic scores at the image's original resolution (method reference section 3).
+
+Each view resizes the image so its short side is ``short_side x scale`` (long side capped), pads
+to a multiple of 32, runs the network, turns query outputs into class scores
+S_c = sum_q softmax(z_q)[c] * sigmoid(m_q), upsamples them to the padded input, crops the padding
+and resizes to the original size. Views (scales, and mirrored copies with ``flip``) are averaged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from simformer_cli.model import MaskFormer, normalize_images, semantic_scores
+
+SIZE_DIVISOR = 32
+
+
+class TestTimeSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    short_side: int = Field(ge=16)
+    max_long_side: int = Field(ge=16)
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+
+
+def _view_size(height: int, width: int, short: float, max_long: int) -> tuple[int, int]:
+    scale = min(short / min(height, width), max_long / max(height, width))
+    return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+
+
+@torch.no_grad()
+def predict_scores(
+    model: MaskFormer, images: Sequence[np.ndarray], settings: TestTimeSettings, device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+) -> list[torch.Tensor]:
+    """(K, H, W) float32 scores for each (H, W, 3) uint8 image; images may differ in size."""
+    results = []
+    for image in images:
+        height, width = image.shape[:2]
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(device).float()
+        total = None
+        views = 0
+        for scale in settings.scales:
+            vh, vw = _view_size(height, width, settings.short_side * scale, int(settings.max_long_side * scale))
+            resized = F.interpolate(tensor, size=(vh, vw), mode="bilinear", align_corners=False)
+            ph, pw = -(-vh // SIZE_DIVISOR) * SIZE_DIVISOR, -(-vw // SIZE_DIVISOR) * SIZE_DIVISOR
+            views_in = [resized, resized.flip(-1)] if settings.flip else [resized]
+            batch = torch.cat([F.pad(normalize_images(v), (0, pw - vw, 0, ph - vh)) for v in views_in])
+            with torch.autocast(device_type=device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                outputs = model(batch)
+            scores = semantic_scores(outputs["pred_logits"], outputs["pred_masks"])  # (V, K, ph/4, pw/4)
+            scores = F.interpolate(scores, size=(ph, pw), mode="bilinear", align_corners=False)[..., :vh, :vw]
+            if settings.flip:
+                scores = torch.stack([scores[0], scores[1].flip(-1)])
+            scores = F.interpolate(scores, size=(height, width), mode="bilinear", align_corners=False).sum(0)
+            total = scores if total is None else total + scores
+            views += 2 if settings.flip else 1
+        results.append((total / views).float())
+    return results

@@ -1,0 +1,73 @@
+"""Layout of a predictions artifact and reading it back.
+
+::
+
+    labels       (N, H, W) uint8|uint16  predicted class per pixel, padded to the largest image
+    sizes        (N, 2) int32            original (height, width)
+    scores       (N, K, H/4, W/4) float16  optional per-class scores at a quarter of the resolution
+
+Image names are the group attribute ``names`` (split image names, or file stems for ``--images``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from simformer_cli.artifacts.predictions_manifest import PredictionsManifest
+from simformer_cli.artifacts.store import open_artifact
+
+SCORE_STRIDE = 4
+
+
+class PredictionsArtifact:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.manifest, self.digest, self._group = open_artifact(self.path, PredictionsManifest)
+        self._sizes = np.asarray(self._group["sizes"][...])
+        self._labels = self._group["labels"]
+
+    def count(self) -> int:
+        return len(self._sizes)
+
+    def names(self) -> list[str]:
+        return list(self._group.attrs["names"])
+
+    def sizes(self) -> np.ndarray:
+        return self._sizes
+
+    def label(self, index: int) -> np.ndarray:
+        h, w = self._sizes[index]
+        return np.asarray(self._labels[index, :h, :w])
+
+    def scores(self, index: int) -> np.ndarray:
+        if "scores" not in self.manifest.arrays:
+            raise KeyError("these predictions were made without --save-scores")
+        h, w = (-(-int(v) // SCORE_STRIDE) for v in self._sizes[index])
+        return np.asarray(self._group["scores"][index, :, :h, :w], dtype=np.float32)
+
+
+def open_or_create_arrays(
+    staging: Path, *, count: int, canvas: tuple[int, int], chunk: tuple[int, int], shard_images: int,
+    label_dtype: str, ignore_index: int, num_classes: int, save_scores: bool,
+) -> dict[str, tuple[list[int], str]]:
+    """Create the arrays in a fresh staging folder (or keep those of an interrupted run)."""
+    from simformer_cli.data.split_store import COMPRESSORS
+
+    h, w = canvas
+    sh, sw = -(-h // SCORE_STRIDE), -(-w // SCORE_STRIDE)
+    specs = {
+        "labels": ((count, h, w), (1, *chunk), (shard_images, h, w), label_dtype, ignore_index),
+        "sizes": ((count, 2), (count, 2), None, "int32", 0),
+    }
+    if save_scores:
+        specs["scores"] = ((count, num_classes, sh, sw), (1, num_classes, sh, sw),
+                           (shard_images, num_classes, sh, sw), "float16", 0)
+    if not (staging / "zarr.json").is_file():
+        group = zarr.open_group(store=str(staging), mode="w", zarr_format=3)
+        for name, (shape, chunks, shards, dtype, fill) in specs.items():
+            group.create_array(name=name, shape=shape, chunks=chunks, shards=shards, dtype=dtype,
+                               fill_value=fill, compressors=COMPRESSORS)
+    return {name: (list(spec[0]), spec[3]) for name, spec in specs.items()}

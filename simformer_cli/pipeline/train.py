@@ -1,0 +1,161 @@
+"""The ``train`` stage (and the engine of ``retrain``): a split -> a model artifact.
+
+Checkpoints live in the hidden ``.NAME.partial`` folder beside the output, keyed by the digest of
+the run's inputs and settings; ``--resume`` continues from the newest one and refuses one made
+with other settings. Under torchrun every process trains; rank 0 alone writes files.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from simformer_cli.artifacts.digest import canonical_json, sha256_of
+from simformer_cli.artifacts.manifest import ArtifactRef, Inputs, Provenance
+from simformer_cli.artifacts.model_manifest import ModelManifest, TrainParams, TrainSummary
+from simformer_cli.artifacts.store import commit, is_artifact, read_manifest, same_plan, staged_artifact
+from simformer_cli.data.split_store import SplitArtifact
+from simformer_cli.data.train_data import LabelReader
+from simformer_cli.errors import ArtifactError, UserError
+from simformer_cli.progress import Reporter, SilentReporter
+from simformer_cli.training.checkpoint import latest_checkpoint
+from simformer_cli.training.devices import DeviceChoice, broadcast_object, start_runtime, stop_runtime
+from simformer_cli.training.loop import CHECKPOINTS, train_loop
+from simformer_cli.training.model_artifact import file_sha256, write_weights
+from simformer_cli.training.settings import Method, PresetName, TrainSettings, preset_settings
+
+RESUME_KEY_FILE = ".resume-key"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    manifest: ModelManifest
+    digest: str
+    path: Path
+    skipped: bool
+
+
+def resolve_settings(
+    split: SplitArtifact, *, preset: PresetName, method: Method, iters: int | None, batch_size: int | None,
+    seed: int | None, lr: float | None,
+) -> TrainSettings:
+    sizes = split.sizes("train")
+    short_side = int(np.median(sizes.min(axis=1)))
+    settings = preset_settings(preset, num_classes=split.num_classes, dataset=split.manifest.params.dataset,
+                               image_size=short_side, method=method)
+    overrides = {key: value for key, value in (("iters", iters), ("batch_size", batch_size), ("seed", seed))
+                 if value is not None}
+    if lr is not None:
+        overrides["optim"] = settings.optim.model_copy(update={"lr": lr})
+    try:
+        return TrainSettings.model_validate({**settings.model_dump(), **{
+            k: (v.model_dump() if hasattr(v, "model_dump") else v) for k, v in overrides.items()}})
+    except ValueError as exc:
+        raise UserError(f"training settings: {exc.errors()[0]['msg'] if hasattr(exc, 'errors') else exc}") from None
+
+
+def _partial_dir(out: Path) -> Path:
+    out = out.absolute()
+    return out.parent / f".{out.name}.partial"
+
+
+def _check_resume(out: Path, key: str) -> None:
+    partial = _partial_dir(out)
+    key_file = partial / RESUME_KEY_FILE
+    if not key_file.is_file() or latest_checkpoint(partial / CHECKPOINTS) is None:
+        raise UserError(f"--resume: no checkpoint of a run writing {out} was found; run without --resume to start")
+    if key_file.read_text() != key:
+        raise UserError(
+            f"--resume: the checkpoint for {out} was made with other inputs or settings; "
+            "rerun with the original options, or without --resume to start over"
+        )
+
+
+def run_train(
+    *,
+    split: Path,
+    out: Path | None = None,
+    preset: PresetName = "tiny",
+    method: Method = "simformer",
+    iters: int | None = None,
+    batch_size: int | None = None,
+    seed: int | None = None,
+    lr: float | None = None,
+    checkpoint_every: int = 100,
+    resume: bool = False,
+    device: DeviceChoice = "auto",
+    workers: int = 0,
+    backbone_weights: Path | None = None,
+    force: bool = False,
+    reporter: Reporter | None = None,
+    stage: Literal["train", "retrain"] = "train",
+    extra_inputs: dict[str, ArtifactRef] | None = None,
+    label_reader: LabelReader | None = None,
+    on_step=None,  # noqa: ANN001 - test hook: called with the number of finished steps
+) -> TrainResult:
+    runtime = start_runtime(device)
+    reporter = reporter if (reporter is not None and runtime.is_main) else SilentReporter()
+    try:
+        split_artifact = SplitArtifact(split)
+        settings = resolve_settings(split_artifact, preset=preset, method=method, iters=iters,
+                                    batch_size=batch_size, seed=seed, lr=lr)
+        if backbone_weights is not None and not Path(backbone_weights).is_file():
+            raise UserError(f"--backbone-weights {backbone_weights}: no such file")
+        params = TrainParams(settings=settings,
+                             backbone_weights_sha256=file_sha256(backbone_weights) if backbone_weights else None)
+        inputs = Inputs(artifacts={
+            "split": ArtifactRef(path=str(Path(split).absolute()), kind="split", digest=split_artifact.digest),
+            **(extra_inputs or {})})
+        out = Path(out) if out is not None else Path(split).parent / ("model.zarr" if stage == "train" else "model-retrained.zarr")
+        if is_artifact(out) and not force:
+            try:
+                existing, digest = read_manifest(out, ModelManifest)
+            except ArtifactError:
+                existing = None
+            if existing is not None and same_plan(existing, inputs, params):
+                reporter.info(f"{out}: up to date (same inputs and settings), skipping; pass --force to retrain")
+                return TrainResult(existing, digest, out, True)
+        key = sha256_of(canonical_json({"inputs": inputs.model_dump(mode="json"), "params": params.model_dump(mode="json")}))
+        if resume:
+            _check_resume(out, key)
+        common = dict(settings=settings, split_path=Path(split), runtime=runtime, resume=resume,
+                      checkpoint_every=checkpoint_every, workers=workers, reporter=reporter,
+                      label_reader=label_reader, backbone_weights=backbone_weights, on_step=on_step)
+        if not runtime.is_main:
+            work_dir = broadcast_object(runtime, None)
+            train_loop(work_dir=Path(work_dir), **common)  # type: ignore[arg-type]
+            runtime.barrier()
+            return TrainResult(*read_manifest(out, ModelManifest), out, False)  # type: ignore[misc]
+        with staged_artifact(out, resume_key=key) as staging:
+            if not resume:
+                shutil.rmtree(staging / CHECKPOINTS, ignore_errors=True)
+            broadcast_object(runtime, str(staging))
+            result = train_loop(work_dir=staging, **common)  # type: ignore[arg-type]
+            shutil.rmtree(staging / CHECKPOINTS, ignore_errors=True)
+            manifest = ModelManifest(
+                stage=stage,
+                inputs=inputs,
+                params=params,
+                provenance=Provenance(command=list(sys.argv), host=socket.gethostname()),
+                summary=TrainSummary(steps=result.steps, resumed_from=result.resumed_from,
+                                     seconds=round(result.seconds, 2),
+                                     images_per_second=round(result.images_per_second, 2),
+                                     final_losses=result.final_losses, device=str(runtime.device),
+                                     world_size=runtime.world_size),
+                class_names=split_artifact.manifest.class_names,
+                base_classes=split_artifact.manifest.base_classes,
+                novel_classes=split_artifact.manifest.novel_classes,
+                ignore_index=split_artifact.manifest.ignore_index,
+                weights_sha256=write_weights(staging, result.model_state),
+            )
+            digest = commit(staging, out, manifest)
+        runtime.barrier()
+        return TrainResult(manifest, digest, out, False)
+    finally:
+        stop_runtime(runtime)

@@ -1,0 +1,1 @@
+"""The training loop, its settings and presets, optimiser and schedule, checkpoints, devices."""

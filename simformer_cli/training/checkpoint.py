@@ -1,0 +1,91 @@
+"""Checkpoints without pickle: tensors in a safetensors file, everything else in JSON.
+
+A checkpoint is a directory ``step-NNNNNNN/`` holding ``tensors.safetensors`` and ``state.json``,
+written under a temporary name and renamed into place, so a crash never leaves a half checkpoint
+that ``--resume`` would load. Only the newest complete checkpoint is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+STEP_DIR = re.compile(r"^step-(\d{7})$")
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors, meta = {}, {"param_groups": state["param_groups"], "state": {}}
+    for index, per_param in state["state"].items():
+        meta["state"][str(index)] = {}
+        for name, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{name}"] = value.detach().cpu().contiguous()
+                meta["state"][str(index)][name] = "tensor"
+            else:
+                meta["state"][str(index)][name] = value
+    return tensors, meta
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state = {}
+    for index, per_param in meta["state"].items():
+        state[int(index)] = {
+            name: tensors[f"optimizer.{index}.{name}"] if value == "tensor" else value
+            for name, value in per_param.items()
+        }
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(
+    folder: Path, *, step: int, module: torch.nn.Module, optimizer: torch.optim.Optimizer, extra: dict[str, Any]
+) -> Path:
+    """Write the checkpoint of ``step`` atomically and delete older ones."""
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"step-{step:07d}"
+    tmp = folder / f".tmp-step-{step:07d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    tensors = {f"module.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    optim_tensors, optim_meta = _flatten_optimizer(optimizer.state_dict())
+    tensors.update(optim_tensors)
+    tensors["rng.torch_cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng.torch_cuda"] = torch.cuda.get_rng_state()
+    save_file(tensors, str(tmp / "tensors.safetensors"))
+    (tmp / "state.json").write_text(json.dumps({"step": step, "optimizer": optim_meta, "extra": extra}))
+    for path in (tmp / "tensors.safetensors", tmp / "state.json"):
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+    os.rename(tmp, final)
+    for old in folder.iterdir():
+        if old != final and (STEP_DIR.match(old.name) or old.name.startswith(".tmp-step-")):
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    if not folder.is_dir():
+        return None
+    steps = sorted(p for p in folder.iterdir() if STEP_DIR.match(p.name) and (p / "state.json").is_file())
+    return steps[-1] if steps else None
+
+
+def load_checkpoint(
+    path: Path, *, module: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[int, dict[str, Any]]:
+    """Restore module, optimiser and RNG state; returns (next step, extra)."""
+    tensors = load_file(str(path / "tensors.safetensors"))
+    state = json.loads((path / "state.json").read_text())
+    module.load_state_dict({k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")})
+    optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
+    torch.set_rng_state(tensors["rng.torch_cpu"])
+    if "rng.torch_cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.torch_cuda"])
+    return int(state["step"]), state["extra"]

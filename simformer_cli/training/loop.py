@@ -1,0 +1,178 @@
+"""The training loop shared by ``train`` and ``retrain``.
+
+Per step: the global batch is cut into micro-batches (processes x accumulation); each runs the
+model and the SimFormer criterion under autocast (bf16 on CUDA) and back-propagates; then gradients
+are clipped, the poly learning rate is set and AdamW steps. Every random choice derives from the
+seed and the step (data, augmentation, point sampling) or is checkpointed (torch's RNG), so a run
+resumed from a checkpoint ends with the same weights as one never interrupted (on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from simformer_cli.data.pairs import PartnerSampler
+from simformer_cli.data.split_store import SplitArtifact
+from simformer_cli.data.train_data import LabelReader, StepBatchSampler, StepPlan, WeakTrainingSet, collate
+from simformer_cli.model import build_criterion, build_model, load_backbone_weights, normalize_images, total_loss
+from simformer_cli.model.criterion import SetCriterion
+from simformer_cli.model.maskformer import MaskFormer
+from simformer_cli.model.targets import ImageTargets
+from simformer_cli.progress import Reporter
+from simformer_cli.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from simformer_cli.training.devices import Runtime
+from simformer_cli.training.optim import build_optimizer, poly_factor, set_learning_rate
+from simformer_cli.training.settings import TrainSettings
+
+LOG_FILE = "train_log.jsonl"
+CHECKPOINTS = "checkpoints"
+
+
+class TrainingModule(nn.Module):
+    """Model and criterion as one module, so one optimiser, one state dict and one DDP wrapper
+    cover the segmenter and the similarity net that lives in the criterion."""
+
+    def __init__(self, model: MaskFormer, criterion: SetCriterion) -> None:
+        super().__init__()
+        self.model = model
+        self.criterion = criterion
+
+    def forward(self, images: Tensor, targets: list[ImageTargets], generator: torch.Generator) -> dict[str, Tensor]:
+        return self.criterion(self.model(normalize_images(images)), targets, generator)
+
+
+@dataclass(frozen=True)
+class LoopResult:
+    model_state: dict[str, Tensor]
+    steps: int
+    resumed_from: int
+    seconds: float
+    images_per_second: float
+    final_losses: dict[str, float]
+
+
+def _step_generator(seed: int, step: int, rank: int, micro: int) -> torch.Generator:
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1_009 + rank) * 101 + micro)
+
+
+def _trim_log(path: Path, start: int) -> None:
+    """Drop log lines of steps that a resumed run will redo."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] < start]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def train_loop(
+    *,
+    settings: TrainSettings,
+    split_path: Path,
+    work_dir: Path,
+    runtime: Runtime,
+    resume: bool,
+    checkpoint_every: int,
+    workers: int,
+    reporter: Reporter,
+    label_reader: LabelReader | None = None,
+    backbone_weights: Path | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> LoopResult:
+    split = SplitArtifact(split_path)
+    manifest = split.manifest
+    torch.manual_seed(settings.seed)
+    model = build_model(settings.model)
+    if backbone_weights is not None:
+        load_backbone_weights(model.backbone, backbone_weights)
+    criterion = build_criterion(settings.model, settings.loss, novel_classes=manifest.novel_classes)
+    module = TrainingModule(model, criterion).to(runtime.device)
+    optimizer = build_optimizer(module, settings.optim)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    start = 0
+    checkpoint = latest_checkpoint(work_dir / CHECKPOINTS) if resume else None
+    if checkpoint is not None:
+        start, _ = load_checkpoint(checkpoint, module=module, optimizer=optimizer)
+        reporter.info(f"resuming from step {start} ({checkpoint.name})")
+    if runtime.is_main and checkpoint is not None:
+        _trim_log(work_dir / LOG_FILE, start)
+    elif runtime.is_main:
+        (work_dir / LOG_FILE).unlink(missing_ok=True)
+    wrapped: nn.Module = module
+    if runtime.world_size > 1:
+        wrapped = DistributedDataParallel(module, find_unused_parameters=True)
+
+    accumulation = 1
+    pairs = settings.loss.needs_pairs
+    while settings.batch_size // (runtime.world_size * accumulation) > 16:  # keep micro-batches small
+        accumulation *= 2
+    partners = PartnerSampler(split.image_labels("train"), manifest.novel_classes, manifest.base_classes) if pairs else None
+    plan = StepPlan(seed=settings.seed, num_images=split.count("train"), batch_size=settings.batch_size, pairs=pairs)
+    sampler = StepBatchSampler(plan, partners, start=start, stop=settings.iters, rank=runtime.rank,
+                               world_size=runtime.world_size, accumulation=accumulation)
+    dataset = WeakTrainingSet(split_path, augment_settings=settings.augment, seed=settings.seed,
+                              label_reader=label_reader, maskless_novel=settings.method == "simformer")
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
+                        persistent_workers=False, pin_memory=runtime.device.type == "cuda")
+
+    module.train()
+    began = time.perf_counter()
+    losses_mean: dict[str, float] = {}
+    batches = iter(loader)
+    with reporter.task("training", settings.iters - start) as advance:
+        for step in range(start, settings.iters):
+            set_learning_rate(optimizer, base_lrs, poly_factor(step, settings.iters, settings.optim.poly_power))
+            sums: dict[str, float] = {}
+            for micro in range(accumulation):
+                batch = next(batches)
+                images = batch.images.to(runtime.device, non_blocking=True)
+                targets = [t.to(runtime.device) for t in batch.targets]
+                generator = _step_generator(settings.seed, step, runtime.rank, micro)
+                sync = micro == accumulation - 1 or runtime.world_size == 1
+                context = contextlib.nullcontext() if sync else wrapped.no_sync()  # type: ignore[operator]
+                with context:
+                    with runtime.autocast():
+                        losses = wrapped(images, targets, generator)
+                    loss = total_loss(losses) / accumulation
+                    loss.backward()
+                for name, value in losses.items():
+                    sums[name] = sums.get(name, 0.0) + float(value.detach()) / accumulation
+            if settings.optim.grad_clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(module.parameters(), settings.optim.grad_clip_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses_mean = sums
+            if runtime.is_main:
+                _log(work_dir / LOG_FILE, step, optimizer, sums)
+            done = step + 1
+            if done % checkpoint_every == 0 and done < settings.iters:
+                if runtime.is_main:
+                    save_checkpoint(work_dir / CHECKPOINTS, step=done, module=module, optimizer=optimizer, extra={})
+                runtime.barrier()
+            last_layer = " ".join(f"{k[5:]} {v:.3f}" for k, v in sums.items() if "_aux" not in k)
+            advance(1, note=f"loss {sum(sums.values()):.3f} ({last_layer})")
+            if on_step is not None:
+                on_step(done)
+    seconds = time.perf_counter() - began
+    steps = settings.iters - start
+    state = {k: v.detach().cpu() for k, v in module.model.state_dict().items()}
+    return LoopResult(
+        model_state=state, steps=settings.iters, resumed_from=start, seconds=seconds,
+        images_per_second=steps * settings.batch_size / seconds if seconds > 0 else 0.0,
+        final_losses={k: round(v, 6) for k, v in losses_mean.items()},
+    )
+
+
+def _log(path: Path, step: int, optimizer: torch.optim.Optimizer, losses: dict[str, float]) -> None:
+    record = {"step": step, "lr": optimizer.param_groups[-1]["lr"], "loss": round(sum(losses.values()), 6),
+              **{k: round(v, 6) for k, v in losses.items()}}
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")

@@ -1,0 +1,45 @@
+"""Writing trained weights into a model artifact and loading them back, without pickle."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from simformer_cli.artifacts.model_manifest import WEIGHTS_FILE, ModelManifest
+from simformer_cli.artifacts.store import open_artifact
+from simformer_cli.errors import ArtifactError
+from simformer_cli.model import MaskFormer, build_model
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def write_weights(staging: Path, state: dict[str, torch.Tensor]) -> str:
+    """Save the model state dict as safetensors in the staging folder; returns its sha256."""
+    path = staging / WEIGHTS_FILE
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return file_sha256(path)
+
+
+def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[MaskFormer, ModelManifest, str]:
+    """Rebuild the network from the manifest and load its checked weights (eval mode)."""
+    manifest, digest, _ = open_artifact(Path(path), ModelManifest)
+    weights = Path(path) / manifest.weights_file
+    if not weights.is_file():
+        raise ArtifactError(f"{path}: {manifest.weights_file} is missing; retrain or copy the whole artifact")
+    if file_sha256(weights) != manifest.weights_sha256:
+        raise ArtifactError(f"{path}: {manifest.weights_file} does not match the manifest's digest; the weights were changed or damaged")
+    model = build_model(manifest.params.settings.model)
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except (RuntimeError, ValueError) as exc:
+        raise ArtifactError(f"{path}: weights do not fit the recorded model settings ({str(exc).splitlines()[0]})") from None
+    return model.to(device).eval(), manifest, digest

@@ -1,0 +1,45 @@
+"""AdamW with the MaskFormer parameter groups, and the poly learning-rate schedule."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from simformer_cli.training.settings import OptimSettings
+
+NO_DECAY_TYPES = (nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.Embedding)
+
+
+def parameter_groups(module: nn.Module, settings: OptimSettings) -> list[dict]:
+    """Four groups: (backbone or not) x (decayed or not). Norm layers and embeddings get no weight
+    decay (detectron2's defaults); the backbone learns at ``backbone_lr_multiplier`` x lr."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for module_name, sub in module.named_modules():
+        for name, param in sub.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            in_backbone = f"{module_name}.{name}".startswith(("backbone.", "model.backbone."))
+            decays = not isinstance(sub, NO_DECAY_TYPES) and "query" not in name and "query" not in module_name
+            groups.setdefault((in_backbone, decays), []).append(param)
+    return [
+        {
+            "params": params,
+            "lr": settings.lr * (settings.backbone_lr_multiplier if in_backbone else 1.0),
+            "weight_decay": settings.weight_decay if decays else 0.0,
+        }
+        for (in_backbone, decays), params in sorted(groups.items())
+    ]
+
+
+def build_optimizer(module: nn.Module, settings: OptimSettings) -> torch.optim.AdamW:
+    return torch.optim.AdamW(parameter_groups(module, settings), lr=settings.lr)
+
+
+def poly_factor(step: int, total: int, power: float) -> float:
+    """Learning-rate factor at ``step`` (0-based) of ``total``: (1 - step/total) ** power."""
+    return max(0.0, 1.0 - step / total) ** power
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, base_lrs: list[float], factor: float) -> None:
+    for group, base in zip(optimizer.param_groups, base_lrs):
+        group["lr"] = base * factor

@@ -1,0 +1,78 @@
+"""Settings of a training run and the two presets (``tiny`` for CPU minutes, ``paper`` for GPUs).
+
+A preset resolves to a complete :class:`TrainSettings`; command-line options override single
+fields; the fully resolved object is what the model manifest records, so every run can be
+reproduced from its manifest alone.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from simformer_cli.data.augment import ADE20K_AUGMENT, COCO_AUGMENT, AugmentSettings, tiny_augment
+from simformer_cli.model.settings import LossSettings, ModelSettings, paper_model_settings, tiny_model_settings
+
+PresetName = Literal["tiny", "paper"]
+Method = Literal["simformer", "supervised"]
+
+
+class OptimSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    backbone_lr_multiplier: float = Field(0.1, ge=0)
+    poly_power: float = Field(0.9, ge=0)
+    grad_clip_norm: float | None = Field(0.01, gt=0, description="full-model gradient norm clip; None = off")
+
+
+class TrainSettings(BaseModel):
+    """Everything that changes the trained weights (devices and worker counts excepted)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    preset: PresetName
+    method: Method = "simformer"
+    iters: int = Field(ge=1)
+    batch_size: int = Field(ge=1, description="global batch (images per step, all devices together)")
+    seed: int = 0
+    image_labels: Literal["image"] = "image"
+    model: ModelSettings
+    loss: LossSettings
+    optim: OptimSettings
+    augment: AugmentSettings
+
+    @model_validator(mode="after")
+    def _pairs_fit(self) -> TrainSettings:
+        if self.loss.needs_pairs and self.batch_size % 2:
+            raise ValueError(f"batch size {self.batch_size} must be even: similarity transfer trains on image pairs")
+        return self
+
+
+def dataset_family(dataset: str) -> Literal["ade20k", "coco-stuff-10k", "other"]:
+    return dataset if dataset in ("ade20k", "coco-stuff-10k") else "other"  # type: ignore[return-value]
+
+
+def preset_settings(
+    preset: PresetName, *, num_classes: int, dataset: str, image_size: int, method: Method = "simformer"
+) -> TrainSettings:
+    """The preset for a split: paper weights per dataset (0.2/0.5 ADE20K, 0.15/0.1 COCO-Stuff)."""
+    family = dataset_family(dataset)
+    comp, distill = (0.15, 0.1) if family == "coco-stuff-10k" else (0.2, 0.5)
+    weak_shot = method == "simformer"
+    loss = LossSettings(complementary=weak_shot, complementary_weight=comp, similarity=weak_shot,
+                        distillation=weak_shot, distill_weight=distill)
+    if preset == "paper":
+        return TrainSettings(
+            preset="paper", method=method, iters=60_000 if family == "coco-stuff-10k" else 160_000, batch_size=8,
+            model=paper_model_settings(num_classes), loss=loss, optim=OptimSettings(),
+            augment=COCO_AUGMENT if family == "coco-stuff-10k" else ADE20K_AUGMENT,
+        )
+    return TrainSettings(
+        preset="tiny", method=method, iters=400, batch_size=8,
+        model=tiny_model_settings(num_classes), loss=loss,
+        optim=OptimSettings(lr=1e-3, weight_decay=1e-4, backbone_lr_multiplier=1.0, grad_clip_norm=1.0),
+        augment=tiny_augment(min(image_size, 256) // 32 * 32 or 32),
+    )

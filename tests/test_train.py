@@ -1,0 +1,128 @@
+"""The train stage: CLI, exact resume, refusals, weak-label-only data path, two-process gloo."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from safetensors.numpy import load_file
+
+from simformer_cli.artifacts.model_manifest import ModelManifest
+from simformer_cli.artifacts.store import open_artifact
+from simformer_cli.data.split_store import AUDIT_LABELS, SplitArtifact
+from simformer_cli.pipeline.train import run_train
+from simformer_cli.training.model_artifact import load_model
+
+TRAIN = dict(iters=4, batch_size=4, device="cpu", checkpoint_every=2)
+
+
+def weights(path: Path) -> dict[str, np.ndarray]:
+    return load_file(str(path / "weights.safetensors"))
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert np.array_equal(wa[key], wb[key]), key
+
+
+def test_two_iterations_through_the_cli(cli, synthetic_split: Path, tmp_path: Path) -> None:
+    out = tmp_path / "model.zarr"
+    result = cli("train", "--split", synthetic_split, "--out", out, "--iters", "2", "--batch-size", "4",
+                 "--device", "cpu", "--json")
+    assert result.code == 0, result.err
+    manifest, _, _ = open_artifact(out, ModelManifest)
+    assert manifest.summary.steps == 2
+    assert {"loss_ce", "loss_focal", "loss_dice", "loss_comp", "loss_sim"} <= set(manifest.summary.final_losses)
+    assert all(np.isfinite(v) for v in manifest.summary.final_losses.values())
+    assert len((out / "train_log.jsonl").read_text().splitlines()) == 2
+    assert not (out / "checkpoints").exists()
+    model, loaded, _ = load_model(out)
+    assert loaded.novel_classes == SplitArtifact(synthetic_split).manifest.novel_classes
+    again = cli("train", "--split", synthetic_split, "--out", out, "--iters", "2", "--batch-size", "4", "--device", "cpu")
+    assert again.code == 0 and "up to date" in again.err
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(synthetic_split: Path, tmp_path: Path) -> None:
+    straight = run_train(split=synthetic_split, out=tmp_path / "straight.zarr", **TRAIN)
+
+    def stop_at_three(done: int) -> None:
+        if done == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_train(split=synthetic_split, out=tmp_path / "resumed.zarr", on_step=stop_at_three, **TRAIN)
+    assert not (tmp_path / "resumed.zarr").exists()
+    resumed = run_train(split=synthetic_split, out=tmp_path / "resumed.zarr", resume=True, **TRAIN)
+    assert resumed.manifest.summary.resumed_from == 2
+    assert_same_weights(tmp_path / "straight.zarr", tmp_path / "resumed.zarr")
+    log = (tmp_path / "resumed.zarr" / "train_log.jsonl").read_text().splitlines()
+    assert [int(line.split('"step": ')[1].split(",")[0]) for line in log] == [0, 1, 2, 3]
+    assert straight.manifest.summary.final_losses == resumed.manifest.summary.final_losses
+
+
+def test_resume_refusals(cli, synthetic_split: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.zarr"
+    result = cli("train", "--split", synthetic_split, "--out", out, "--iters", "4", "--resume", "--device", "cpu")
+    assert result.code == 2 and "no checkpoint" in result.err
+
+    def stop(done: int) -> None:
+        if done == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_train(split=synthetic_split, out=out, on_step=stop, **TRAIN)
+    result = cli("train", "--split", synthetic_split, "--out", out, "--iters", "5", "--batch-size", "4",
+                 "--checkpoint-every", "2", "--resume", "--device", "cpu")
+    assert result.code == 2 and "other inputs or settings" in result.err
+    assert len(result.err.strip().splitlines()) == 1
+
+
+def test_cuda_without_gpu_is_refused(cli, synthetic_split: Path, tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return  # the refusal only exists where there is no GPU; on a GPU machine cuda must work
+    result = cli("train", "--split", synthetic_split, "--out", tmp_path / "m.zarr", "--device", "cuda")
+    assert result.code == 2 and "no CUDA GPU" in result.err
+
+
+def test_novel_pixels_of_audit_labels_never_reach_training(synthetic_split: Path, tmp_path: Path) -> None:
+    split_copy = tmp_path / "split.zarr"
+    shutil.copytree(synthetic_split, split_copy)
+    first = run_train(split=split_copy, out=tmp_path / "a.zarr", iters=2, batch_size=4, device="cpu")
+    split = SplitArtifact(split_copy)
+    novel = split.manifest.novel_classes
+    audit = zarr.open_group(str(split_copy), mode="r+")[AUDIT_LABELS]
+    labels = audit[...]
+    is_novel = np.isin(labels, novel)
+    assert is_novel.any()
+    shifted = labels.copy()
+    shifted[is_novel] = np.asarray(novel)[(np.searchsorted(novel, labels[is_novel]) + 1) % len(novel)]
+    audit[...] = shifted
+    second = run_train(split=split_copy, out=tmp_path / "b.zarr", iters=2, batch_size=4, device="cpu")
+    assert_same_weights(tmp_path / "a.zarr", tmp_path / "b.zarr")
+
+
+def test_two_process_gloo_run_writes_one_model(synthetic_split: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp.zarr"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+               "-m", "simformer_cli", "train", "--split", str(synthetic_split), "--out", str(out),
+               "--iters", "2", "--batch-size", "4", "--device", "cpu"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest, _, _ = open_artifact(out, ModelManifest)
+    assert manifest.summary.world_size == 2 and manifest.summary.steps == 2
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".ddp.zarr.partial")] == []
