@@ -1,0 +1,27 @@
+"""Evaluation: streaming confusion matrix, mIoU report in both conventions, pictures."""
+
+from simformer_cli.evaluation.confusion import ConfusionMatrix
+from simformer_cli.evaluation.metrics import (
+    REPORT_COLUMNS,
+    ClassResult,
+    EvalReport,
+    compute_report,
+    format_report_rows,
+    summary_line,
+)
+from simformer_cli.evaluation.visualize import colorize, iou_bar_chart, overlay_triptych, palette, write_png
+
+__all__ = [
+    "REPORT_COLUMNS",
+    "ClassResult",
+    "ConfusionMatrix",
+    "EvalReport",
+    "colorize",
+    "compute_report",
+    "format_report_rows",
+    "iou_bar_chart",
+    "overlay_triptych",
+    "palette",
+    "summary_line",
+    "write_png",
+]

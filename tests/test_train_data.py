@@ -1,0 +1,83 @@
+"""Training data path: partner choice, step plans, micro-batches, augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from simformer_cli.data.augment import augment, tiny_augment
+from simformer_cli.data.pairs import PartnerSampler
+from simformer_cli.data.train_data import StepBatchSampler, StepPlan
+
+# Classes 0-3 base, 4-6 novel. Rows: images.
+LABELS = np.array([
+    [1, 1, 0, 0, 1, 1, 0],  # 0: novel {4, 5}
+    [0, 1, 0, 0, 1, 0, 0],  # 1: novel {4}
+    [1, 0, 0, 0, 0, 1, 0],  # 2: novel {5}
+    [0, 0, 1, 0, 1, 1, 0],  # 3: novel {4, 5}
+    [0, 0, 0, 1, 0, 0, 0],  # 4: no novel
+    [0, 0, 0, 1, 0, 0, 1],  # 5: novel {6} only here
+    [1, 0, 0, 1, 0, 0, 0],  # 6: no novel, shares base 3 with 4 and 5
+], dtype=bool)
+NOVEL, BASE = [4, 5, 6], [0, 1, 2, 3]
+
+
+def novel_set(index: int) -> set[int]:
+    return {c for c in NOVEL if LABELS[index, c]}
+
+
+def test_partner_shares_exactly_one_novel_class() -> None:
+    sampler = PartnerSampler(LABELS, NOVEL, BASE)
+    rng = np.random.default_rng(0)
+    for anchor in (0, 1, 2, 3):
+        for _ in range(30):
+            partner = sampler.partner(anchor, rng)
+            assert partner != anchor
+            shared = novel_set(anchor) & novel_set(partner)
+            if anchor in (0, 3):
+                assert len(shared) == 1  # {4,5} anchors meet 1 ({4}) or 2 ({5}) only
+            else:
+                assert shared == novel_set(anchor)  # single-novel anchors get a partner too (bug 4 fixed)
+
+
+def test_partner_without_novel_classes_shares_a_base_class() -> None:
+    sampler = PartnerSampler(LABELS, NOVEL, BASE)
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        partner = sampler.partner(4, rng)
+        assert partner in (5, 6)
+    # Image 5's novel class appears nowhere else: fall back to a base-sharing partner.
+    assert all(sampler.partner(5, rng) in (4, 6) for _ in range(10))
+
+
+def test_step_plan_is_deterministic_and_covers_each_epoch() -> None:
+    plan = StepPlan(seed=3, num_images=10, batch_size=2, pairs=False)
+    keys = [k for step in range(5) for k in plan.keys(step, None)]
+    assert sorted(k[2] for k in keys) == list(range(10))
+    assert keys == [k for step in range(5) for k in plan.keys(step, None)]
+
+
+def test_micro_batches_partition_the_global_batch_and_keep_pairs() -> None:
+    sampler = PartnerSampler(LABELS, NOVEL, BASE)
+    plan = StepPlan(seed=0, num_images=len(LABELS), batch_size=8, pairs=True)
+    parts = []
+    for rank in range(2):
+        batches = list(StepBatchSampler(plan, sampler, start=4, stop=5, rank=rank, world_size=2, accumulation=2))
+        assert len(batches) == 2 and all(len(b) == 2 for b in batches)
+        assert all(b[0][1] % 2 == 0 and b[1][1] == b[0][1] + 1 for b in batches)
+        parts += [k for b in batches for k in b]
+    assert sorted(parts) == sorted(plan.keys(4, sampler))
+
+
+def test_augment_shapes_padding_and_labels() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (50, 90, 3), dtype=np.uint8)
+    label = rng.integers(0, 4, (50, 90)).astype(np.uint8)
+    settings = tiny_augment(64)
+    for seed in range(10):
+        out_image, out_label, pad = augment(image, label, settings, np.random.default_rng(seed), 255)
+        assert out_image.shape == (64, 64, 3) and out_label.shape == (64, 64) and pad.shape == (64, 64)
+        assert set(np.unique(out_label[~pad])) <= {0, 1, 2, 3}
+        assert (out_label[pad] == 255).all()
+    again = augment(image, label, settings, np.random.default_rng(4), 255)
+    first = augment(image, label, settings, np.random.default_rng(4), 255)
+    assert all(np.array_equal(a, b) for a, b in zip(again, first))
