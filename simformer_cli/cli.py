@@ -156,6 +156,39 @@ def infer(
         print_json(result.manifest.model_dump(mode="json"))
 
 
+@app.command(name="eval")
+def evaluate(
+    predictions: Annotated[Path, typer.Option(help="Predictions artifact (from infer on a split).")],
+    split: Annotated[Path, typer.Option(help="The split the predictions were made on (ground truth).")],
+    out: Annotated[Optional[Path], typer.Option(help="Output metrics artifact (default: beside the predictions).")] = None,
+    chart: Annotated[bool, typer.Option(help="Write a per-class IoU bar chart (iou.png) into the artifact.")] = True,
+    json_out: JsonOption = False,
+) -> None:
+    """Compare predictions with ground truth: mIoU (both conventions), base, novel, hIoU, per class."""
+    from simformer_cli.pipeline.evaluate import run_eval
+    from simformer_cli.report import print_eval_report
+
+    result = run_eval(predictions=predictions, split=split, out=out, chart=chart, reporter=RichReporter())
+    print_eval_report(result.manifest.summary, result.path)
+    if json_out:
+        print_json(result.manifest.summary.model_dump(mode="json"))
+
+
+@app.command()
+def viz(
+    predictions: Annotated[Path, typer.Option(help="Predictions artifact.")],
+    out: Annotated[Path, typer.Option(help="Folder for the PNG overlays.")],
+    split: Annotated[Optional[Path], typer.Option(help="The split the predictions were made on (images and ground truth).")] = None,
+    images: Annotated[Optional[Path], typer.Option(help="The image folder the predictions were made on.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many images (0 = all).")] = 16,
+) -> None:
+    """Write image | ground truth | prediction overlays with a class legend, one PNG per image."""
+    from simformer_cli.pipeline.visualize import run_viz
+
+    written = run_viz(predictions=predictions, out=out, split=split, images=images, limit=limit, reporter=RichReporter())
+    stderr.print(f"wrote {len(written)} overlays to {out}", markup=False)
+
+
 def _floats(option: str, text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(part) for part in text.split(",") if part.strip())

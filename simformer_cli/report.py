@@ -28,3 +28,21 @@ def print_split_summary(manifest: SplitManifest, path: Path, digest: str) -> Non
                  f"{len(manifest.novel_classes)} novel)", markup=False)
     stderr.print(f"novel: {_names(manifest, manifest.novel_classes)}", markup=False)
     stderr.print(f"digest: {digest}", markup=False)
+
+
+def print_eval_report(report, path: Path, max_rows: int = 40) -> None:  # noqa: ANN001
+    """Per-class rows (best first, base/novel marked), then the headline figures."""
+    from simformer_cli.evaluation import REPORT_COLUMNS, format_report_rows, summary_line
+
+    rows = format_report_rows(report)
+    table = Table(title=f"eval {path}", title_justify="left")
+    for column in REPORT_COLUMNS:
+        table.add_column(column, justify="left" if column in ("class", "role") else "right")
+    for row in rows[:max_rows]:
+        table.add_row(*row)
+    if len(rows) > max_rows:
+        table.add_row("...", f"({len(rows) - max_rows} more rows in the JSON report)", *[""] * (len(REPORT_COLUMNS) - 2))
+    stderr.print(table)
+    for warning in report.warnings:
+        stderr.print(f"warning: {warning}", markup=False)
+    stderr.print(summary_line(report), markup=False)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+from simformer_cli.artifacts.metrics_manifest import MetricsManifest
 from simformer_cli.artifacts.model_manifest import ModelManifest
 from simformer_cli.artifacts.predictions_manifest import PredictionsManifest
 from simformer_cli.artifacts.split_manifest import SplitManifest
 
-MANIFEST_MODELS = {"split": SplitManifest, "model": ModelManifest, "predictions": PredictionsManifest}
+MANIFEST_MODELS = {"split": SplitManifest, "model": ModelManifest, "predictions": PredictionsManifest,
+                   "metrics": MetricsManifest}
 
 
 def schema_files() -> dict[str, str]:

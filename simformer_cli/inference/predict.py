@@ -43,7 +43,7 @@ def predict_scores(
     results = []
     for image in images:
         height, width = image.shape[:2]
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(device).float()
+        tensor = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None].to(device).float()
         total = None
         views = 0
         for scale in settings.scales:

@@ -66,7 +66,8 @@ def open_or_create_arrays(
         specs["scores"] = ((count, num_classes, sh, sw), (1, num_classes, sh, sw),
                            (shard_images, num_classes, sh, sw), "float16", 0)
     if not (staging / "zarr.json").is_file():
-        group = zarr.open_group(store=str(staging), mode="w", zarr_format=3)
+        # mode "a": "w" would empty the folder, losing the resume key beside the arrays
+        group = zarr.open_group(store=str(staging), mode="a", zarr_format=3)
         for name, (shape, chunks, shards, dtype, fill) in specs.items():
             group.create_array(name=name, shape=shape, chunks=chunks, shards=shards, dtype=dtype,
                                fill_value=fill, compressors=COMPRESSORS)
