@@ -92,7 +92,7 @@ def test_infer_refuses_a_split_the_model_was_not_trained_on(cli, mixed, tmp_path
 
 def test_interrupted_infer_continues_by_shard(mixed, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     import simformer_cli.data.split_store as store
-    from simformer_cli.pipeline import infer as infer_module
+    from simformer_cli.inference import predict as infer_module
 
     _, split, model = mixed
     monkeypatch.setattr(store, "MAX_SHARD_IMAGES", 1)  # one image per shard

@@ -1,39 +1,33 @@
 """The ``infer`` stage: a model and a split subset (or a folder of images) -> a predictions artifact.
 
-Images are processed in shards; each finished shard leaves a marker in the hidden
-``.NAME.partial`` folder, so an interrupted run continues with the first unfinished shard. Under
-torchrun each process takes every n-th shard and writes whole shards only.
+Resumable by shard and shared between torchrun processes (see ``inference.sharded``).
 """
 
 from __future__ import annotations
 
 import socket
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 
 from simformer_cli.artifacts.digest import canonical_json, files_fingerprint, sha256_of
 from simformer_cli.artifacts.manifest import ArraySpec, ArtifactRef, DatasetFingerprint, Inputs, Provenance
 from simformer_cli.artifacts.model_manifest import ModelManifest
 from simformer_cli.artifacts.predictions_manifest import InferParams, InferSummary, PredictionsManifest
-from simformer_cli.artifacts.store import commit, is_artifact, read_manifest, same_plan, staged_artifact
+from simformer_cli.artifacts.store import is_artifact, read_manifest, same_plan
 from simformer_cli.data.folder import IMAGE_SUFFIXES
 from simformer_cli.data.ingest import _file_digest, _image_size
 from simformer_cli.data.source import decode_image, read_bytes
-from simformer_cli.data.split_store import SplitArtifact, plan_layout, write_shard_block
+from simformer_cli.data.split_store import SplitArtifact
 from simformer_cli.errors import ArtifactError, UserError
-from simformer_cli.inference.predict import TestTimeSettings, predict_scores
-from simformer_cli.inference.store import SCORE_STRIDE, open_or_create_arrays
+from simformer_cli.inference.predict import TestTimeSettings
+from simformer_cli.inference.sharded import PredictionJob, argmax_rule, run_prediction_job
 from simformer_cli.progress import Reporter, SilentReporter
-from simformer_cli.training.devices import DeviceChoice, Runtime, broadcast_object, start_runtime, stop_runtime
+from simformer_cli.training.devices import DeviceChoice, start_runtime, stop_runtime
 from simformer_cli.training.model_artifact import load_model
-
-DONE_DIR = ".done"
 
 
 @dataclass(frozen=True)
@@ -133,88 +127,28 @@ def run_infer(
             except ArtifactError:
                 pass
         key = sha256_of(canonical_json({"inputs": inputs.model_dump(mode="json"), "params": params.model_dump(mode="json")}))
-        return _run(network, model_manifest, source, inputs, params, out, key, runtime, reporter)
+        job = PredictionJob(network=network, source=source, test_time=params.test_time,
+                            num_classes=len(model_manifest.class_names), ignore_index=model_manifest.ignore_index,
+                            label_rule=argmax_rule, save_scores=save_scores)
+
+        def make_manifest(arrays: dict[str, ArraySpec], seconds: float) -> PredictionsManifest:
+            return PredictionsManifest(
+                inputs=inputs, params=params, arrays=arrays,
+                provenance=Provenance(command=list(sys.argv), host=socket.gethostname()),
+                summary=InferSummary(images=len(source.names), seconds=round(seconds, 2),
+                                     images_per_second=round(len(source.names) / max(seconds, 1e-9), 2),
+                                     device=str(runtime.device)),
+                class_names=model_manifest.class_names, base_classes=model_manifest.base_classes,
+                novel_classes=model_manifest.novel_classes, ignore_index=model_manifest.ignore_index,
+                label_dtype=job.label_dtype,  # type: ignore[arg-type]
+            )
+
+        done = run_prediction_job(job, out=out, key=key, runtime=runtime, reporter=reporter,
+                                  make_manifest=make_manifest)
+        if done is None:
+            return InferResult(*read_manifest(out, PredictionsManifest), out, False)  # type: ignore[misc]
+        return InferResult(done[0], done[1], out, False)  # type: ignore[arg-type]
     finally:
         stop_runtime(runtime)
 
 
-def _run(network, model_manifest, source, inputs, params, out, key, runtime: Runtime, reporter):  # noqa: ANN001, ANN202
-    num_classes = len(model_manifest.class_names)
-    label_dtype = "uint8" if num_classes < 255 else "uint16"
-    layout = plan_layout("predictions", source.sizes)
-    common = dict(count=len(source.names), canvas=layout.canvas, chunk=layout.chunk,
-                  shard_images=layout.shard_images, label_dtype=label_dtype,
-                  ignore_index=model_manifest.ignore_index, num_classes=num_classes, save_scores=params.save_scores)
-    began = time.perf_counter()
-    if not runtime.is_main:
-        staging = Path(broadcast_object(runtime, None))  # type: ignore[arg-type]
-        runtime.barrier()
-        _predict_shards(network, source, layout, params, staging, runtime, reporter)
-        runtime.barrier()
-        return InferResult(*read_manifest(out, PredictionsManifest), out, False)  # type: ignore[misc]
-    with staged_artifact(out, resume_key=key) as staging:
-        specs = open_or_create_arrays(staging, **common)
-        import zarr
-
-        group = zarr.open_group(store=str(staging), mode="r+")
-        group["sizes"][...] = source.sizes
-        group.attrs["names"] = source.names
-        broadcast_object(runtime, str(staging))
-        runtime.barrier()
-        _predict_shards(network, source, layout, params, staging, runtime, reporter)
-        runtime.barrier()
-        seconds = time.perf_counter() - began
-        for marker in (staging / DONE_DIR).glob("*"):
-            marker.unlink()
-        (staging / DONE_DIR).rmdir()
-        manifest = PredictionsManifest(
-            inputs=inputs, params=params,
-            arrays={name: ArraySpec(shape=shape, dtype=dtype) for name, (shape, dtype) in specs.items()},
-            provenance=Provenance(command=list(sys.argv), host=socket.gethostname()),
-            summary=InferSummary(images=len(source.names), seconds=round(seconds, 2),
-                                 images_per_second=round(len(source.names) / max(seconds, 1e-9), 2),
-                                 device=str(runtime.device)),
-            class_names=model_manifest.class_names, base_classes=model_manifest.base_classes,
-            novel_classes=model_manifest.novel_classes, ignore_index=model_manifest.ignore_index,
-            label_dtype=label_dtype,
-        )
-        digest = commit(staging, out, manifest)
-    return InferResult(manifest, digest, out, False)
-
-
-def _predict_shards(network, source, layout, params: InferParams, staging: Path, runtime: Runtime,  # noqa: ANN001
-                    reporter: Reporter) -> None:
-    import zarr
-
-    group = zarr.open_group(store=str(staging), mode="r+")
-    done_dir = staging / DONE_DIR
-    done_dir.mkdir(exist_ok=True)
-    shards = [r for i, r in enumerate(layout.shard_ranges()) if i % runtime.world_size == runtime.rank]
-    todo = [r for r in shards if not (done_dir / f"{r.start:09d}").exists()]
-    skipped = sum(len(r) for r in shards) - sum(len(r) for r in todo)
-    if skipped:
-        reporter.info(f"continuing: {skipped} images already predicted")
-    with reporter.task("predicting", sum(len(r) for r in todo)) as advance:
-        for shard in todo:
-            labels, scores = [], []
-            for index in shard:
-                score = predict_scores(network, [source.image(index)], params.test_time, runtime.device,
-                                       runtime.autocast_dtype)[0]
-                labels.append(score.argmax(0).to(torch.uint8 if group["labels"].dtype == np.uint8 else torch.int32).cpu().numpy())
-                if params.save_scores:
-                    small = torch.nn.functional.avg_pool2d(score[None], SCORE_STRIDE, ceil_mode=True)[0]
-                    scores.append(small.half().cpu().numpy().transpose(1, 2, 0))
-                advance(1)
-            write_shard_block(group["labels"], shard.start, labels, int(group["labels"].fill_value))
-            if scores:
-                _write_scores(group["scores"], shard.start, scores)
-            (done_dir / f"{shard.start:09d}").touch()
-
-
-def _write_scores(array, start: int, scores: list[np.ndarray]) -> None:  # noqa: ANN001
-    height = max(s.shape[0] for s in scores)
-    width = max(s.shape[1] for s in scores)
-    block = np.zeros((len(scores), array.shape[1], height, width), dtype=np.float16)
-    for k, s in enumerate(scores):
-        block[k, :, : s.shape[0], : s.shape[1]] = s.transpose(2, 0, 1)
-    array[start : start + len(scores), :, :height, :width] = block

@@ -1,0 +1,130 @@
+"""Running a model over many images into a label-map artifact, shard by shard, resumably.
+
+Shared by ``infer`` (label = argmax of the scores) and ``pseudolabel`` (label = the pseudo-label
+rule). Each finished shard leaves a marker in the hidden ``.NAME.partial`` folder, so an
+interrupted run continues with the first unfinished shard; under torchrun every process takes
+every n-th shard and writes whole shards only; rank 0 writes the manifest last.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import zarr
+
+from simformer_cli.artifacts.manifest import ArraySpec, ManifestBase
+from simformer_cli.artifacts.store import commit, staged_artifact
+from simformer_cli.data.split_store import SubsetLayout, plan_layout, write_shard_block
+from simformer_cli.inference import predict
+from simformer_cli.inference.predict import TestTimeSettings
+from simformer_cli.inference.store import SCORE_STRIDE, open_or_create_arrays
+from simformer_cli.model import MaskFormer
+from simformer_cli.progress import Reporter
+from simformer_cli.training.devices import Runtime, broadcast_object
+
+DONE_DIR = ".done"
+LabelRule = Callable[[int, torch.Tensor], np.ndarray]  # (image index, (K, H, W) scores) -> label map
+
+
+class ImageSource(Protocol):
+    names: list[str]
+    sizes: np.ndarray
+
+    def image(self, index: int) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class PredictionJob:
+    network: MaskFormer
+    source: ImageSource
+    test_time: TestTimeSettings
+    num_classes: int
+    ignore_index: int
+    label_rule: LabelRule
+    save_scores: bool = False
+
+    @property
+    def label_dtype(self) -> str:
+        return "uint8" if self.num_classes < 255 else "uint16"
+
+
+def argmax_rule(index: int, scores: torch.Tensor) -> np.ndarray:
+    return scores.argmax(0).cpu().numpy()
+
+
+def run_prediction_job(
+    job: PredictionJob, *, out: Path, key: str, runtime: Runtime, reporter: Reporter,
+    make_manifest: Callable[[dict[str, ArraySpec], float], ManifestBase],
+) -> tuple[ManifestBase, str] | None:
+    """Predict every image into ``out``; rank 0 returns (manifest, digest), other ranks None."""
+    layout = plan_layout("predictions", job.source.sizes)
+    began = time.perf_counter()
+    if not runtime.is_main:
+        staging = Path(broadcast_object(runtime, None))  # type: ignore[arg-type]
+        runtime.barrier()
+        _predict_shards(job, layout, staging, runtime, reporter)
+        runtime.barrier()
+        return None
+    with staged_artifact(out, resume_key=key) as staging:
+        specs = open_or_create_arrays(
+            staging, count=len(job.source.names), canvas=layout.canvas, chunk=layout.chunk,
+            shard_images=layout.shard_images, label_dtype=job.label_dtype, ignore_index=job.ignore_index,
+            num_classes=job.num_classes, save_scores=job.save_scores)
+        group = zarr.open_group(store=str(staging), mode="r+")
+        group["sizes"][...] = job.source.sizes
+        group.attrs["names"] = job.source.names
+        broadcast_object(runtime, str(staging))
+        runtime.barrier()
+        _predict_shards(job, layout, staging, runtime, reporter)
+        runtime.barrier()
+        for marker in (staging / DONE_DIR).glob("*"):
+            marker.unlink()
+        (staging / DONE_DIR).rmdir()
+        arrays = {name: ArraySpec(shape=shape, dtype=dtype) for name, (shape, dtype) in specs.items()}
+        manifest = make_manifest(arrays, time.perf_counter() - began)
+        digest = commit(staging, out, manifest)
+    return manifest, digest
+
+
+def _predict_shards(job: PredictionJob, layout: SubsetLayout, staging: Path, runtime: Runtime,
+                    reporter: Reporter) -> None:
+    group = zarr.open_group(store=str(staging), mode="r+")
+    labels_array = group["labels"]
+    scores_array = group["scores"] if job.save_scores else None
+    done_dir = staging / DONE_DIR
+    done_dir.mkdir(exist_ok=True)
+    shards = [r for i, r in enumerate(layout.shard_ranges()) if i % runtime.world_size == runtime.rank]
+    todo = [r for r in shards if not (done_dir / f"{r.start:09d}").exists()]
+    already = sum(len(r) for r in shards) - sum(len(r) for r in todo)
+    if already:
+        reporter.info(f"continuing: {already} images were already done")
+    with reporter.task("predicting", sum(len(r) for r in todo)) as advance:
+        for shard in todo:
+            labels, scores = [], []
+            for index in shard:
+                score = predict.predict_scores(job.network, [job.source.image(index)], job.test_time,
+                                               runtime.device, runtime.autocast_dtype)[0]
+                labels.append(job.label_rule(index, score).astype(job.label_dtype))
+                if scores_array is not None:
+                    small = torch.nn.functional.avg_pool2d(score[None], SCORE_STRIDE, ceil_mode=True)[0]
+                    scores.append(small.half().cpu().numpy())
+                advance(1)
+            write_shard_block(labels_array, shard.start, labels, job.ignore_index)
+            if scores_array is not None:
+                _write_scores(scores_array, shard.start, scores)
+            (done_dir / f"{shard.start:09d}").touch()
+
+
+def _write_scores(array: zarr.Array, start: int, scores: Sequence[np.ndarray]) -> None:
+    height = max(s.shape[1] for s in scores)
+    width = max(s.shape[2] for s in scores)
+    block = np.zeros((len(scores), array.shape[1], height, width), dtype=np.float16)
+    for k, s in enumerate(scores):
+        block[k, :, : s.shape[1], : s.shape[2]] = s
+    array[start : start + len(scores), :, :height, :width] = block
