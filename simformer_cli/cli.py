@@ -156,6 +156,68 @@ def infer(
         print_json(result.manifest.model_dump(mode="json"))
 
 
+@app.command()
+def pseudolabel(
+    model: Annotated[Path, typer.Option(help="Model artifact (the one-stage SimFormer).")],
+    split: Annotated[Path, typer.Option(help="The split the model was trained on (its train images are labelled).")],
+    out: Annotated[Optional[Path], typer.Option(help="Output pseudo-label artifact (default: beside the split).")] = None,
+    scales: Annotated[str, typer.Option(help="Test-time scale factors (the ADE20K recipe uses 0.625,0.9375,1.25,1.5625,1.875).")] = "1",
+    flip: Annotated[bool, typer.Option("--flip", help="Also average horizontally mirrored views.")] = False,
+    min_score: Annotated[Optional[float], typer.Option(help="Novel pixels scoring below this become ignore (default: off).")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    force: ForceOption = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Label the training images' novel pixels with the model's predictions (base ground truth kept)."""
+    from simformer_cli.pipeline.pseudolabel import run_pseudolabel
+
+    if min_score is not None and not 0 <= min_score <= 1:
+        raise UserError(f"--min-score {min_score}: expected a score between 0 and 1")
+    result = run_pseudolabel(model=model, split=split, out=out, scales=_floats("--scales", scales), flip=flip,
+                             min_score=min_score, device=_choice("--device", device, ("auto", "cpu", "cuda")),
+                             force=force, reporter=RichReporter())
+    summary = result.manifest.summary
+    quality = "" if summary.novel_miou_vs_audit is None else f", novel mIoU vs full train labels {summary.novel_miou_vs_audit:.1f}"
+    stderr.print(f"pseudo labels {result.path}: {summary.images} images, novel pixels {summary.novel_pixel_share:.1%}, "
+                 f"ignore {summary.ignore_pixel_share:.1%}{quality}", markup=False)
+    if json_out:
+        print_json(result.manifest.model_dump(mode="json"))
+
+
+@app.command()
+def retrain(
+    split: Annotated[Path, typer.Option(help="Split artifact.")],
+    pseudolabels: Annotated[Path, typer.Option(help="Pseudo-label artifact made from this split.")],
+    out: Annotated[Optional[Path], typer.Option(help="Output model artifact (default: beside the split, model-retrained.zarr).")] = None,
+    preset: Annotated[str, typer.Option(help="tiny | paper")] = "tiny",
+    iters: Annotated[Optional[int], typer.Option(help="Training steps (default: the preset's).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Global batch: images per step over all devices.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Base learning rate (default: the preset's).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of initialisation, data order and augmentation.")] = None,
+    checkpoint_every: Annotated[int, typer.Option(help="Write a resumable checkpoint every N steps.")] = 100,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint of this run.")] = False,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 0,
+    backbone_weights: Annotated[Optional[Path], typer.Option(help="Local torchvision-layout ResNet weights (.pth).")] = None,
+    force: ForceOption = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Retrain a plain MaskFormer on base ground truth + novel pseudo labels."""
+    from simformer_cli.pipeline.retrain import run_retrain
+
+    result = run_retrain(
+        split=split, pseudolabels=pseudolabels, out=out, preset=_choice("--preset", preset, ("tiny", "paper")),
+        iters=iters, batch_size=batch_size, lr=lr, seed=seed,
+        checkpoint_every=_positive("--checkpoint-every", checkpoint_every), resume=resume,
+        device=_choice("--device", device, ("auto", "cpu", "cuda")), workers=workers,
+        backbone_weights=backbone_weights, force=force, reporter=RichReporter(),
+    )
+    summary = result.manifest.summary
+    stderr.print(f"model {result.path}: {summary.steps} steps, {summary.images_per_second:.1f} images/s", markup=False)
+    if json_out:
+        print_json(result.manifest.model_dump(mode="json"))
+
+
 @app.command(name="eval")
 def evaluate(
     predictions: Annotated[Path, typer.Option(help="Predictions artifact (from infer on a split).")],

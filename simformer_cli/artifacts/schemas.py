@@ -7,9 +7,11 @@ import json
 from simformer_cli.artifacts.metrics_manifest import MetricsManifest
 from simformer_cli.artifacts.model_manifest import ModelManifest
 from simformer_cli.artifacts.predictions_manifest import PredictionsManifest
+from simformer_cli.artifacts.pseudolabels_manifest import PseudoLabelsManifest
 from simformer_cli.artifacts.split_manifest import SplitManifest
 
 MANIFEST_MODELS = {"split": SplitManifest, "model": ModelManifest, "predictions": PredictionsManifest,
+                   "pseudolabels": PseudoLabelsManifest,
                    "metrics": MetricsManifest}
 
 

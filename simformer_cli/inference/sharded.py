@@ -60,9 +60,12 @@ def argmax_rule(index: int, scores: torch.Tensor) -> np.ndarray:
 
 def run_prediction_job(
     job: PredictionJob, *, out: Path, key: str, runtime: Runtime, reporter: Reporter,
-    make_manifest: Callable[[dict[str, ArraySpec], float], ManifestBase],
+    make_manifest: Callable[[Path, dict[str, ArraySpec], float], ManifestBase],
 ) -> tuple[ManifestBase, str] | None:
-    """Predict every image into ``out``; rank 0 returns (manifest, digest), other ranks None."""
+    """Predict every image into ``out``; rank 0 returns (manifest, digest), other ranks None.
+
+    ``make_manifest(staging, arrays, seconds)`` is called once every label map is written.
+    """
     layout = plan_layout("predictions", job.source.sizes)
     began = time.perf_counter()
     if not runtime.is_main:
@@ -87,7 +90,7 @@ def run_prediction_job(
             marker.unlink()
         (staging / DONE_DIR).rmdir()
         arrays = {name: ArraySpec(shape=shape, dtype=dtype) for name, (shape, dtype) in specs.items()}
-        manifest = make_manifest(arrays, time.perf_counter() - began)
+        manifest = make_manifest(staging, arrays, time.perf_counter() - began)
         digest = commit(staging, out, manifest)
     return manifest, digest
 

@@ -131,7 +131,7 @@ def run_infer(
                             num_classes=len(model_manifest.class_names), ignore_index=model_manifest.ignore_index,
                             label_rule=argmax_rule, save_scores=save_scores)
 
-        def make_manifest(arrays: dict[str, ArraySpec], seconds: float) -> PredictionsManifest:
+        def make_manifest(staging: Path, arrays: dict[str, ArraySpec], seconds: float) -> PredictionsManifest:
             return PredictionsManifest(
                 inputs=inputs, params=params, arrays=arrays,
                 provenance=Provenance(command=list(sys.argv), host=socket.gethostname()),

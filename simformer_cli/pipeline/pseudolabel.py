@@ -1,0 +1,178 @@
+"""The ``pseudolabel`` stage (method reference section 6.1): model + split (train) -> pseudo labels.
+
+For each training image: predict class scores over all K classes (optionally multi-scale + flip);
+a pixel takes novel class n where the argmax is n and n is in the image's image-level label
+(optionally only where its score reaches ``min_score``); base ground truth is pasted over; every
+other pixel is ignore. When the split kept its audit labels, the manifest reports how good the
+novel pseudo labels are (novel mIoU against the full train labels).
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from simformer_cli.artifacts.digest import canonical_json, sha256_of
+from simformer_cli.artifacts.manifest import ArraySpec, ArtifactRef, Inputs, Provenance
+from simformer_cli.artifacts.pseudolabels_manifest import PseudoLabelParams, PseudoLabelsManifest, PseudoLabelSummary
+from simformer_cli.artifacts.store import is_artifact, open_artifact, read_manifest, same_plan
+from simformer_cli.data.split_store import SplitArtifact, read_audit_label
+from simformer_cli.errors import ArtifactError, UserError
+from simformer_cli.evaluation import ConfusionMatrix, compute_report
+from simformer_cli.inference.sharded import PredictionJob, run_prediction_job
+from simformer_cli.pipeline.infer import SplitImages, test_time_settings
+from simformer_cli.progress import Reporter, SilentReporter
+from simformer_cli.training.devices import DeviceChoice, start_runtime, stop_runtime
+from simformer_cli.training.model_artifact import load_model
+
+
+@dataclass(frozen=True)
+class PseudoLabelResult:
+    manifest: PseudoLabelsManifest
+    digest: str
+    path: Path
+    skipped: bool
+
+
+class PseudoLabelRule:
+    """The labelling rule for one split: argmax restricted to image-level novel classes, base GT on top."""
+
+    def __init__(self, split: SplitArtifact, min_score: float | None) -> None:
+        manifest = split.manifest
+        self.split = split
+        self.ignore = manifest.ignore_index
+        self.is_novel = np.zeros(len(manifest.class_names), dtype=bool)
+        self.is_novel[manifest.novel_classes] = True
+        self.min_score = min_score
+
+    def __call__(self, index: int, scores: torch.Tensor) -> np.ndarray:
+        best, predicted = scores.max(0)
+        predicted = predicted.cpu().numpy()
+        allowed = self.is_novel & self.split.image_labels("train")[index]
+        keep = allowed[predicted]
+        if self.min_score is not None:
+            keep &= best.cpu().numpy() >= self.min_score
+        weak = self.split.label("train", index)  # base pixels carry their class, all else is ignore
+        label = np.where(keep, predicted, self.ignore).astype(weak.dtype)
+        base = weak != self.ignore
+        label[base] = weak[base]
+        return label
+
+
+def run_pseudolabel(
+    *,
+    model: Path,
+    split: Path,
+    out: Path | None = None,
+    scales: tuple[float, ...] = (1.0,),
+    flip: bool = False,
+    min_score: float | None = None,
+    device: DeviceChoice = "auto",
+    force: bool = False,
+    reporter: Reporter | None = None,
+) -> PseudoLabelResult:
+    runtime = start_runtime(device)
+    reporter = reporter if (reporter is not None and runtime.is_main) else SilentReporter()
+    try:
+        network, model_manifest, model_digest = load_model(model, runtime.device)
+        split_artifact = SplitArtifact(split)
+        trained_on = model_manifest.inputs.artifacts.get("split")
+        if trained_on is None or trained_on.digest != split_artifact.digest:
+            raise UserError(f"--split {split}: the model {model} was trained on another split; use that split")
+        inputs = Inputs(artifacts={
+            "model": ArtifactRef(path=str(Path(model).absolute()), kind="model", digest=model_digest),
+            "split": ArtifactRef(path=str(Path(split).absolute()), kind="split", digest=split_artifact.digest),
+        })
+        params = PseudoLabelParams(test_time=test_time_settings(model_manifest, scales, flip), min_score=min_score)
+        out = Path(out) if out is not None else Path(split).parent / "pseudolabels.zarr"
+        if is_artifact(out) and not force:
+            try:
+                existing, digest = read_manifest(out, PseudoLabelsManifest)
+                if same_plan(existing, inputs, params):
+                    reporter.info(f"{out}: up to date (same model, split and settings), skipping; pass --force to redo")
+                    return PseudoLabelResult(existing, digest, out, True)
+            except ArtifactError:
+                pass
+        manifest = split_artifact.manifest
+        job = PredictionJob(network=network, source=SplitImages(split_artifact, "train"), test_time=params.test_time,
+                            num_classes=len(manifest.class_names), ignore_index=manifest.ignore_index,
+                            label_rule=PseudoLabelRule(split_artifact, min_score))
+        key = sha256_of(canonical_json({"inputs": inputs.model_dump(mode="json"), "params": params.model_dump(mode="json")}))
+
+        def make_manifest(staging: Path, arrays: dict[str, ArraySpec], seconds: float) -> PseudoLabelsManifest:
+            summary = _quality(staging, split_artifact, seconds, reporter)
+            return PseudoLabelsManifest(
+                inputs=inputs, params=params, arrays=arrays, summary=summary,
+                provenance=Provenance(command=list(sys.argv), host=socket.gethostname()),
+                class_names=manifest.class_names, base_classes=manifest.base_classes,
+                novel_classes=manifest.novel_classes, ignore_index=manifest.ignore_index,
+                label_dtype=job.label_dtype,  # type: ignore[arg-type]
+            )
+
+        done = run_prediction_job(job, out=out, key=key, runtime=runtime, reporter=reporter,
+                                  make_manifest=make_manifest)
+        if done is None:
+            return PseudoLabelResult(*read_manifest(out, PseudoLabelsManifest), out, False)  # type: ignore[misc]
+        return PseudoLabelResult(done[0], done[1], out, False)  # type: ignore[arg-type]
+    finally:
+        stop_runtime(runtime)
+
+
+def _quality(staging: Path, split: SplitArtifact, seconds: float, reporter: Reporter) -> PseudoLabelSummary:
+    """Pixel shares of the finished labels and, with audit labels, their novel-class IoU."""
+    import zarr
+
+    group = zarr.open_group(store=str(staging), mode="r")
+    labels, sizes = group["labels"], np.asarray(group["sizes"][...])
+    manifest = split.manifest
+    num_classes, ignore = len(manifest.class_names), manifest.ignore_index
+    audit = "audit/train_labels" in manifest.arrays
+    confusion = ConfusionMatrix(num_classes, ignore)
+    novel_pixels = ignore_pixels = total = 0
+    novel = np.asarray(manifest.novel_classes)
+    with reporter.task("measuring pseudo-label quality", len(sizes)) as advance:
+        for index, (h, w) in enumerate(sizes):
+            label = np.asarray(labels[index, :h, :w])
+            total += label.size
+            ignore_pixels += int((label == ignore).sum())
+            novel_pixels += int(np.isin(label, novel).sum())
+            if audit:
+                truth = read_audit_label(split, index)
+                # Judge only novel decisions: pixels whose truth is novel or that were labelled novel.
+                judged = np.isin(truth, novel) | np.isin(label, novel)
+                confusion.update(np.where(judged, label, ignore), np.where(judged, truth, ignore))
+            advance(1)
+    summary = dict(images=len(sizes), seconds=round(seconds, 2),
+                   novel_pixel_share=round(novel_pixels / max(total, 1), 6),
+                   ignore_pixel_share=round(ignore_pixels / max(total, 1), 6))
+    if audit and confusion.counts.sum() > 0:
+        report = compute_report(confusion, manifest.class_names, manifest.base_classes, manifest.novel_classes,
+                                num_images=len(sizes), ignored_pixels=confusion.ignored_pixels)
+        summary["novel_miou_vs_audit"] = report.novel_miou
+        summary["novel_iou_per_class"] = {r.name: r.iou for r in report.per_class if r.split_role == "novel"}
+    return PseudoLabelSummary(**summary)
+
+
+class PseudoLabelReader:
+    """Pseudo label of a training image by index, for ``retrain`` (picklable; opens lazily)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._group = None
+        self._sizes: np.ndarray | None = None
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "_group": None, "_sizes": None}
+
+    def __call__(self, index: int) -> np.ndarray:
+        if self._group is None:
+            _, _, self._group = open_artifact(self.path, PseudoLabelsManifest)
+            self._sizes = np.asarray(self._group["sizes"][...])
+            self._labels = self._group["labels"]
+        h, w = self._sizes[index]  # type: ignore[index]
+        return np.asarray(self._labels[index, :h, :w])

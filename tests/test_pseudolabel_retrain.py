@@ -1,0 +1,93 @@
+"""pseudolabel and retrain: the labelling rule, quality vs audit labels, refusals, retraining."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from simformer_cli.artifacts.model_manifest import ModelManifest
+from simformer_cli.artifacts.store import read_manifest
+from simformer_cli.data.split_store import SplitArtifact
+from simformer_cli.pipeline.pseudolabel import PseudoLabelReader, PseudoLabelRule, run_pseudolabel
+from simformer_cli.pipeline.split import run_split
+from simformer_cli.pipeline.train import run_train
+
+from conftest import make_folder_dataset
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path, Path]:  # noqa: ANN001
+    base = tmp_path_factory.mktemp("pl")
+    root = make_folder_dataset(base / "data")
+    split = run_split(dataset="folder", root=root, out=base / "split.zarr", novel_classes="car,person", workers=1).path
+    model = run_train(split=split, out=base / "model.zarr", iters=1, batch_size=2, device="cpu").path
+    return root, split, model
+
+
+class FakeSplit:
+    """Just what the rule reads: image-level labels, the weak train label and the manifest."""
+
+    def __init__(self, split: SplitArtifact, weak: np.ndarray, present: list[int]) -> None:
+        self.manifest = split.manifest
+        self._weak = weak
+        self._labels = np.zeros((1, len(split.manifest.class_names)), dtype=bool)
+        self._labels[0, present] = True
+
+    def image_labels(self, subset: str) -> np.ndarray:
+        return self._labels
+
+    def label(self, subset: str, index: int) -> np.ndarray:
+        return self._weak
+
+
+def test_rule_keeps_only_image_level_novel_classes_and_pastes_base(trained) -> None:  # noqa: ANN001
+    split = SplitArtifact(trained[1])  # classes 0-5, novel {3 car, 4 person}
+    weak = np.array([[0, 255, 255, 255]], dtype=np.uint8)  # pixel 0 is base class 0
+    predicted = [3, 3, 4, 5]  # car, car, person (absent from the image), tree (a base class)
+    scores = torch.zeros(6, 1, 4)
+    for x, c in enumerate(predicted):
+        scores[c, 0, x] = 0.9 if x != 1 else 0.3
+    rule = PseudoLabelRule(FakeSplit(split, weak, present=[0, 3]), min_score=None)
+    assert rule(0, scores).tolist() == [[0, 3, 255, 255]]
+    strict = PseudoLabelRule(FakeSplit(split, weak, present=[0, 3]), min_score=0.5)
+    assert strict(0, scores).tolist() == [[0, 255, 255, 255]]
+
+
+def test_pseudolabels_report_quality_and_feed_retraining(cli, trained, tmp_path: Path) -> None:  # noqa: ANN001
+    _, split, model = trained
+    out = tmp_path / "pl.zarr"
+    result = cli("pseudolabel", "--model", model, "--split", split, "--out", out, "--device", "cpu", "--json")
+    assert result.code == 0, result.err
+    manifest = json.loads(result.out)
+    assert manifest["summary"]["novel_miou_vs_audit"] is not None
+    artifact = SplitArtifact(split)
+    reader = PseudoLabelReader(out)
+    for index in range(artifact.count("train")):
+        label, weak = reader(index), artifact.label("train", index)
+        base = weak != 255
+        assert np.array_equal(label[base], weak[base])
+        allowed = set(np.flatnonzero(artifact.image_labels("train")[index])) & {3, 4}
+        assert set(np.unique(label[~base])) <= allowed | {255}
+    retrained = cli("retrain", "--split", split, "--pseudolabels", out, "--out", tmp_path / "rt.zarr",
+                    "--iters", "1", "--batch-size", "2", "--device", "cpu")
+    assert retrained.code == 0, retrained.err
+    model_manifest, _ = read_manifest(tmp_path / "rt.zarr", ModelManifest)
+    assert model_manifest.stage == "retrain"
+    assert set(model_manifest.inputs.artifacts) == {"split", "pseudolabels"}
+    assert not model_manifest.params.settings.loss.complementary
+    assert "loss_sim" not in model_manifest.summary.final_losses
+
+
+def test_retrain_refuses_pseudolabels_of_another_split(cli, trained, tmp_path: Path) -> None:  # noqa: ANN001
+    root, split, model = trained
+    pseudo = run_pseudolabel(model=model, split=split, out=tmp_path / "pl.zarr", device="cpu").path
+    other = run_split(dataset="folder", root=root, out=tmp_path / "other.zarr", seed=4, workers=1).path
+    result = cli("retrain", "--split", other, "--pseudolabels", pseudo, "--out", tmp_path / "rt.zarr")
+    assert result.code == 2 and "another split" in result.err
+    wrong = cli("retrain", "--split", split, "--pseudolabels", split, "--out", tmp_path / "rt.zarr")
+    assert wrong.code == 2 and "'split' artifact" in wrong.err
+    assert not (tmp_path / "rt.zarr").exists()
