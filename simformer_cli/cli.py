@@ -218,6 +218,48 @@ def retrain(
         print_json(result.manifest.model_dump(mode="json"))
 
 
+@app.command()
+def pipeline(
+    workdir: Annotated[Path, typer.Option(help="Folder for every artifact of the chain.")] = Path("runs/syn"),
+    dataset: Annotated[str, typer.Option(help="synthetic | ade20k | coco-stuff-10k | folder")] = "synthetic",
+    root: Annotated[Optional[Path], typer.Option(help="Dataset folder (default: $SIMFORMER_DATASETS, else ./datasets).")] = None,
+    ratio: Annotated[Optional[str], typer.Option(help="BASE:NOVEL class ratio (default 3:1).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the ratio split.")] = None,
+    official_split: Annotated[Optional[int], typer.Option(help="A published split: ADE20K 1-4, COCO-Stuff-10K 1-9.")] = None,
+    novel_classes: Annotated[Optional[str], typer.Option(help="Comma-separated novel class names or ids.")] = None,
+    synthetic_train: Annotated[Optional[int], typer.Option(help="Synthetic data: training images.")] = None,
+    synthetic_val: Annotated[Optional[int], typer.Option(help="Synthetic data: validation images.")] = None,
+    synthetic_size: Annotated[Optional[int], typer.Option(help="Synthetic data: image side in pixels.")] = None,
+    preset: Annotated[str, typer.Option(help="tiny | paper")] = "tiny",
+    iters: Annotated[Optional[int], typer.Option(help="Training steps of train (and retrain, unless --retrain-iters).")] = None,
+    retrain_iters: Annotated[Optional[int], typer.Option(help="Training steps of retrain.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Global batch: images per step.")] = None,
+    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N training steps.")] = 50,
+    pseudo_scales: Annotated[str, typer.Option(help="Test-time scales of pseudo-labelling.")] = "1",
+    pseudo_flip: Annotated[bool, typer.Option("--pseudo-flip", help="Flip views when pseudo-labelling.")] = False,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    json_out: JsonOption = False,
+) -> None:
+    """Run the whole chain into one folder; rerunning skips finished stages and resumes interrupted ones."""
+    from simformer_cli.pipeline.chain import run_pipeline
+    from simformer_cli.report import print_pipeline_table
+
+    result = run_pipeline(
+        workdir=workdir, dataset=_choice("--dataset", dataset, ("synthetic", "ade20k", "coco-stuff-10k", "folder")),
+        root=root, ratio=ratio, seed=seed, official_split=official_split, novel_classes=novel_classes,
+        synthetic=_synthetic_settings(synthetic_train, synthetic_val, synthetic_size, None) if dataset == "synthetic" else None,
+        preset=_choice("--preset", preset, ("tiny", "paper")), iters=iters, retrain_iters=retrain_iters,
+        batch_size=batch_size, checkpoint_every=_positive("--checkpoint-every", checkpoint_every),
+        pseudo_scales=_floats("--pseudo-scales", pseudo_scales), pseudo_flip=pseudo_flip,
+        device=_choice("--device", device, ("auto", "cpu", "cuda")), reporter=RichReporter(),
+    )
+    print_pipeline_table(result.one_stage, result.retrained, result.pseudo_label_novel_miou, result.workdir)
+    if json_out:
+        print_json({"one_stage": result.one_stage.model_dump(mode="json"),
+                    "retrained": result.retrained.model_dump(mode="json"),
+                    "pseudo_label_novel_miou": result.pseudo_label_novel_miou})
+
+
 @app.command(name="eval")
 def evaluate(
     predictions: Annotated[Path, typer.Option(help="Predictions artifact (from infer on a split).")],

@@ -46,3 +46,21 @@ def print_eval_report(report, path: Path, max_rows: int = 40) -> None:  # noqa: 
     for warning in report.warnings:
         stderr.print(f"warning: {warning}", markup=False)
     stderr.print(summary_line(report), markup=False)
+
+
+def print_pipeline_table(one_stage, retrained, pseudo_novel_miou, workdir: Path) -> None:  # noqa: ANN001
+    """One-stage vs retrained: all / base / novel mIoU and hIoU (SimFormer's convention)."""
+    table = Table(title=f"pipeline {workdir} (val, %)", title_justify="left")
+    for column in ("model", "mIoU", "base", "novel", "hIoU", "mIoU present-only"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+
+    def cell(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.2f}"
+
+    for name, report in (("SimFormer one-stage", one_stage), ("+ pseudo-label retraining", retrained)):
+        table.add_row(name, cell(report.miou), cell(report.base_miou), cell(report.novel_miou), cell(report.hiou),
+                      cell(report.miou_present_only))
+    stderr.print(table)
+    if pseudo_novel_miou is not None:
+        stderr.print(f"pseudo labels on train: novel mIoU {pseudo_novel_miou:.2f} against the full train labels",
+                     markup=False)

@@ -335,14 +335,14 @@ def _paint(
     ys, xs = (where // size).astype(float), (where % size).astype(float)
     period = dict(SCALES)[look.scale] * period_scale * rng.uniform(0.9, 1.1)
     cos, sin = DIRECTIONS[rng.integers(180)]
-    u = (xs * cos + ys * sin) / period + rng.uniform()
-    v = (ys * cos - xs * sin) / period + rng.uniform()
-    if look.texture == "noise":
-        # irregular blotches with about one-pixel edges, in a turned frame (rows >= 0 need an offset)
+    along, across = xs * cos + ys * sin, ys * cos - xs * sin  # a turned frame
+    if look.texture == "noise":  # irregular blotches with about one-pixel edges
         cell = 0.7 * period
-        field = _value_noise(rng, ys * cos - xs * sin + 2 * size, xs * cos + ys * sin + size, cell, 3 * size, True)
+        field = _value_noise(rng, across + 2 * size, along + size, cell, 3 * size, balanced=True)
         pattern = np.clip((field - 0.5) * 2 * cell + 0.5, 0.0, 1.0)
-    elif look.texture == "stripes":
+        return _colour(rng, look, pattern)
+    u, v = along / period + rng.uniform(), across / period + rng.uniform()  # in periods, random phase
+    if look.texture == "stripes":
         pattern = _edge(_tri(u), period)
     elif look.texture == "checker":
         pattern = 0.5 + 0.5 * (2.0 * _edge(_tri(u), period) - 1.0) * (2.0 * _edge(_tri(v), period) - 1.0)
@@ -354,6 +354,11 @@ def _paint(
     else:  # grid: dark lines on the light tone
         line_u, line_v = (np.clip(0.09 * period - (1.0 - _tri(w)) * period / 2 + 0.5, 0.0, 1.0) for w in (u, v))
         pattern = 1.0 - np.maximum(line_u, line_v)
+    return _colour(rng, look, pattern)
+
+
+def _colour(rng: np.random.Generator, look: ClassAppearance, pattern: np.ndarray) -> np.ndarray:
+    """Blend of the class colour's dark and light tones by ``pattern``, with per-image colour jitter."""
     light = np.array(dict(COLOURS)[look.colour], dtype=float) * (1.0 + rng.uniform(-0.05, 0.05, 3))
     light = light + rng.uniform(-8.0, 8.0)
     dark = light * DARK_TONE

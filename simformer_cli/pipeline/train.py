@@ -65,6 +65,12 @@ def _partial_dir(out: Path) -> Path:
     return out.parent / f".{out.name}.partial"
 
 
+def _resumable(out: Path, key: str) -> bool:
+    partial = _partial_dir(out)
+    key_file = partial / RESUME_KEY_FILE
+    return key_file.is_file() and key_file.read_text() == key and latest_checkpoint(partial / CHECKPOINTS) is not None
+
+
 def _check_resume(out: Path, key: str) -> None:
     partial = _partial_dir(out)
     key_file = partial / RESUME_KEY_FILE
@@ -88,7 +94,7 @@ def run_train(
     seed: int | None = None,
     lr: float | None = None,
     checkpoint_every: int = 100,
-    resume: bool = False,
+    resume: bool | Literal["auto"] = False,
     device: DeviceChoice = "auto",
     workers: int = 0,
     backbone_weights: Path | None = None,
@@ -122,7 +128,9 @@ def run_train(
                 reporter.info(f"{out}: up to date (same inputs and settings), skipping; pass --force to retrain")
                 return TrainResult(existing, digest, out, True)
         key = sha256_of(canonical_json({"inputs": inputs.model_dump(mode="json"), "params": params.model_dump(mode="json")}))
-        if resume:
+        if resume == "auto":  # the pipeline: continue a matching interrupted run, else start
+            resume = _resumable(out, key)
+        elif resume:
             _check_resume(out, key)
         common = dict(settings=settings, split_path=Path(split), runtime=runtime, resume=resume,
                       checkpoint_every=checkpoint_every, workers=workers, reporter=reporter,
