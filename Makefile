@@ -21,13 +21,14 @@ test: install
 	$(PY) -m pytest -q
 
 demo: install
-	simformer split --dataset synthetic --out runs/syn/split.zarr
+	simformer pipeline --workdir runs/syn
 
 schema: install
 	simformer schema --out manifests
 
 bench: install
 	$(PY) benchmarks/split_ingest.py --out BENCHMARKS.md
+	$(PY) benchmarks/eval_speed.py --out BENCHMARKS.md
 
 clean:
 	rm -rf runs .pytest_cache
