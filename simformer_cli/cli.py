@@ -257,7 +257,7 @@ def pipeline(
     if json_out:
         print_json({"one_stage": result.one_stage.model_dump(mode="json"),
                     "retrained": result.retrained.model_dump(mode="json"),
-                    "pseudo_label_novel_miou": result.pseudo_label_novel_miou})
+                    "pseudo_label_novel_miou": result.pseudo_label_novel_miou, "seconds": result.seconds})
 
 
 @app.command(name="eval")

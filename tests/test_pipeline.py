@@ -35,7 +35,10 @@ def test_killed_pipeline_resumes_to_the_same_table(tmp_path: Path) -> None:
     resumed = subprocess.run(pipeline(workdir), capture_output=True, text=True, env=env, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from step" in resumed.stderr
-    assert json.loads(resumed.stdout) == json.loads(straight.stdout)
+    tables = [json.loads(run.stdout) for run in (resumed, straight)]
+    for table in tables:
+        table.pop("seconds")  # wall times differ; every figure must not
+    assert tables[0] == tables[1]
 
 
 def test_quickstart_recipe_runs_on_a_tiny_setting(tmp_path: Path) -> None:

@@ -215,6 +215,27 @@ def open_artifact(path: Path, model: type[M]) -> tuple[M, str, zarr.Group]:
     return manifest, digest, group
 
 
+def plan_key(inputs: Any, params: Any) -> str:
+    """Digest of what a run will use: keys resumable staging folders to one plan."""
+    from simformer_cli.artifacts.digest import sha256_of
+
+    return sha256_of(canonical_json({"inputs": inputs.model_dump(mode="json"), "params": params.model_dump(mode="json")}))
+
+
+def current_artifact(out: Path, model: type[M], inputs: Any, params: Any, *, force: bool) -> tuple[M, str] | None:
+    """The artifact at ``out`` if it is valid and records exactly these inputs and params.
+
+    A broken or foreign artifact there counts as absent: the stage rebuilds it.
+    """
+    if force or not is_artifact(out):
+        return None
+    try:
+        existing, digest = read_manifest(out, model)
+    except ArtifactError:
+        return None
+    return (existing, digest) if same_plan(existing, inputs, params) else None
+
+
 def same_plan(existing: ManifestBase, planned_inputs: Any, planned_params: Any) -> bool:
     """Up to date = the manifest records the same inputs and params the stage would use now."""
     return canonical_json(existing.inputs.model_dump(mode="json")) == canonical_json(

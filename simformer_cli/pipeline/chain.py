@@ -8,7 +8,8 @@ with the same numbers as an uninterrupted run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -32,6 +33,7 @@ class PipelineResult:
     retrained: EvalReport
     pseudo_label_novel_miou: float | None
     workdir: Path
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of each stage, this run
 
 
 def run_pipeline(
@@ -57,9 +59,16 @@ def run_pipeline(
 ) -> PipelineResult:
     reporter = reporter or SilentReporter()
     workdir = Path(workdir)
+    seconds: dict[str, float] = {}
+    clock = [time.perf_counter(), ""]
 
     def say(step: str) -> None:
-        reporter.info(f"── {step}")
+        now = time.perf_counter()
+        if clock[1]:
+            seconds[str(clock[1])] = round(now - float(clock[0]), 2)
+        clock[:] = [now, step]
+        if step:
+            reporter.info(f"── {step}")
 
     say("split")
     split = run_split(dataset=dataset, root=root, out=workdir / "split.zarr", ratio=ratio, seed=seed,
@@ -77,11 +86,12 @@ def run_pipeline(
     retrained_model = run_retrain(split=split, pseudolabels=pseudo.path, out=workdir / "model-retrained.zarr",
                                   iters=retrain_iters if retrain_iters is not None else iters, **training).path  # type: ignore[arg-type]
     retrained = _predict_and_evaluate(retrained_model, split, device, reporter, say)
-    return PipelineResult(one_stage, retrained, pseudo.manifest.summary.novel_miou_vs_audit, workdir)
+    say("")
+    return PipelineResult(one_stage, retrained, pseudo.manifest.summary.novel_miou_vs_audit, workdir, seconds)
 
 
 def _predict_and_evaluate(model: Path, split: Path, device: Literal["auto", "cpu", "cuda"], reporter: Reporter,
                           say) -> EvalReport:  # noqa: ANN001
-    say(f"infer + eval {model.name}")
+    say(f"infer + eval {model.stem}")
     predictions = run_infer(model=model, split=split, subset="val", device=device, reporter=reporter).path
     return run_eval(predictions=predictions, split=split, reporter=reporter).manifest.summary

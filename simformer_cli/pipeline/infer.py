@@ -13,16 +13,16 @@ from typing import Literal
 
 import numpy as np
 
-from simformer_cli.artifacts.digest import canonical_json, files_fingerprint, sha256_of
+from simformer_cli.artifacts.digest import files_fingerprint
 from simformer_cli.artifacts.manifest import ArraySpec, ArtifactRef, DatasetFingerprint, Inputs, Provenance
 from simformer_cli.artifacts.model_manifest import ModelManifest
 from simformer_cli.artifacts.predictions_manifest import InferParams, InferSummary, PredictionsManifest
-from simformer_cli.artifacts.store import is_artifact, read_manifest, same_plan
+from simformer_cli.artifacts.store import current_artifact, plan_key, read_manifest
 from simformer_cli.data.folder import IMAGE_SUFFIXES
 from simformer_cli.data.ingest import _file_digest, _image_size
 from simformer_cli.data.source import decode_image, read_bytes
 from simformer_cli.data.split_store import SplitArtifact
-from simformer_cli.errors import ArtifactError, UserError
+from simformer_cli.errors import UserError
 from simformer_cli.inference.predict import TestTimeSettings
 from simformer_cli.inference.sharded import PredictionJob, argmax_rule, run_prediction_job
 from simformer_cli.progress import Reporter, SilentReporter
@@ -118,15 +118,11 @@ def run_infer(
                                  save_scores=save_scores)
             default_out = Path(model).with_name(f"{Path(model).stem}.pred-images.zarr")
         out = Path(out) if out is not None else default_out
-        if is_artifact(out) and not force:
-            try:
-                existing, digest = read_manifest(out, PredictionsManifest)
-                if same_plan(existing, inputs, params):
-                    reporter.info(f"{out}: up to date (same model, images and settings), skipping; pass --force to redo")
-                    return InferResult(existing, digest, out, True)
-            except ArtifactError:
-                pass
-        key = sha256_of(canonical_json({"inputs": inputs.model_dump(mode="json"), "params": params.model_dump(mode="json")}))
+        current = current_artifact(out, PredictionsManifest, inputs, params, force=force)
+        if current is not None:
+            reporter.info(f"{out}: up to date (same model, images and settings), skipping; pass --force to redo")
+            return InferResult(*current, out, True)
+        key = plan_key(inputs, params)
         job = PredictionJob(network=network, source=source, test_time=params.test_time,
                             num_classes=len(model_manifest.class_names), ignore_index=model_manifest.ignore_index,
                             label_rule=argmax_rule, save_scores=save_scores)

@@ -17,12 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from simformer_cli.artifacts.digest import canonical_json, sha256_of
 from simformer_cli.artifacts.manifest import ArraySpec, ArtifactRef, Inputs, Provenance
 from simformer_cli.artifacts.pseudolabels_manifest import PseudoLabelParams, PseudoLabelsManifest, PseudoLabelSummary
-from simformer_cli.artifacts.store import is_artifact, open_artifact, read_manifest, same_plan
+from simformer_cli.artifacts.store import current_artifact, open_artifact, plan_key, read_manifest
 from simformer_cli.data.split_store import SplitArtifact, read_audit_label
-from simformer_cli.errors import ArtifactError, UserError
+from simformer_cli.errors import UserError
 from simformer_cli.evaluation import ConfusionMatrix, compute_report
 from simformer_cli.inference.sharded import PredictionJob, run_prediction_job
 from simformer_cli.pipeline.infer import SplitImages, test_time_settings
@@ -90,19 +89,15 @@ def run_pseudolabel(
         })
         params = PseudoLabelParams(test_time=test_time_settings(model_manifest, scales, flip), min_score=min_score)
         out = Path(out) if out is not None else Path(split).parent / "pseudolabels.zarr"
-        if is_artifact(out) and not force:
-            try:
-                existing, digest = read_manifest(out, PseudoLabelsManifest)
-                if same_plan(existing, inputs, params):
-                    reporter.info(f"{out}: up to date (same model, split and settings), skipping; pass --force to redo")
-                    return PseudoLabelResult(existing, digest, out, True)
-            except ArtifactError:
-                pass
+        current = current_artifact(out, PseudoLabelsManifest, inputs, params, force=force)
+        if current is not None:
+            reporter.info(f"{out}: up to date (same model, split and settings), skipping; pass --force to redo")
+            return PseudoLabelResult(*current, out, True)
         manifest = split_artifact.manifest
         job = PredictionJob(network=network, source=SplitImages(split_artifact, "train"), test_time=params.test_time,
                             num_classes=len(manifest.class_names), ignore_index=manifest.ignore_index,
                             label_rule=PseudoLabelRule(split_artifact, min_score))
-        key = sha256_of(canonical_json({"inputs": inputs.model_dump(mode="json"), "params": params.model_dump(mode="json")}))
+        key = plan_key(inputs, params)
 
         def make_manifest(staging: Path, arrays: dict[str, ArraySpec], seconds: float) -> PseudoLabelsManifest:
             summary = _quality(staging, split_artifact, seconds, reporter)

@@ -16,13 +16,12 @@ from typing import Literal
 
 import numpy as np
 
-from simformer_cli.artifacts.digest import canonical_json, sha256_of
 from simformer_cli.artifacts.manifest import ArtifactRef, Inputs, Provenance
 from simformer_cli.artifacts.model_manifest import ModelManifest, TrainParams, TrainSummary
-from simformer_cli.artifacts.store import commit, is_artifact, read_manifest, same_plan, staged_artifact
+from simformer_cli.artifacts.store import commit, current_artifact, plan_key, read_manifest, staged_artifact
 from simformer_cli.data.split_store import SplitArtifact
 from simformer_cli.data.train_data import LabelReader
-from simformer_cli.errors import ArtifactError, UserError
+from simformer_cli.errors import UserError
 from simformer_cli.progress import Reporter, SilentReporter
 from simformer_cli.training.checkpoint import latest_checkpoint
 from simformer_cli.training.devices import DeviceChoice, broadcast_object, start_runtime, stop_runtime
@@ -119,15 +118,11 @@ def run_train(
             "split": ArtifactRef(path=str(Path(split).absolute()), kind="split", digest=split_artifact.digest),
             **(extra_inputs or {})})
         out = Path(out) if out is not None else Path(split).parent / ("model.zarr" if stage == "train" else "model-retrained.zarr")
-        if is_artifact(out) and not force:
-            try:
-                existing, digest = read_manifest(out, ModelManifest)
-            except ArtifactError:
-                existing = None
-            if existing is not None and same_plan(existing, inputs, params):
-                reporter.info(f"{out}: up to date (same inputs and settings), skipping; pass --force to retrain")
-                return TrainResult(existing, digest, out, True)
-        key = sha256_of(canonical_json({"inputs": inputs.model_dump(mode="json"), "params": params.model_dump(mode="json")}))
+        current = current_artifact(out, ModelManifest, inputs, params, force=force)
+        if current is not None:
+            reporter.info(f"{out}: up to date (same inputs and settings), skipping; pass --force to retrain")
+            return TrainResult(*current, out, True)
+        key = plan_key(inputs, params)
         if resume == "auto":  # the pipeline: continue a matching interrupted run, else start
             resume = _resumable(out, key)
         elif resume:

@@ -1,0 +1,60 @@
+"""The whole default pipeline (synthetic data, tiny preset) on this machine: wall time per stage,
+in total, and peak memory. Usage::
+
+    python benchmarks/pipeline.py --out BENCHMARKS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _tables import machine_line, write_section  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        began = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "simformer_cli", "pipeline", "--workdir", str(Path(tmp) / "syn"),
+                               "--json"], capture_output=True, text=True, check=True)
+        total = time.perf_counter() - began
+    result = json.loads(done.stdout)
+    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    one, re = result["one_stage"], result["retrained"]
+    lines = [
+        "## Whole default pipeline (synthetic data, tiny preset, CPU)",
+        "",
+        "Command: `python benchmarks/pipeline.py` (runs `simformer pipeline --workdir TMP --json`)  ",
+        f"Machine: {machine_line()}.",
+        "",
+        "| stage | seconds |",
+        "|---|---|",
+        *(f"| {stage} | {seconds:.1f} |" for stage, seconds in result["seconds"].items()),
+        f"| **total (process wall time, start-up included)** | **{total:.1f}** |",
+        "",
+        f"Peak memory (max RSS of the pipeline process): **{peak_mib:.0f} MiB**.",
+        "",
+        "| model | mIoU | base | novel | hIoU |",
+        "|---|---|---|---|---|",
+        f"| SimFormer one-stage | {one['miou']:.2f} | {one['base_miou']:.2f} | {one['novel_miou']:.2f} | {one['hiou']:.2f} |",
+        f"| + pseudo-label retraining | {re['miou']:.2f} | {re['base_miou']:.2f} | {re['novel_miou']:.2f} | {re['hiou']:.2f} |",
+        "",
+        f"Pseudo labels on the training set: novel mIoU {result['pseudo_label_novel_miou']:.2f} against the full labels.",
+    ]
+    print("\n".join(lines))
+    if args.out is not None:
+        write_section(args.out, "pipeline", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
