@@ -293,6 +293,20 @@ def viz(
     stderr.print(f"wrote {len(written)} overlays to {out}", markup=False)
 
 
+@app.command()
+def export(
+    predictions: Annotated[Path, typer.Option(help="Predictions artifact.")],
+    out: Annotated[Path, typer.Option(help="coco: a .json file; png: a folder.")],
+    format: Annotated[str, typer.Option("--format", help="coco (RLE results JSON) | png (one label PNG per image)")] = "coco",
+) -> None:
+    """Export predictions as COCO-style RLE results or as label PNGs."""
+    from simformer_cli.pipeline.export import run_export
+
+    path = run_export(predictions=predictions, out=out, format=_choice("--format", format, ("coco", "png")),
+                      reporter=RichReporter())
+    stderr.print(f"exported {path}", markup=False)
+
+
 def _floats(option: str, text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(part) for part in text.split(",") if part.strip())

@@ -124,3 +124,27 @@ def test_interrupted_infer_continues_by_shard(mixed, tmp_path: Path, monkeypatch
     first, second = PredictionsArtifact(resumed.path), PredictionsArtifact(straight.path)
     for index in range(first.count()):
         assert np.array_equal(first.label(index), second.label(index))
+
+
+def test_export_coco_rle_and_png(cli, mixed, tmp_path: Path) -> None:
+    from pycocotools import mask as mask_utils
+
+    _, split, model = mixed
+    predictions = run_infer(model=model, split=split, out=tmp_path / "pred.zarr", device="cpu").path
+    result = cli("export", "--predictions", predictions, "--format", "coco", "--out", tmp_path / "results.json")
+    assert result.code == 0, result.err
+    document = json.loads((tmp_path / "results.json").read_text())
+    artifact = PredictionsArtifact(predictions)
+    names = artifact.names()
+    for index, name in enumerate(names):
+        label = artifact.label(index)
+        rebuilt = np.full(label.shape, 255, dtype=np.uint8)
+        for entry in (e for e in document["annotations"] if e["image_id"] == name):
+            rle = dict(entry["segmentation"], counts=entry["segmentation"]["counts"].encode())
+            rebuilt[mask_utils.decode(rle).astype(bool)] = entry["category_id"]
+        assert np.array_equal(rebuilt, label)
+    assert [c["id"] for c in document["categories"]] == list(range(6))
+    assert cli("export", "--predictions", predictions, "--format", "png", "--out", tmp_path / "png").code == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "png" / f"{names[0]}.png")), artifact.label(0))
+    bad = cli("export", "--predictions", predictions, "--format", "tiff", "--out", tmp_path / "x")
+    assert bad.code == 2 and "--format" in bad.err
