@@ -112,6 +112,9 @@ def run_train(
                                     batch_size=batch_size, seed=seed, lr=lr)
         if backbone_weights is not None and not Path(backbone_weights).is_file():
             raise UserError(f"--backbone-weights {backbone_weights}: no such file")
+        if backbone_weights is None and settings.model.backbone_norm == "frozen_bn":
+            reporter.info("warning: training a ResNet with frozen batch norm from random weights; "
+                          "pass --backbone-weights (ImageNet, torchvision layout) as the paper does")
         params = TrainParams(settings=settings,
                              backbone_weights_sha256=file_sha256(backbone_weights) if backbone_weights else None)
         inputs = Inputs(artifacts={
