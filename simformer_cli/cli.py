@@ -7,6 +7,7 @@ with ``--debug`` (or ``SIMFORMER_DEBUG=1``).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import traceback
@@ -75,7 +76,8 @@ def split(
     result = run_split(
         dataset=dataset,  # type: ignore[arg-type]
         root=root, out=out, ratio=ratio, seed=seed, official_split=official_split, novel_classes=novel_classes,
-        keep_train_labels=keep_train_labels, synthetic=synthetic, force=force, workers=workers,
+        keep_train_labels=keep_train_labels, synthetic=synthetic, force=force,
+        workers=None if workers is None else _non_negative("--workers", workers),
         reporter=RichReporter(),
     )
     print_split_summary(result.manifest, result.path, result.digest)
@@ -117,7 +119,8 @@ def train(
     result = run_train(
         split=split, out=out, preset=_choice("--preset", preset, ("tiny", "paper")), iters=iters,
         batch_size=batch_size, lr=lr, seed=seed, checkpoint_every=_positive("--checkpoint-every", checkpoint_every),
-        resume=resume, device=_choice("--device", device, ("auto", "cpu", "cuda")), workers=workers,
+        resume=resume, device=_choice("--device", device, ("auto", "cpu", "cuda")),
+        workers=_non_negative("--workers", workers),
         backbone_weights=backbone_weights, force=force, reporter=RichReporter(),
     )
     summary = result.manifest.summary
@@ -209,7 +212,7 @@ def retrain(
         split=split, pseudolabels=pseudolabels, out=out, preset=_choice("--preset", preset, ("tiny", "paper")),
         iters=iters, batch_size=batch_size, lr=lr, seed=seed,
         checkpoint_every=_positive("--checkpoint-every", checkpoint_every), resume=resume,
-        device=_choice("--device", device, ("auto", "cpu", "cuda")), workers=workers,
+        device=_choice("--device", device, ("auto", "cpu", "cuda")), workers=_non_negative("--workers", workers),
         backbone_weights=backbone_weights, force=force, reporter=RichReporter(),
     )
     summary = result.manifest.summary
@@ -312,7 +315,7 @@ def _floats(option: str, text: str) -> tuple[float, ...]:
         values = tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise UserError(f"{option} {text!r}: expected comma-separated numbers, e.g. 0.75,1,1.25") from None
-    if not values or any(v <= 0 for v in values):
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):  # nan and inf are floats too
         raise UserError(f"{option} {text!r}: expected positive numbers, e.g. 0.75,1,1.25")
     return values
 
@@ -320,6 +323,12 @@ def _floats(option: str, text: str) -> tuple[float, ...]:
 def _choice(option: str, value: str, allowed: tuple[str, ...]):  # noqa: ANN202
     if value not in allowed:
         raise UserError(f"{option} {value!r}: expected one of {', '.join(allowed)}")
+    return value
+
+
+def _non_negative(option: str, value: int) -> int:
+    if value < 0:
+        raise UserError(f"{option} {value}: must be 0 or more")
     return value
 
 
@@ -358,17 +367,46 @@ def _error_line(message: str) -> None:
     sys.stderr.flush()
 
 
+def _click_classes(name: str) -> tuple[type[BaseException], ...]:
+    """``click.NAME`` and, where typer vendors its own copy of click (typer >= 0.2x), typer's too."""
+    found: list[type[BaseException]] = [getattr(click, name)]
+    for cls in (*typer.BadParameter.__mro__, *typer.Abort.__mro__):
+        if cls.__name__ == name and cls not in found:
+            found.append(cls)
+    return tuple(found)
+
+
+_CLICK_ERRORS = _click_classes("ClickException")
+_USAGE_ERRORS = _click_classes("UsageError")
+_ABORTS = _click_classes("Abort")
+
+
+def _interrupted_hint(args: list[str]) -> str:
+    """How to continue after Ctrl-C: train and retrain need --resume, every other stage just a rerun."""
+    command = next((a for a in args if not a.startswith("-")), "")
+    if command in ("train", "retrain") and "--resume" not in args:
+        return ("interrupted; run the same command again with --resume to continue from the last checkpoint "
+                "(without it, training starts over)")
+    return "interrupted; run the same command again to continue (stages resume from what is on disk)"
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return the exit status (what tests call)."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("SIMFORMER_DEBUG") == "1"
     try:
         result = app(args=args, prog_name="simformer", standalone_mode=False)
-    except click.ClickException as exc:
-        exc.show(file=sys.stderr)
+    except _CLICK_ERRORS as exc:
+        if isinstance(exc, _USAGE_ERRORS) and type(exc).__name__ != "NoArgsIsHelpError":
+            context = getattr(exc, "ctx", None)
+            where = context.command_path if context is not None else "simformer"
+            message = exc.format_message().strip()
+            _error_line(f"error: {message}{'' if message.endswith(('.', '?')) else '.'} See `{where} --help`")
+        else:
+            exc.show(file=sys.stderr)
         return exc.exit_code
-    except (click.Abort, KeyboardInterrupt):
-        _error_line("interrupted; run the same command again to continue (stages resume from what is on disk)")
+    except (*_ABORTS, KeyboardInterrupt):
+        _error_line(_interrupted_hint(args))
         return 130
     except UserError as exc:
         _error_line(f"error: {exc}")
@@ -378,6 +416,8 @@ def run(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         _error_line(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
         return 1
+    if result == 130:  # typer turns Ctrl-C into this exit status itself
+        _error_line(_interrupted_hint(args))
     return result if isinstance(result, int) else 0
 
 

@@ -101,7 +101,7 @@ def test_cuda_without_gpu_is_refused(cli, synthetic_split: Path, tmp_path: Path)
 def test_novel_pixels_of_audit_labels_never_reach_training(synthetic_split: Path, tmp_path: Path) -> None:
     split_copy = tmp_path / "split.zarr"
     shutil.copytree(synthetic_split, split_copy)
-    first = run_train(split=split_copy, out=tmp_path / "a.zarr", iters=2, batch_size=4, device="cpu")
+    run_train(split=split_copy, out=tmp_path / "a.zarr", iters=2, batch_size=4, device="cpu")
     split = SplitArtifact(split_copy)
     novel = split.manifest.novel_classes
     audit = zarr.open_group(str(split_copy), mode="r+")[AUDIT_LABELS]
@@ -111,7 +111,7 @@ def test_novel_pixels_of_audit_labels_never_reach_training(synthetic_split: Path
     shifted = labels.copy()
     shifted[is_novel] = np.asarray(novel)[(np.searchsorted(novel, labels[is_novel]) + 1) % len(novel)]
     audit[...] = shifted
-    second = run_train(split=split_copy, out=tmp_path / "b.zarr", iters=2, batch_size=4, device="cpu")
+    run_train(split=split_copy, out=tmp_path / "b.zarr", iters=2, batch_size=4, device="cpu")
     assert_same_weights(tmp_path / "a.zarr", tmp_path / "b.zarr")
 
 

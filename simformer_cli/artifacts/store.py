@@ -13,6 +13,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,33 @@ from simformer_cli.errors import ArtifactError, UserError
 
 MANIFEST_FILE = "manifest.json"
 M = TypeVar("M", bound=ManifestBase)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC or EDQUOT, also when a library reports it in its own exception type (safetensors)."""
+    if isinstance(exc, OSError):
+        return exc.errno in DISK_FULL
+    if isinstance(exc, UserError):
+        return False
+    text = str(exc)
+    return "No space left on device" in text or "StorageFull" in text or "Disk quota exceeded" in text
+
+
+def disk_full_message(out: Path) -> str:
+    return f"{out.parent}: disk full while writing {out.name}; free some space and rerun"
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Delete what writers killed outright (SIGKILL, power loss) left beside ``out``.
+
+    Called with the lock held, so no live writer owns a staging or replaced folder of ``out``.
+    Resumable ``.NAME.partial`` folders are kept: they are how an interrupted run continues.
+    """
+    pattern = re.compile(re.escape(f".{out.name}.") + r"(staging|replaced)-\d+")
+    for path in out.parent.iterdir():
+        if pattern.fullmatch(path.name) and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -94,26 +122,30 @@ def staged_artifact(out: Path, *, resume_key: str | None = None) -> Iterator[Pat
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"{out.parent}: cannot create the output folder ({exc.strerror})") from None
+        raise UserError(f"{out.parent}: cannot create the output folder ({exc.strerror}); choose another --out") from None
     if not os.access(out.parent, os.W_OK):
         raise UserError(f"{out.parent}: not writable; choose another --out")
     with _exclusive_lock(out):
+        _remove_leftovers(out)
         if resume_key is None:
             staging = out.parent / f".{out.name}.staging-{os.getpid()}"
             shutil.rmtree(staging, ignore_errors=True)
         else:
             staging = out.parent / f".{out.name}.partial"
-            key_file = staging / ".resume-key"
-            if staging.exists() and (not key_file.is_file() or key_file.read_text() != resume_key):
-                shutil.rmtree(staging)
-            staging.mkdir(exist_ok=True)
-            key_file.write_text(resume_key)
-        staging.mkdir(exist_ok=True)
         try:
+            if resume_key is not None:
+                key_file = staging / ".resume-key"
+                if staging.exists() and (not key_file.is_file() or key_file.read_text() != resume_key):
+                    shutil.rmtree(staging)
+                staging.mkdir(exist_ok=True)
+                key_file.write_text(resume_key)
+            staging.mkdir(exist_ok=True)
             yield staging
-        except BaseException:
+        except BaseException as exc:
             if resume_key is None:
                 shutil.rmtree(staging, ignore_errors=True)
+            if is_disk_full(exc):
+                raise UserError(disk_full_message(out)) from None
             raise
         shutil.rmtree(staging, ignore_errors=True)  # only left if commit() was never called
 
@@ -137,8 +169,8 @@ def commit(staging: Path, out: Path, manifest: ManifestBase) -> str:
             os.rename(staging, out)
         _fsync_dir(out.parent)
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise UserError(f"{out.parent}: disk full while writing the artifact; free space and rerun") from None
+        if is_disk_full(exc):
+            raise UserError(disk_full_message(out)) from None
         raise
     return document["digest"]
 
@@ -198,8 +230,8 @@ def read_manifest(path: Path, model: type[M]) -> tuple[M, str]:
 def open_artifact(path: Path, model: type[M]) -> tuple[M, str, zarr.Group]:
     """Open an artifact read-only after checking its manifest and that every listed array is complete."""
     manifest, digest = read_manifest(path, model)
-    try:
-        group = zarr.open_group(store=str(path), mode="r")
+    try:  # simformer writes zarr v3 only: nothing else (e.g. v2 metadata with other codecs) is read
+        group = zarr.open_group(store=str(path), mode="r", zarr_format=3)
     except Exception as exc:  # zarr raises several types for a damaged store
         raise ArtifactError(f"{path}: zarr group cannot be opened ({exc}); rerun the stage that makes it") from None
     for name, spec in manifest.arrays.items():
@@ -207,6 +239,10 @@ def open_artifact(path: Path, model: type[M]) -> tuple[M, str, zarr.Group]:
             array = group[name]
         except KeyError:
             raise ArtifactError(f"{path}: array {name!r} is missing; the artifact is incomplete, rerun its stage") from None
+        except Exception as exc:  # damaged or foreign array metadata
+            raise ArtifactError(f"{path}: array {name!r} cannot be opened ({exc}); rerun the stage that makes it") from None
+        if not isinstance(array, zarr.Array):
+            raise ArtifactError(f"{path}: {name!r} is not an array; rerun the stage that makes it")
         if list(array.shape) != spec.shape or str(array.dtype) != spec.dtype:
             raise ArtifactError(
                 f"{path}: array {name!r} is {array.dtype}{list(array.shape)}, manifest says "

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -50,6 +54,8 @@ def _image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             width, height = im.size
+    except Image.DecompressionBombError as exc:
+        raise DataError(path, f"image is too large to read safely ({str(exc).split(',')[0]})", "resize it or remove it") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(path, f"not a readable image ({exc})", "re-download or delete the file") from None
     if width == 0 or height == 0:
@@ -121,13 +127,43 @@ def _ingest_shard(task: ShardTask) -> ShardResult:
     return ShardResult(task.start, image_labels, pixel_counts)
 
 
+def _worker_setup(parent: int) -> None:
+    """Initialise an ingest worker: leave Ctrl-C to the parent, and never outlive it.
+
+    The parent alone handles SIGINT (it stops the pool and cleans up), so a Ctrl-C in a terminal,
+    which reaches the whole process group, prints no worker tracebacks. A parent that is killed
+    outright (SIGKILL) runs no cleanup, and spawned workers would otherwise wait for work forever.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            armed = ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL) == 0  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before this worker was ready
+        os._exit(1)
+    if not armed:
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 class WorkerPool:
     """A process pool (spawned, so no forked zarr threads) or, with one worker, plain calls."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self._executor = (
-            ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) if workers > 1 else None
+            ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_worker_setup,
+                                initargs=(os.getpid(),))
+            if workers > 1 else None
         )
 
     def __enter__(self) -> WorkerPool:
@@ -145,14 +181,20 @@ class WorkerPool:
             return
         futures: dict[Future, object] = {self._executor.submit(fn, job): job for job in jobs}
         pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for future in done:
-                if future.exception() is not None:
-                    for other in pending:
-                        other.cancel()
-                    raise future.exception()  # type: ignore[misc]
-                on_done(futures[future], future.result())
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    if future.exception() is not None:
+                        raise future.exception()  # type: ignore[misc]
+                    on_done(futures[future], future.result())
+        except BaseException:
+            # A failed job or Ctrl-C: drop the queued jobs and let the running ones finish, so no
+            # worker still writes into the staging folder once the caller has removed it.
+            for future in pending:
+                future.cancel()
+            wait(pending)
+            raise
 
 
 def scan(

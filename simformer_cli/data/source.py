@@ -72,6 +72,8 @@ def decode_image(path: Path, data: bytes) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
             rgb = im.convert("RGB")
+    except Image.DecompressionBombError as exc:
+        raise DataError(path, f"image is too large to read safely ({str(exc).split(',')[0]})", "resize it or remove it") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(path, f"not a readable image ({exc})", "re-download or delete the file") from None
     array = np.asarray(rgb, dtype=np.uint8)
@@ -89,6 +91,8 @@ def decode_label_png(path: Path, data: bytes, wide: bool) -> np.ndarray:
             im.load()
             mode = im.mode
             array = np.asarray(im)
+    except Image.DecompressionBombError as exc:
+        raise DataError(path, f"label image is too large to read safely ({str(exc).split(',')[0]})", "resize it or remove it") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(path, f"not a readable label image ({exc})", "re-download or delete the file") from None
     if mode in ("L", "P"):

@@ -65,10 +65,11 @@ def open_or_create_arrays(
     if save_scores:
         specs["scores"] = ((count, num_classes, sh, sw), (1, num_classes, sh, sw),
                            (shard_images, num_classes, sh, sw), "float16", 0)
-    if not (staging / "zarr.json").is_file():
-        # mode "a": "w" would empty the folder, losing the resume key beside the arrays
-        group = zarr.open_group(store=str(staging), mode="a", zarr_format=3)
-        for name, (shape, chunks, shards, dtype, fill) in specs.items():
+    # mode "a": "w" would empty the folder, losing the resume key beside the arrays. Each array is
+    # created unless its metadata is already there, so a run killed between two creations goes on.
+    group = zarr.open_group(store=str(staging), mode="a", zarr_format=3)
+    for name, (shape, chunks, shards, dtype, fill) in specs.items():
+        if not (staging / name / "zarr.json").is_file():
             group.create_array(name=name, shape=shape, chunks=chunks, shards=shards, dtype=dtype,
-                               fill_value=fill, compressors=COMPRESSORS)
+                               fill_value=fill, compressors=COMPRESSORS, overwrite=True)
     return {name: (list(spec[0]), spec[3]) for name, spec in specs.items()}

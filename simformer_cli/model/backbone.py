@@ -202,9 +202,9 @@ def load_backbone_weights(backbone: nn.Module, path: Path | str) -> None:
     except FileNotFoundError:
         raise BackboneWeightsError(f"{path}: weights file not found") from None
     except Exception as error:  # unpickling errors have many types; all mean "not a state dict"
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        # torch's own message suggests weights_only=False, which would run code from the file: not repeated.
         raise BackboneWeightsError(
-            f"{path}: cannot read as a PyTorch state dict ({first_line}); "
+            f"{path}: cannot read as a PyTorch state dict of tensors ({type(error).__name__}); "
             "save torchvision ResNet weights with torch.save(model.state_dict(), path)"
         ) from None
     for nested in ("state_dict", "model"):

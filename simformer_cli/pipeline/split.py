@@ -20,7 +20,16 @@ from simformer_cli.artifacts.split_manifest import (
     SplitSummary,
     SubsetSummary,
 )
-from simformer_cli.artifacts.store import commit, is_artifact, read_manifest, same_plan, staged_artifact
+from simformer_cli.artifacts.store import (
+    check_output_path,
+    commit,
+    disk_full_message,
+    is_disk_full,
+    is_artifact,
+    read_manifest,
+    same_plan,
+    staged_artifact,
+)
 from simformer_cli.data.class_split import draw_novel_classes, parse_ratio, resolve_class_list
 from simformer_cli.data.datasets import datasets_root, load_dataset
 from simformer_cli.data.folder import load_folder
@@ -129,8 +138,12 @@ def run_split(
             reporter.info(f"{out}: up to date (same settings), skipping; pass --force to rebuild")
             return SplitResult(existing, read_manifest(out, SplitManifest)[1], out, True)
         source = out.absolute().parent / f".{out.name}.synthetic-source"
-        shutil.rmtree(source, ignore_errors=True)
-        source.parent.mkdir(parents=True, exist_ok=True)
+        check_output_path(out.absolute())  # refuse before generating, not after
+        try:
+            shutil.rmtree(source, ignore_errors=True)
+            source.mkdir(parents=True)
+        except OSError as exc:
+            raise UserError(f"{source.parent}: cannot write here ({exc.strerror}); choose another --out") from None
         try:
             settings = params.synthetic
             assert settings is not None
@@ -144,6 +157,10 @@ def run_split(
                 generate_synthetic(source, settings, progress, workers=workers)
             raw = load_folder(source)
             return _build(raw, params, out, existing, force, workers, reporter, dataset_root=None)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise UserError(disk_full_message(out)) from None
+            raise
         finally:
             shutil.rmtree(source, ignore_errors=True)
     raw = load_dataset(dataset, root)

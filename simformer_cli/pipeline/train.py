@@ -48,6 +48,8 @@ def resolve_settings(
     short_side = int(np.median(sizes.min(axis=1)))
     settings = preset_settings(preset, num_classes=split.num_classes, dataset=split.manifest.params.dataset,
                                image_size=short_side, method=method)
+    if seed is not None and seed < 0:
+        raise UserError(f"--seed {seed}: expected a non-negative integer")
     overrides = {key: value for key, value in (("iters", iters), ("batch_size", batch_size), ("seed", seed))
                  if value is not None}
     if lr is not None:
@@ -56,7 +58,28 @@ def resolve_settings(
         return TrainSettings.model_validate({**settings.model_dump(), **{
             k: (v.model_dump() if hasattr(v, "model_dump") else v) for k, v in overrides.items()}})
     except ValueError as exc:
-        raise UserError(f"training settings: {exc.errors()[0]['msg'] if hasattr(exc, 'errors') else exc}") from None
+        if not hasattr(exc, "errors"):
+            raise UserError(f"training settings: {exc}") from None
+        first = exc.errors()[0]
+        message = str(first["msg"]).removeprefix("Value error, ")
+        where = ".".join(str(part) for part in first["loc"])
+        given = {"iters": iters, "batch_size": batch_size, "seed": seed, "optim.lr": lr}
+        if where not in given and "batch size" in message:  # the pairs check of the whole settings
+            where = "batch_size"
+        if given.get(where) is not None:  # name the option the user typed, with the value given
+            raise UserError(f"--{where.removeprefix('optim.').replace('_', '-')} {given[where]}: {message}") from None
+        raise UserError(f"training settings: {where + ': ' if where else ''}{message}") from None
+
+
+def _check_backbone_weights(settings: TrainSettings, path: Path) -> None:
+    """Refuse an unusable ``--backbone-weights`` file before anything is written (training loads it again)."""
+    import warnings
+
+    from simformer_cli.model import build_model, load_backbone_weights
+
+    with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses anyway
+        warnings.simplefilter("ignore")
+        load_backbone_weights(build_model(settings.model).backbone, path)
 
 
 def _partial_dir(out: Path) -> Path:
@@ -68,6 +91,20 @@ def _resumable(out: Path, key: str) -> bool:
     partial = _partial_dir(out)
     key_file = partial / RESUME_KEY_FILE
     return key_file.is_file() and key_file.read_text() == key and latest_checkpoint(partial / CHECKPOINTS) is not None
+
+
+def _drop_checkpoints(folder: Path) -> None:
+    """Delete checkpoints so that a kill half-way never leaves one that looks complete.
+
+    ``latest_checkpoint`` only sees a step folder with its ``state.json``: that file goes first, so a
+    folder whose tensors are already gone is never offered to ``--resume``.
+    """
+    if not folder.is_dir():
+        return
+    for step in folder.iterdir():
+        if step.is_dir():
+            (step / "state.json").unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _check_resume(out: Path, key: str) -> None:
@@ -112,9 +149,8 @@ def run_train(
                                     batch_size=batch_size, seed=seed, lr=lr)
         if backbone_weights is not None and not Path(backbone_weights).is_file():
             raise UserError(f"--backbone-weights {backbone_weights}: no such file")
-        if backbone_weights is None and settings.model.backbone_norm == "frozen_bn":
-            reporter.info("warning: training a ResNet with frozen batch norm from random weights; "
-                          "pass --backbone-weights (ImageNet, torchvision layout) as the paper does")
+        if backbone_weights is not None:
+            _check_backbone_weights(settings, Path(backbone_weights))
         params = TrainParams(settings=settings,
                              backbone_weights_sha256=file_sha256(backbone_weights) if backbone_weights else None)
         inputs = Inputs(artifacts={
@@ -139,11 +175,15 @@ def run_train(
             runtime.barrier()
             return TrainResult(*read_manifest(out, ModelManifest), out, False)  # type: ignore[misc]
         with staged_artifact(out, resume_key=key) as staging:
+            if backbone_weights is None and settings.model.backbone_norm == "frozen_bn":
+                # only once the inputs are accepted, so that a refusal stays one line
+                reporter.info("warning: training a ResNet with frozen batch norm from random weights; "
+                              "pass --backbone-weights (ImageNet, torchvision layout) as the paper does")
             if not resume:
-                shutil.rmtree(staging / CHECKPOINTS, ignore_errors=True)
+                _drop_checkpoints(staging / CHECKPOINTS)
             broadcast_object(runtime, str(staging))
             result = train_loop(work_dir=staging, **common)  # type: ignore[arg-type]
-            shutil.rmtree(staging / CHECKPOINTS, ignore_errors=True)
+            _drop_checkpoints(staging / CHECKPOINTS)
             manifest = ModelManifest(
                 stage=stage,
                 inputs=inputs,

@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from simformer_cli.errors import UserError
 
 STEP_DIR = re.compile(r"^step-(\d{7})$")
 
@@ -81,11 +84,14 @@ def load_checkpoint(
     path: Path, *, module: torch.nn.Module, optimizer: torch.optim.Optimizer
 ) -> tuple[int, dict[str, Any]]:
     """Restore module, optimiser and RNG state; returns (next step, extra)."""
-    tensors = load_file(str(path / "tensors.safetensors"))
-    state = json.loads((path / "state.json").read_text())
-    module.load_state_dict({k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")})
-    optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
-    torch.set_rng_state(tensors["rng.torch_cpu"])
+    try:
+        tensors = load_file(str(path / "tensors.safetensors"))
+        state = json.loads((path / "state.json").read_text())
+        module.load_state_dict({k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")})
+        optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
+        torch.set_rng_state(tensors["rng.torch_cpu"])
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
+        raise UserError(f"{path}: checkpoint is damaged ({type(exc).__name__}); rerun without --resume to start over") from None
     if "rng.torch_cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.torch_cuda"])
     return int(state["step"]), state["extra"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,7 +63,8 @@ class LoopResult:
 
 
 def _step_generator(seed: int, step: int, rank: int, micro: int) -> torch.Generator:
-    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1_009 + rank) * 101 + micro)
+    # Reduced modulo 2**63: torch seeds are 64-bit; the value is unchanged for every small seed.
+    return torch.Generator().manual_seed((((seed * 1_000_003 + step) * 1_009 + rank) * 101 + micro) % 2**63)
 
 
 def _trim_log(path: Path, start: int) -> None:
@@ -70,7 +72,9 @@ def _trim_log(path: Path, start: int) -> None:
     if not path.exists():
         return
     kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] < start]
-    path.write_text("".join(line + "\n" for line in kept))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)  # a kill while trimming must not lose the log
 
 
 def train_loop(

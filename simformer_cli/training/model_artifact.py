@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from simformer_cli.artifacts.model_manifest import WEIGHTS_FILE, ModelManifest
@@ -40,6 +41,6 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[MaskForm
     model = build_model(manifest.params.settings.model)
     try:
         model.load_state_dict(load_file(str(weights)))
-    except (RuntimeError, ValueError) as exc:
-        raise ArtifactError(f"{path}: weights do not fit the recorded model settings ({str(exc).splitlines()[0]})") from None
+    except (RuntimeError, ValueError, SafetensorError) as exc:
+        raise ArtifactError(f"{path}: weights are unreadable or do not fit the recorded model settings ({str(exc).splitlines()[0]})") from None
     return model.to(device).eval(), manifest, digest

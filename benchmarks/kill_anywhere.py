@@ -1,0 +1,508 @@
+"""Kill anywhere: interrupt a stage at a random moment, run it again, compare with an uninterrupted run.
+
+For each of split (a folder dataset, 2 ingest workers), train (tiny preset, ``--checkpoint-every 1``),
+infer and pseudolabel (one image per shard), every trial starts the stage's real command line in a
+subprocess, waits until the stage starts writing (its hidden staging folder beside the output
+appears), sleeps a random time drawn uniformly from the writing phase of an uninterrupted run (until its
+output appeared, plus 15% for the commit and the exit), and
+sends SIGKILL to the stage's process (or, in some trials, SIGINT to its process group, as Ctrl-C in
+a terminal does). Then it checks:
+
+- at no moment, before or after the signal, does the output path hold something the artifact
+  readers (what every later stage opens its inputs with) accept unless it is complete and equal to
+  the uninterrupted result; a half-written output is never there;
+- no process of the stage outlives it (ingest workers die with their parent);
+- after SIGINT: exit status 130 and a one-line hint on how to continue;
+- running the same command again (``--resume`` added for train when a checkpoint exists, which is
+  what a user does) finishes, leaves nothing beside the output but the artifact and its lock file,
+  and gives exactly the uninterrupted result: every zarr array (and for train the safetensors
+  weights and the loss log) bit for bit.
+
+Usage::
+
+    python benchmarks/kill_anywhere.py --trials 10 --out BENCHMARKS.md
+
+The fast variant of this is ``tests/test_kill_anywhere.py`` (a few moments per stage).
+Infer and pseudolabel run through a two-line wrapper that sets ``MAX_SHARD_IMAGES = 1`` before
+calling the CLI's ``main()`` (as ``tests/test_infer_eval.py`` does in-process), so that a run of a
+few dozen images has a few dozen shards to be killed between and inside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import warnings
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL_SHARDS = ("import simformer_cli.data.split_store as store; store.MAX_SHARD_IMAGES = 1; "
+                "from simformer_cli.cli import main; main()")
+TRAIN_OPTIONS = ["--iters", "6", "--batch-size", "4", "--checkpoint-every", "1", "--device", "cpu"]
+HINT = "interrupted; run the same command again"
+
+
+def stage_env() -> dict[str, str]:
+    # One thread per process: on a shared or small machine two OpenMP threads that wait for a busy
+    # core make a tiny model many times slower, and the kill moments would mean little.
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+
+# ---------------------------------------------------------------- what an artifact holds
+
+
+def zarr_contents(path: Path) -> dict[str, Any]:
+    """Every array of the group, read whole, and the group attributes, by name."""
+    import zarr
+
+    group = zarr.open_group(store=str(path), mode="r", zarr_format=3)
+    found: dict[str, Any] = {}
+    warnings.filterwarnings("ignore", message="Object at manifest.json is not recognized")
+
+    def walk(node: Any, prefix: str) -> None:
+        found[f"{prefix}@attrs"] = json.dumps(dict(node.attrs), sort_keys=True)
+        for name, child in node.members():
+            key = f"{prefix}{name}"
+            if isinstance(child, zarr.Array):
+                found[key] = np.asarray(child[...])
+            else:
+                walk(child, key + "/")
+
+    walk(group, "")
+    return found
+
+
+def manifest_body(path: Path) -> dict[str, Any]:
+    return json.loads((path / "manifest.json").read_text())["manifest"]
+
+
+def split_contents(path: Path) -> dict[str, Any]:
+    contents = zarr_contents(path)
+    document = json.loads((path / "manifest.json").read_text())
+    contents["digest"] = document["digest"]  # same files, same settings -> the same digest
+    return contents
+
+
+def model_contents(path: Path) -> dict[str, Any]:
+    from safetensors.numpy import load_file
+
+    contents: dict[str, Any] = {f"weights/{k}": v for k, v in load_file(str(path / "weights.safetensors")).items()}
+    contents["train_log.jsonl"] = (path / "train_log.jsonl").read_text()
+    body = manifest_body(path)
+    contents["weights_sha256"] = body["weights_sha256"]
+    contents["final_losses"] = json.dumps(body["summary"]["final_losses"], sort_keys=True)
+    return contents
+
+
+def predictions_contents(path: Path) -> dict[str, Any]:
+    contents = zarr_contents(path)
+    contents["params"] = json.dumps(manifest_body(path)["params"], sort_keys=True)
+    return contents
+
+
+def pseudolabels_contents(path: Path) -> dict[str, Any]:
+    contents = zarr_contents(path)
+    body = manifest_body(path)
+    summary = {k: v for k, v in body["summary"].items() if k != "seconds"}
+    contents["summary"] = json.dumps(summary, sort_keys=True)
+    return contents
+
+
+def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    if a.keys() != b.keys():
+        return [f"keys differ: {sorted(set(a) ^ set(b))}"]
+    bad = []
+    for key in a:
+        x, y = a[key], b[key]
+        same = (isinstance(x, np.ndarray) and isinstance(y, np.ndarray) and x.dtype == y.dtype
+                and np.array_equal(x, y)) if isinstance(x, np.ndarray) else x == y
+        if not same:
+            bad.append(key)
+    return bad
+
+
+# ---------------------------------------------------------------- the stages
+
+
+def open_split(path: Path) -> None:
+    from simformer_cli.data.split_store import SplitArtifact
+
+    SplitArtifact(path)
+
+
+def open_model(path: Path) -> None:
+    from simformer_cli.training.model_artifact import load_model
+
+    load_model(path)
+
+
+def open_predictions(path: Path) -> None:
+    from simformer_cli.inference.store import PredictionsArtifact
+
+    PredictionsArtifact(path)
+
+
+def open_pseudolabels(path: Path) -> None:
+    from simformer_cli.artifacts.pseudolabels_manifest import PseudoLabelsManifest
+    from simformer_cli.artifacts.store import open_artifact
+
+    open_artifact(path, PseudoLabelsManifest)
+
+
+@dataclass
+class Stage:
+    name: str
+    out_name: str
+    command: Callable[[Path, bool], list[str]]  # (out, resume) -> argv
+    reader: Callable[[Path], None]  # how later stages open it; raises ArtifactError when refused
+    contents: Callable[[Path], dict[str, Any]]
+    train: bool = False  # resumes with --resume from a checkpoint
+
+
+def make_stages(inputs: "Inputs") -> dict[str, Stage]:
+    cli = [sys.executable, "-m", "simformer_cli"]
+    small_shards = [sys.executable, "-c", SMALL_SHARDS]
+    return {
+        "split": Stage("split", "split.zarr",
+                       lambda out, resume: [*cli, "split", "--dataset", "folder", "--root", str(inputs.dataset),
+                                            "--out", str(out), "--workers", "2"],
+                       open_split, split_contents),
+        "train": Stage("train", "model.zarr",
+                       lambda out, resume: [*cli, "train", "--split", str(inputs.split), "--out", str(out),
+                                            *TRAIN_OPTIONS, *(["--resume"] if resume else [])],
+                       open_model, model_contents, train=True),
+        "infer": Stage("infer", "pred.zarr",
+                       lambda out, resume: [*small_shards, "infer", "--model", str(inputs.model), "--split",
+                                            str(inputs.split), "--out", str(out), "--device", "cpu"],
+                       open_predictions, predictions_contents),
+        "pseudolabel": Stage("pseudolabel", "pseudo.zarr",
+                             lambda out, resume: [*small_shards, "pseudolabel", "--model", str(inputs.model),
+                                                  "--split", str(inputs.split), "--out", str(out), "--device", "cpu"],
+                             open_pseudolabels, pseudolabels_contents),
+    }
+
+
+# ---------------------------------------------------------------- running and interrupting
+
+
+@dataclass
+class Inputs:
+    dataset: Path
+    split: Path = Path()
+    model: Path = Path()
+
+
+@dataclass
+class Timing:
+    writing_starts: float  # seconds from start until the staging folder appeared
+    committed: float  # seconds from start until the output appeared
+    ends: float  # seconds from start until the process exited
+
+    def window(self) -> float:
+        """The writing phase, and a little after the output appeared (the commit and the exit)."""
+        return max(self.committed - self.writing_starts, 0.01) * 1.15
+
+
+@dataclass
+class Trial:
+    stage: str
+    signals: list[str]
+    delivered: int = 0  # signals that reached a still running stage
+    states: list[str] = field(default_factory=list)  # after each signal: "none" or "complete"
+    completed: bool = False
+    identical: bool = False
+    problems: list[str] = field(default_factory=list)
+
+
+def _writing(out: Path) -> bool:
+    """The stage has started writing: a hidden sibling of the output exists (staging/partial)."""
+    prefix = f".{out.name}."
+    try:
+        return any(name.startswith(prefix) and not name.endswith(".lock") for name in os.listdir(out.parent))
+    except FileNotFoundError:
+        return False
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _reader_verdict(stage: Stage, out: Path, reference: dict[str, Any]) -> str:
+    """'none' (refused by the readers: no artifact), 'complete' (accepted and equal), else a problem."""
+    from simformer_cli.errors import ArtifactError
+
+    try:
+        stage.reader(out)
+    except ArtifactError as exc:
+        if out.exists():  # refused, but the atomic rename should never leave anything there
+            return f"PROBLEM: {out} exists and the readers refuse it ({exc})"
+        return "none"
+    wrong = differences(stage.contents(out), reference)
+    return "complete" if not wrong else f"PROBLEM: accepted but differs from the uninterrupted run in {wrong[:5]}"
+
+
+def run_to_end(command: list[str], out: Path, timeout: float = 600) -> tuple[subprocess.CompletedProcess, Timing]:
+    began = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=stage_env(), start_new_session=True)
+    writing = committed = None
+    while process.poll() is None:
+        if writing is None and _writing(out):
+            writing = time.perf_counter() - began
+        if committed is None and out.exists():
+            committed = time.perf_counter() - began
+        time.sleep(0.002)
+        if time.perf_counter() - began > timeout:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise TimeoutError(" ".join(command))
+    stdout, stderr = process.communicate()
+    ends = time.perf_counter() - began
+    writing = ends if writing is None else writing
+    return (subprocess.CompletedProcess(command, process.returncode, stdout, stderr),
+            Timing(writing, ends if committed is None else committed, ends))
+
+
+def interrupt(command: list[str], out: Path, *, sig: signal.Signals, delay: float, from_start: bool,
+              trial: Trial, stage: Stage, reference: dict[str, Any], timeout: float = 600) -> None:
+    """Run ``command``; ``delay`` s after writing starts (or after start) send ``sig``; check the aftermath."""
+    began = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=stage_env(), start_new_session=True)
+    fire_at = began + delay if from_start else None
+    while process.poll() is None:
+        now = time.perf_counter()
+        if fire_at is None and _writing(out):
+            fire_at = now + delay
+        if out.exists() and not (out / "manifest.json").is_file():
+            half = f"{out} existed without a manifest while the stage ran"
+            if half not in trial.problems:
+                trial.problems.append(half)
+        if fire_at is not None and now >= fire_at:
+            if sig == signal.SIGINT:
+                os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole group
+            else:
+                process.send_signal(sig)  # the stage's own process only: its workers must follow
+            trial.delivered += 1
+            break
+        if now - began > timeout:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise TimeoutError(" ".join(command))
+        time.sleep(0.001)
+    _, stderr = process.communicate()
+    deadline = time.perf_counter() + 10
+    while _group_alive(process.pid) and time.perf_counter() < deadline:
+        time.sleep(0.02)
+    if _group_alive(process.pid):
+        trial.problems.append(f"processes of the {stage.name} stage outlived it")
+        os.killpg(process.pid, signal.SIGKILL)
+    verdict = _reader_verdict(stage, out, reference)
+    finished = process.returncode == 0 or (verdict == "complete" and process.returncode == -signal.SIGINT)
+    if sig == signal.SIGINT and not finished:  # (Ctrl-C while Python shuts down after the work: -2)
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        if process.returncode != 130 or not lines or HINT not in lines[-1] or "Traceback" in stderr:
+            trial.problems.append(f"SIGINT: exit {process.returncode}, stderr ends {stderr[-300:]!r}")
+        elif stage.train and "--resume" not in lines[-1] and "--resume" not in command:
+            trial.problems.append("SIGINT during train: the hint does not mention --resume")
+    trial.states.append(verdict if not verdict.startswith("PROBLEM") else "problem")
+    if verdict.startswith("PROBLEM"):
+        trial.problems.append(verdict)
+    if sig == signal.SIGINT and stage.name == "split":  # not resumable: Ctrl-C cleans up after itself
+        leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.staging")]
+        if leftovers:
+            trial.problems.append(f"SIGINT left {leftovers}")
+
+
+def has_checkpoint(out: Path) -> bool:
+    from simformer_cli.training.checkpoint import latest_checkpoint
+
+    return latest_checkpoint(out.parent / f".{out.name}.partial" / "checkpoints") is not None
+
+
+def run_trial(stage: Stage, workdir: Path, reference: dict[str, Any], timing: Timing, rng: random.Random,
+              signals: list[signal.Signals]) -> Trial:
+    trial = Trial(stage.name, [s.name for s in signals])
+    out = workdir / stage.out_name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    span = timing.window()
+    for number, sig in enumerate(signals):
+        resume = stage.train and has_checkpoint(out)
+        if number == 0:  # from the moment writing starts, uniformly over the writing phase
+            interrupt(stage.command(out, resume), out, sig=sig, delay=rng.uniform(0, span), from_start=False,
+                      trial=trial, stage=stage, reference=reference)
+        else:  # a rerun that is itself interrupted: the staging folder is there from the start
+            interrupt(stage.command(out, resume), out, sig=sig,
+                      delay=rng.uniform(timing.writing_starts, timing.writing_starts + span),
+                      from_start=True, trial=trial, stage=stage, reference=reference)
+    resume = stage.train and has_checkpoint(out)
+    done, _ = run_to_end(stage.command(out, resume), out)
+    trial.completed = done.returncode == 0
+    if not trial.completed:
+        trial.problems.append(f"rerun failed with exit {done.returncode}: {done.stderr[-500:]!r}")
+        return trial
+    if resume and "resuming from step" not in done.stderr:
+        trial.problems.append("the --resume rerun did not resume")
+    wrong = differences(stage.contents(out), reference)
+    trial.identical = not wrong
+    if wrong:
+        trial.problems.append(f"result differs from the uninterrupted run in {wrong[:5]}")
+    extra = sorted(p.name for p in out.parent.iterdir() if p.name not in (out.name, f".{out.name}.lock"))
+    if extra:
+        trial.problems.append(f"left beside the output: {extra}")
+    return trial
+
+
+# ---------------------------------------------------------------- set-up
+
+
+def make_inputs(base: Path, *, train_images: int = 48, val_images: int = 24, size: int = 32) -> Inputs:
+    """A folder dataset (the synthetic generator writes the documented folder format)."""
+    from simformer_cli.data.synthetic import SyntheticSettings, generate_synthetic
+
+    dataset = base / "dataset"
+    generate_synthetic(dataset, SyntheticSettings(train_images=train_images, val_images=val_images,
+                                                  image_size=size, seed=3), workers=0)
+    return Inputs(dataset=dataset)
+
+
+@dataclass
+class Reference:
+    contents: dict[str, Any]
+    timing: Timing
+
+
+def make_references(base: Path, inputs: Inputs, names: list[str]) -> dict[str, Reference]:
+    """Uninterrupted runs of every stage (also what the later stages read)."""
+    references: dict[str, Reference] = {}
+    stages = make_stages(inputs)
+    needed = {"split", *names} | ({"train"} if {"infer", "pseudolabel"} & set(names) else set())
+    for name in ("split", "train", "infer", "pseudolabel"):
+        if name not in needed:
+            continue
+        stage = stages[name]
+        out = base / "reference" / name / stage.out_name
+        out.parent.mkdir(parents=True)
+        done, timing = run_to_end(stage.command(out, False), out)
+        if done.returncode != 0:
+            raise RuntimeError(f"uninterrupted {name} failed: {done.stderr[-2000:]}")
+        references[name] = Reference(stage.contents(out), timing)
+        if name == "split":
+            inputs.split = out
+        elif name == "train":
+            inputs.model = out
+        stages = make_stages(inputs)
+    return references
+
+
+def run_stage_trials(base: Path, inputs: Inputs, reference: Reference, stage_name: str, plans: list[list[str]],
+                     seed: int) -> list[Trial]:
+    stage = make_stages(inputs)[stage_name]
+    rng = random.Random(f"{seed}:{stage_name}")
+    trials = []
+    for number, plan in enumerate(plans):
+        signals = [signal.Signals[f"SIG{name}"] for name in plan]
+        trials.append(run_trial(stage, base / "trials" / stage_name / f"{number:03d}", reference.contents,
+                                reference.timing, rng, signals))
+    return trials
+
+
+def default_plans(trials: int) -> list[list[str]]:
+    """Mostly one SIGKILL; every fourth trial two kills in a row; every fifth a Ctrl-C."""
+    plans = []
+    for number in range(trials):
+        if number % 5 == 4:
+            plans.append(["INT"])
+        elif number % 4 == 3:
+            plans.append(["KILL", "KILL"])
+        else:
+            plans.append(["KILL"])
+    return plans
+
+
+def table(results: dict[str, list[Trial]]) -> list[str]:
+    lines = ["| stage | trials | signals sent (SIGKILL / SIGINT) | signal reached a running stage | "
+             "states seen after a signal | completed on rerun | identical to an uninterrupted run | problems |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, trials in results.items():
+        kills = sum(t.signals.count("SIGKILL") for t in trials)
+        ints = sum(t.signals.count("SIGINT") for t in trials)
+        delivered = sum(t.delivered for t in trials)
+        states = [s for t in trials for s in t.states]
+        seen = ", ".join(f"{states.count(s)} {s}" for s in ("none", "complete", "problem") if states.count(s))
+        problems = sum(len(t.problems) for t in trials)
+        lines.append(f"| {name} | {len(trials)} | {kills} / {ints} | {delivered} | {seen} | "
+                     f"{sum(t.completed for t in trials)} | {sum(t.identical for t in trials)} | {problems} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=10, help="trials per stage (at least one signal each)")
+    parser.add_argument("--stages", default="split,train,infer,pseudolabel")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="Markdown file to write the table into")
+    args = parser.parse_args()
+    names = [n for n in args.stages.split(",") if n]
+    began = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="kill-anywhere-") as tmp:
+        base = Path(tmp)
+        inputs = make_inputs(base)
+        references = make_references(base, inputs, names)
+        results: dict[str, list[Trial]] = {}
+        for name in names:
+            results[name] = run_stage_trials(base, inputs, references[name], name, default_plans(args.trials), args.seed)
+            for trial in results[name]:
+                for problem in trial.problems:
+                    print(f"{name}: {problem}", file=sys.stderr)
+            print("\n".join(table({name: results[name]})[2:]), file=sys.stderr)
+    minutes = (time.perf_counter() - began) / 60
+    from _tables import machine_line, write_section
+
+    lines = [
+        "## Kill anywhere",
+        "",
+        f"Command: `python benchmarks/kill_anywhere.py --trials {args.trials}"
+        + (f" --stages {args.stages}" if args.stages != "split,train,infer,pseudolabel" else "")
+        + (f" --seed {args.seed}" if args.seed else "") + "`  ",
+        f"Machine: {machine_line()}; {minutes:.1f} minutes in all.",
+        "",
+        "Each trial starts the stage's command line, waits until it starts writing, sends SIGKILL (or, "
+        "every fifth trial, SIGINT to its process group) after a random time within the writing phase "
+        "of an uninterrupted run (every fourth trial kills the rerun once more), checks with the "
+        "artifact readers that the output is absent or complete, then runs the same command again "
+        "(train with `--resume` when a checkpoint exists) and compares every array, the weights and the "
+        "loss log with the uninterrupted run. Split: folder dataset of 48 + 24 images, 2 workers; "
+        "train: tiny preset, 6 steps of 4 images, a checkpoint every step; infer (24 val images) and "
+        "pseudolabel (48 train images): one image per shard.",
+        "",
+        *table(results),
+    ]
+    print("\n".join(lines))
+    if args.out is not None:
+        write_section(args.out, "kill_anywhere", "\n".join(lines))
+    if any(t.problems for trials in results.values() for t in trials):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

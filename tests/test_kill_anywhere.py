@@ -1,0 +1,68 @@
+"""Kill anywhere, the fast variant: split, train, infer and pseudolabel are killed (SIGKILL) or
+interrupted (Ctrl-C) at seeded random moments while they write, and run again.
+
+After every signal the output path holds no artifact or a complete one (checked with the readers
+later stages use), no process of the stage outlives it, and the rerun gives exactly the result of an
+uninterrupted run. ``benchmarks/kill_anywhere.py`` is the same harness with more moments per stage.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import kill_anywhere as harness  # noqa: E402
+
+STAGES = ["split", "train", "infer", "pseudolabel"]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):  # noqa: ANN001, ANN201
+    """A folder dataset and uninterrupted runs of the four stages (each also feeds the next)."""
+    base = tmp_path_factory.mktemp("kill")
+    inputs = harness.make_inputs(base)
+    references = harness.make_references(base, inputs, STAGES)
+    return base, inputs, references
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_interrupted_stage_reruns_to_the_uninterrupted_result(prepared, stage: str) -> None:  # noqa: ANN001
+    base, inputs, references = prepared
+    # Three moments per stage: a kill, a kill of the rerun, and a Ctrl-C in a fresh run.
+    trials = harness.run_stage_trials(base, inputs, references[stage], stage, [["KILL", "KILL"], ["INT"]], seed=1)
+    problems = [problem for trial in trials for problem in trial.problems]
+    assert problems == []
+    assert all(trial.completed and trial.identical for trial in trials), trials
+    assert trials[0].delivered >= 1, "the first kill came after the stage had exited"
+    assert all(state in ("none", "complete") for trial in trials for state in trial.states)
+
+
+def test_ctrl_c_during_training_says_resume_and_resuming_gives_the_same_weights(prepared, tmp_path: Path) -> None:  # noqa: ANN001
+    base, inputs, references = prepared
+    stage = harness.make_stages(inputs)["train"]
+    out = tmp_path / stage.out_name
+    process = subprocess.Popen(stage.command(out, False), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=harness.stage_env(), start_new_session=True)
+    second = tmp_path / f".{out.name}.partial" / "checkpoints" / "step-0000002"
+    deadline = time.time() + 300
+    while not second.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 130, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "--resume" in lines[-1] and "Traceback" not in err
+    assert not out.exists()
+    assert harness.has_checkpoint(out)
+    resumed, _ = harness.run_to_end(stage.command(out, True), out)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from step" in resumed.stderr
+    assert harness.differences(stage.contents(out), references["train"].contents) == []
