@@ -422,4 +422,11 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def main() -> None:
-    sys.exit(run())
+    code = run()
+    if code == 130:
+        # After Ctrl-C, zarr's I/O thread may still hold pending tasks that asyncio reports at
+        # interpreter shutdown, after our one-line hint: leave at once (artifacts are already safe).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(code)
