@@ -12,14 +12,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
 import zarr
 
 from simformer_cli.artifacts.manifest import ArraySpec, ManifestBase
-from simformer_cli.artifacts.store import commit, staged_artifact
+from simformer_cli.artifacts.store import commit, read_manifest, staged_artifact
 from simformer_cli.data.split_store import SubsetLayout, plan_layout, write_shard_block
 from simformer_cli.inference import predict
 from simformer_cli.inference.predict import TestTimeSettings
@@ -29,6 +29,7 @@ from simformer_cli.progress import Reporter
 from simformer_cli.training.devices import Runtime, broadcast_object
 
 DONE_DIR = ".done"
+M = TypeVar("M", bound=ManifestBase)
 LabelRule = Callable[[int, torch.Tensor], np.ndarray]  # (image index, (K, H, W) scores) -> label map
 
 
@@ -59,12 +60,12 @@ def argmax_rule(index: int, scores: torch.Tensor) -> np.ndarray:
 
 
 def run_prediction_job(
-    job: PredictionJob, *, out: Path, key: str, runtime: Runtime, reporter: Reporter,
-    make_manifest: Callable[[Path, dict[str, ArraySpec], float], ManifestBase],
-) -> tuple[ManifestBase, str] | None:
-    """Predict every image into ``out``; rank 0 returns (manifest, digest), other ranks None.
+    job: PredictionJob, *, out: Path, key: str, runtime: Runtime, reporter: Reporter, manifest_model: type[M],
+    make_manifest: Callable[[Path, dict[str, ArraySpec], float], M],
+) -> tuple[M, str]:
+    """Predict every image into ``out``; returns the committed (manifest, digest) on every rank.
 
-    ``make_manifest(staging, arrays, seconds)`` is called once every label map is written.
+    ``make_manifest(staging, arrays, seconds)`` is called (on rank 0) once every label map is written.
     """
     layout = plan_layout("predictions", job.source.sizes)
     began = time.perf_counter()
@@ -73,7 +74,8 @@ def run_prediction_job(
         runtime.barrier()
         _predict_shards(job, layout, staging, runtime, reporter)
         runtime.barrier()
-        return None
+        runtime.barrier()  # rank 0 has committed
+        return read_manifest(out, manifest_model)
     with staged_artifact(out, resume_key=key) as staging:
         specs = open_or_create_arrays(
             staging, count=len(job.source.names), canvas=layout.canvas, chunk=layout.chunk,
@@ -92,6 +94,7 @@ def run_prediction_job(
         arrays = {name: ArraySpec(shape=shape, dtype=dtype) for name, (shape, dtype) in specs.items()}
         manifest = make_manifest(staging, arrays, time.perf_counter() - began)
         digest = commit(staging, out, manifest)
+    runtime.barrier()
     return manifest, digest
 
 

@@ -17,7 +17,7 @@ from simformer_cli.artifacts.digest import files_fingerprint
 from simformer_cli.artifacts.manifest import ArraySpec, ArtifactRef, DatasetFingerprint, Inputs, Provenance
 from simformer_cli.artifacts.model_manifest import ModelManifest
 from simformer_cli.artifacts.predictions_manifest import InferParams, InferSummary, PredictionsManifest
-from simformer_cli.artifacts.store import current_artifact, plan_key, read_manifest
+from simformer_cli.artifacts.store import current_artifact, plan_key
 from simformer_cli.data.folder import IMAGE_SUFFIXES
 from simformer_cli.data.ingest import _file_digest, _image_size
 from simformer_cli.data.source import decode_image, read_bytes
@@ -139,11 +139,9 @@ def run_infer(
                 label_dtype=job.label_dtype,  # type: ignore[arg-type]
             )
 
-        done = run_prediction_job(job, out=out, key=key, runtime=runtime, reporter=reporter,
-                                  make_manifest=make_manifest)
-        if done is None:
-            return InferResult(*read_manifest(out, PredictionsManifest), out, False)  # type: ignore[misc]
-        return InferResult(done[0], done[1], out, False)  # type: ignore[arg-type]
+        manifest, digest = run_prediction_job(job, out=out, key=key, runtime=runtime, reporter=reporter,
+                                              make_manifest=make_manifest, manifest_model=PredictionsManifest)
+        return InferResult(manifest, digest, out, False)
     finally:
         stop_runtime(runtime)
 

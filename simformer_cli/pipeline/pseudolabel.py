@@ -19,7 +19,7 @@ import torch
 
 from simformer_cli.artifacts.manifest import ArraySpec, ArtifactRef, Inputs, Provenance
 from simformer_cli.artifacts.pseudolabels_manifest import PseudoLabelParams, PseudoLabelsManifest, PseudoLabelSummary
-from simformer_cli.artifacts.store import current_artifact, open_artifact, plan_key, read_manifest
+from simformer_cli.artifacts.store import current_artifact, open_artifact, plan_key
 from simformer_cli.data.split_store import SplitArtifact, read_audit_label
 from simformer_cli.errors import UserError
 from simformer_cli.evaluation import ConfusionMatrix, compute_report
@@ -109,11 +109,9 @@ def run_pseudolabel(
                 label_dtype=job.label_dtype,  # type: ignore[arg-type]
             )
 
-        done = run_prediction_job(job, out=out, key=key, runtime=runtime, reporter=reporter,
-                                  make_manifest=make_manifest)
-        if done is None:
-            return PseudoLabelResult(*read_manifest(out, PseudoLabelsManifest), out, False)  # type: ignore[misc]
-        return PseudoLabelResult(done[0], done[1], out, False)  # type: ignore[arg-type]
+        manifest, digest = run_prediction_job(job, out=out, key=key, runtime=runtime, reporter=reporter,
+                                              make_manifest=make_manifest, manifest_model=PseudoLabelsManifest)
+        return PseudoLabelResult(manifest, digest, out, False)
     finally:
         stop_runtime(runtime)
 
