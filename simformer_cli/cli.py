@@ -32,6 +32,9 @@ app = typer.Typer(
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (human output stays on stderr).")]
 ForceOption = Annotated[bool, typer.Option("--force", help="Rebuild even if the output is up to date.")]
+SetOption = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="Override one training setting, KEY=VALUE with a dotted key (repeatable), "
+                  "e.g. --set loss.distill_weight=0.3 --set model.num_queries=32.")]
 
 
 def _version(value: bool) -> None:
@@ -101,6 +104,7 @@ def train(
     split: Annotated[Path, typer.Option(help="Split artifact to train on.")],
     out: Annotated[Optional[Path], typer.Option(help="Output model artifact (default: beside the split, model.zarr).")] = None,
     preset: Annotated[str, typer.Option(help="tiny (CPU minutes) | paper (ResNet-50, GPUs).")] = "tiny",
+    method: Annotated[str, typer.Option(help="simformer (weak labels) | oracle (full train labels: an upper bound).")] = "simformer",
     iters: Annotated[Optional[int], typer.Option(help="Training steps (default: the preset's).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Global batch: images per step over all devices.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Base learning rate (default: the preset's).")] = None,
@@ -110,6 +114,7 @@ def train(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 0,
     backbone_weights: Annotated[Optional[Path], typer.Option(help="Local torchvision-layout ResNet weights (.pth).")] = None,
+    set_: SetOption = None,
     force: ForceOption = False,
     json_out: JsonOption = False,
 ) -> None:
@@ -117,8 +122,9 @@ def train(
     from simformer_cli.pipeline.train import run_train
 
     result = run_train(
-        split=split, out=out, preset=_choice("--preset", preset, ("tiny", "paper")), iters=iters,
-        batch_size=batch_size, lr=lr, seed=seed, checkpoint_every=_positive("--checkpoint-every", checkpoint_every),
+        split=split, out=out, preset=_choice("--preset", preset, ("tiny", "paper")),
+        method=_choice("--method", method, ("simformer", "oracle")), iters=iters,
+        batch_size=batch_size, lr=lr, seed=seed, overrides=set_ or (), checkpoint_every=_positive("--checkpoint-every", checkpoint_every),
         resume=resume, device=_choice("--device", device, ("auto", "cpu", "cuda")),
         workers=_non_negative("--workers", workers),
         backbone_weights=backbone_weights, force=force, reporter=RichReporter(),
@@ -202,6 +208,7 @@ def retrain(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 0,
     backbone_weights: Annotated[Optional[Path], typer.Option(help="Local torchvision-layout ResNet weights (.pth).")] = None,
+    set_: SetOption = None,
     force: ForceOption = False,
     json_out: JsonOption = False,
 ) -> None:
@@ -210,7 +217,7 @@ def retrain(
 
     result = run_retrain(
         split=split, pseudolabels=pseudolabels, out=out, preset=_choice("--preset", preset, ("tiny", "paper")),
-        iters=iters, batch_size=batch_size, lr=lr, seed=seed,
+        iters=iters, batch_size=batch_size, lr=lr, seed=seed, overrides=set_ or (),
         checkpoint_every=_positive("--checkpoint-every", checkpoint_every), resume=resume,
         device=_choice("--device", device, ("auto", "cpu", "cuda")), workers=_non_negative("--workers", workers),
         backbone_weights=backbone_weights, force=force, reporter=RichReporter(),

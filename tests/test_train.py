@@ -126,3 +126,60 @@ def test_two_process_gloo_run_writes_one_model(synthetic_split: Path, tmp_path: 
     manifest, _, _ = open_artifact(out, ModelManifest)
     assert manifest.summary.world_size == 2 and manifest.summary.steps == 2
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".ddp.zarr.partial")] == []
+
+
+def test_set_overrides_reach_the_recorded_settings(cli, synthetic_split: Path, tmp_path: Path) -> None:
+    out = tmp_path / "model.zarr"
+    result = cli("train", "--split", synthetic_split, "--out", out, "--iters", "1", "--batch-size", "4",
+                 "--device", "cpu", "--set", "loss.complementary=false", "--set", "loss.distill_weight=0.3",
+                 "--set", "model.masked_attention=true", "--set", "model.transformer_in_feature=pixel_embedding")
+    assert result.code == 0, result.err
+    settings = open_artifact(out, ModelManifest)[0].params.settings
+    assert settings.loss.complementary is False and settings.loss.distill_weight == 0.3
+    assert settings.model.masked_attention and settings.model.transformer_in_feature == "pixel_embedding"
+    assert "loss_comp" not in open_artifact(out, ModelManifest)[0].summary.final_losses
+
+
+@pytest.mark.parametrize(("item", "message"), [
+    ("loss.nope=1", "--set loss.nope=1: no setting loss.nope; known keys under loss:"),
+    ("loss.distil_weight=1", "did you mean loss.distill_weight?"),
+    ("loss=1", "--set loss=1: loss is a group; set one of its keys"),
+    ("iters", "--set iters: expected KEY=VALUE"),
+    ("loss.distill_weight=-1", "--set loss.distill_weight=-1: Input should be greater than or equal to 0"),
+    ("model.transformer_in_feature=res9", "--set model.transformer_in_feature=res9: Input should be"),
+])
+def test_bad_set_overrides_are_one_line(cli, synthetic_split: Path, tmp_path: Path, item: str, message: str) -> None:
+    out = tmp_path / "model.zarr"
+    result = cli("train", "--split", synthetic_split, "--out", out, "--iters", "1", "--device", "cpu", "--set", item)
+    assert result.code == 2
+    assert message in result.err and "Traceback" not in result.err
+    assert not out.exists()
+
+
+def test_oracle_trains_on_the_full_labels(synthetic_split: Path, tmp_path: Path) -> None:
+    """The oracle reads the audit labels (novel masks included): changing them changes the model."""
+    from simformer_cli.data.split_store import AuditLabelReader
+    from simformer_cli.data.train_data import WeakTrainingSet
+    from simformer_cli.training.settings import preset_settings
+
+    split = SplitArtifact(synthetic_split)
+    settings = preset_settings("tiny", num_classes=split.num_classes, dataset="synthetic", image_size=64,
+                               method="oracle")
+    assert not (settings.loss.complementary or settings.loss.similarity or settings.loss.distillation)
+    data = WeakTrainingSet(synthetic_split, augment_settings=settings.augment, seed=0,
+                           label_reader=AuditLabelReader(synthetic_split), maskless_novel=False)
+    novel = set(split.manifest.novel_classes)
+    with_novel_masks = [i for i in range(len(data))
+                        if novel & set(data[(0, 0, i)][1].classes[data[(0, 0, i)][1].has_mask].tolist())]
+    assert with_novel_masks
+    run_train(split=synthetic_split, out=tmp_path / "oracle.zarr", method="oracle", iters=1, batch_size=4, device="cpu")
+    manifest = open_artifact(tmp_path / "oracle.zarr", ModelManifest)[0]
+    assert manifest.params.settings.method == "oracle"
+
+
+def test_oracle_needs_audit_labels(cli, tmp_path: Path, folder_dataset: Path) -> None:
+    split = tmp_path / "split.zarr"
+    assert cli("split", "--dataset", "folder", "--root", folder_dataset, "--ratio", "2:1", "--out", split,
+               "--no-keep-train-labels").code == 0
+    result = cli("train", "--split", split, "--method", "oracle", "--iters", "1", "--device", "cpu")
+    assert result.code == 2 and "--method oracle:" in result.err and "--keep-train-labels" in result.err

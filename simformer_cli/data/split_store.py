@@ -154,3 +154,20 @@ def read_audit_label(split: SplitArtifact, index: int) -> np.ndarray:
         raise KeyError("this split was made without --keep-train-labels")
     h, w = split.sizes("train")[index]
     return np.asarray(split._array(AUDIT_LABELS)[index, :h, :w])
+
+
+class AuditLabelReader:
+    """Full train label by index, for the ``oracle`` method only (the fully supervised upper bound
+    that the quality benchmark compares against). Picklable; opens the split lazily."""
+
+    def __init__(self, split_path: Path) -> None:
+        self.split_path = Path(split_path)
+        self._split: SplitArtifact | None = None
+
+    def __getstate__(self) -> dict:
+        return {"split_path": self.split_path, "_split": None}
+
+    def __call__(self, index: int) -> np.ndarray:
+        if self._split is None:
+            self._split = SplitArtifact(self.split_path)
+        return read_audit_label(self._split, index)

@@ -41,8 +41,10 @@ class MaskFormer(nn.Module):
         backbone: ResNet | TinyBackbone,
         pixel_decoder: BasePixelDecoder,
         predictor: TransformerPredictor,
+        transformer_in_feature: str = "res5",
     ) -> None:
         super().__init__()
+        self.transformer_in_feature = transformer_in_feature
         self.backbone = backbone
         self.pixel_decoder = pixel_decoder
         self.predictor = predictor
@@ -57,7 +59,8 @@ class MaskFormer(nn.Module):
         """
         features = self.backbone(images)
         mask_features = self.pixel_decoder(features)
-        class_logits, mask_logits = self.predictor(features["res5"], mask_features)
+        memory = mask_features if self.transformer_in_feature == "pixel_embedding" else features[self.transformer_in_feature]
+        class_logits, mask_logits = self.predictor(memory, mask_features)
         aux_outputs = [
             {"pred_logits": logits, "pred_masks": masks}
             for logits, masks in zip(class_logits[:-1], mask_logits[:-1])
@@ -82,7 +85,8 @@ def build_model(settings: ModelSettings) -> MaskFormer:
         norm_groups=settings.norm_groups,
     )
     predictor = TransformerPredictor(
-        in_channels=backbone.out_channels["res5"],
+        in_channels=(settings.mask_dim if settings.transformer_in_feature == "pixel_embedding"
+                     else backbone.out_channels[settings.transformer_in_feature]),
         num_classes=settings.num_classes,
         hidden_dim=settings.hidden_dim,
         num_queries=settings.num_queries,
@@ -91,5 +95,7 @@ def build_model(settings: ModelSettings) -> MaskFormer:
         dec_layers=settings.dec_layers,
         dropout=settings.dropout,
         mask_dim=settings.mask_dim,
+        masked_attention=settings.masked_attention,
     )
-    return MaskFormer(backbone=backbone, pixel_decoder=pixel_decoder, predictor=predictor)
+    return MaskFormer(backbone=backbone, pixel_decoder=pixel_decoder, predictor=predictor,
+                      transformer_in_feature=settings.transformer_in_feature)

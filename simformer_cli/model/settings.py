@@ -33,6 +33,14 @@ class ModelSettings(BaseModel):
     nheads: int = Field(8, ge=1)
     dim_feedforward: int = Field(2048, ge=1)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    # What the decoder's queries attend to (MaskFormer's TRANSFORMER_IN_FEATURE): a backbone level,
+    # or the stride-4 per-pixel embeddings. res5 is the paper's; on 128-pixel images it is a 4x4
+    # grid whose cells mix several regions, too coarse to name the textures of the synthetic data.
+    transformer_in_feature: Literal["res5", "res4", "res3", "pixel_embedding"] = "res5"
+    # Off in the paper (MaskFormer). On, each decoder layer after the first attends only inside the
+    # previous layer's mask of the query (Mask2Former's masked attention), so a query reads the
+    # features of its own region: the class head then learns in hundreds of steps, not tens of thousands.
+    masked_attention: bool = False
 
     @model_validator(mode="after")
     def _check_divisibility(self) -> ModelSettings:

@@ -52,11 +52,16 @@ class DecoderLayer(nn.Module):
         self.norm3 = nn.LayerNorm(hidden_dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, tgt: Tensor, memory: Tensor, query_pos: Tensor, memory_pos: Tensor) -> Tensor:
-        """tgt (B, Q, D), memory (B, HW, D), query_pos (B, Q, D), memory_pos (1, HW, D) -> (B, Q, D)."""
+    def forward(self, tgt: Tensor, memory: Tensor, query_pos: Tensor, memory_pos: Tensor,
+                attn_mask: Tensor | None = None) -> Tensor:
+        """tgt (B, Q, D), memory (B, HW, D), query_pos (B, Q, D), memory_pos (1, HW, D) -> (B, Q, D).
+
+        ``attn_mask`` (B * nheads, Q, HW) bool, True where a query may not look (masked attention).
+        """
         q = k = tgt + query_pos
         tgt = self.norm1(tgt + self.dropout(self.self_attn(q, k, tgt, need_weights=False)[0]))
-        attended = self.cross_attn(tgt + query_pos, memory + memory_pos, memory, need_weights=False)[0]
+        attended = self.cross_attn(tgt + query_pos, memory + memory_pos, memory, attn_mask=attn_mask,
+                                   need_weights=False)[0]
         tgt = self.norm2(tgt + self.dropout(attended))
         ffn = self.linear2(self.dropout(F.relu(self.linear1(tgt))))
         return self.norm3(tgt + self.dropout(ffn))
@@ -98,8 +103,11 @@ class TransformerPredictor(nn.Module):
         dec_layers: int,
         dropout: float,
         mask_dim: int,
+        masked_attention: bool = False,
     ) -> None:
         super().__init__()
+        self.nheads = nheads
+        self.masked_attention = masked_attention
         self.input_proj = nn.Conv2d(in_channels, hidden_dim, 1)
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
         self.layers = nn.ModuleList(
@@ -114,18 +122,29 @@ class TransformerPredictor(nn.Module):
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
 
-    def forward(self, res5: Tensor, mask_features: Tensor) -> tuple[Tensor, Tensor]:
-        batch, _, height, width = res5.shape
-        memory = self.input_proj(res5).flatten(2).transpose(1, 2)  # (B, h5*w5, D)
-        memory_pos = sine_position_encoding(height, width, memory.shape[-1], res5.device)
+    def forward(self, features: Tensor, mask_features: Tensor) -> tuple[Tensor, Tensor]:
+        batch, _, height, width = features.shape
+        memory = self.input_proj(features).flatten(2).transpose(1, 2)  # (B, h*w, D)
+        memory_pos = sine_position_encoding(height, width, memory.shape[-1], features.device)
         memory_pos = memory_pos.to(memory.dtype)[None]
         query_pos = self.query_embed.weight[None].expand(batch, -1, -1)
         tgt = torch.zeros_like(query_pos)
-        per_layer = []
+        class_logits, mask_logits = [], []
+        attn_mask = None
         for layer in self.layers:
-            tgt = layer(tgt, memory, query_pos, memory_pos)
-            per_layer.append(self.decoder_norm(tgt))
-        hidden = torch.stack(per_layer)  # (L, B, Q, D)
-        class_logits = self.class_embed(hidden)
-        mask_logits = torch.einsum("lbqc,bchw->lbqhw", self.mask_embed(hidden), mask_features)
-        return class_logits, mask_logits
+            tgt = layer(tgt, memory, query_pos, memory_pos, attn_mask)
+            hidden = self.decoder_norm(tgt)
+            class_logits.append(self.class_embed(hidden))
+            mask_logits.append(torch.einsum("bqc,bchw->bqhw", self.mask_embed(hidden), mask_features))
+            if self.masked_attention:
+                attn_mask = self._attention_mask(mask_logits[-1], (height, width))
+        return torch.stack(class_logits), torch.stack(mask_logits)
+
+    def _attention_mask(self, mask_logits: Tensor, size: tuple[int, int]) -> Tensor:
+        """Masked attention (as in Mask2Former): the next layer's query q looks only where its
+        current mask is on (sigmoid >= 0.5); a query whose mask is empty looks everywhere."""
+        with torch.no_grad():
+            logits = F.interpolate(mask_logits.float(), size=size, mode="bilinear", align_corners=False)
+            blocked = (logits < 0).flatten(2)  # (B, Q, h*w)
+            blocked &= ~blocked.all(dim=-1, keepdim=True)
+            return blocked.repeat_interleave(self.nheads, dim=0)

@@ -7,9 +7,12 @@ with other settings. Under torchrun every process trains; rank 0 alone writes fi
 
 from __future__ import annotations
 
+import difflib
+import json
 import shutil
 import socket
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,7 +22,7 @@ import numpy as np
 from simformer_cli.artifacts.manifest import ArtifactRef, Inputs, Provenance
 from simformer_cli.artifacts.model_manifest import ModelManifest, TrainParams, TrainSummary
 from simformer_cli.artifacts.store import commit, current_artifact, plan_key, read_manifest, staged_artifact
-from simformer_cli.data.split_store import SplitArtifact
+from simformer_cli.data.split_store import AUDIT_LABELS, AuditLabelReader, SplitArtifact
 from simformer_cli.data.train_data import LabelReader
 from simformer_cli.errors import UserError
 from simformer_cli.progress import Reporter, SilentReporter
@@ -42,21 +45,23 @@ class TrainResult:
 
 def resolve_settings(
     split: SplitArtifact, *, preset: PresetName, method: Method, iters: int | None, batch_size: int | None,
-    seed: int | None, lr: float | None,
+    seed: int | None, lr: float | None, overrides: Sequence[str] = (),
 ) -> TrainSettings:
+    """The preset for ``split``, then ``--set KEY=VALUE`` overrides, then the named options."""
     sizes = split.sizes("train")
     short_side = int(np.median(sizes.min(axis=1)))
     settings = preset_settings(preset, num_classes=split.num_classes, dataset=split.manifest.params.dataset,
                                image_size=short_side, method=method)
     if seed is not None and seed < 0:
         raise UserError(f"--seed {seed}: expected a non-negative integer")
-    overrides = {key: value for key, value in (("iters", iters), ("batch_size", batch_size), ("seed", seed))
-                 if value is not None}
+    data = apply_overrides(settings.model_dump(), overrides)
+    for key, value in (("iters", iters), ("batch_size", batch_size), ("seed", seed)):
+        if value is not None:
+            data[key] = value
     if lr is not None:
-        overrides["optim"] = settings.optim.model_copy(update={"lr": lr})
+        data["optim"]["lr"] = lr
     try:
-        return TrainSettings.model_validate({**settings.model_dump(), **{
-            k: (v.model_dump() if hasattr(v, "model_dump") else v) for k, v in overrides.items()}})
+        return TrainSettings.model_validate(data)
     except ValueError as exc:
         if not hasattr(exc, "errors"):
             raise UserError(f"training settings: {exc}") from None
@@ -68,7 +73,42 @@ def resolve_settings(
             where = "batch_size"
         if given.get(where) is not None:  # name the option the user typed, with the value given
             raise UserError(f"--{where.removeprefix('optim.').replace('_', '-')} {given[where]}: {message}") from None
+        typed = [item for item in overrides if item.partition("=")[0].strip() == where]
+        if typed:
+            raise UserError(f"--set {typed[-1]}: {message}") from None
         raise UserError(f"training settings: {where + ': ' if where else ''}{message}") from None
+
+
+def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
+    """Apply ``KEY=VALUE`` items (dotted keys into the settings, values read as JSON where they
+    parse, else as text) to a settings dump; an unknown key is a :class:`UserError`."""
+    data = json.loads(json.dumps(data))  # a deep copy
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"--set {item}: expected KEY=VALUE, e.g. --set loss.complementary=false")
+        parts = key.split(".")
+        node = data
+        for depth, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                known = sorted(node) if isinstance(node, dict) else []
+                near = difflib.get_close_matches(part, known, n=1)
+                where = ".".join(parts[:depth])
+                hint = f"did you mean {'.'.join([*parts[:depth], near[0]])}?" if near else (
+                    f"known keys{' under ' + where if where else ''}: {', '.join(known)}")
+                raise UserError(f"--set {item}: no setting {key}; {hint}")
+            if depth == len(parts) - 1:
+                if isinstance(node[part], dict):
+                    raise UserError(f"--set {item}: {key} is a group; set one of its keys, "
+                                    f"e.g. {key}.{next(iter(node[part]))}")
+                try:
+                    node[part] = json.loads(text)
+                except ValueError:
+                    node[part] = text
+            else:
+                node = node[part]
+    return data
 
 
 def _check_backbone_weights(settings: TrainSettings, path: Path) -> None:
@@ -129,6 +169,7 @@ def run_train(
     batch_size: int | None = None,
     seed: int | None = None,
     lr: float | None = None,
+    overrides: Sequence[str] = (),
     checkpoint_every: int = 100,
     resume: bool | Literal["auto"] = False,
     device: DeviceChoice = "auto",
@@ -146,7 +187,12 @@ def run_train(
     try:
         split_artifact = SplitArtifact(split)
         settings = resolve_settings(split_artifact, preset=preset, method=method, iters=iters,
-                                    batch_size=batch_size, seed=seed, lr=lr)
+                                    batch_size=batch_size, seed=seed, lr=lr, overrides=overrides)
+        if method == "oracle":
+            if AUDIT_LABELS not in split_artifact.manifest.arrays:
+                raise UserError(f"--method oracle: {split} has no full train labels; "
+                                "make the split with --keep-train-labels")
+            label_reader = AuditLabelReader(Path(split))
         if backbone_weights is not None and not Path(backbone_weights).is_file():
             raise UserError(f"--backbone-weights {backbone_weights}: no such file")
         if backbone_weights is not None:

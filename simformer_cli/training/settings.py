@@ -15,7 +15,10 @@ from simformer_cli.data.augment import ADE20K_AUGMENT, COCO_AUGMENT, AugmentSett
 from simformer_cli.model.settings import LossSettings, ModelSettings, paper_model_settings, tiny_model_settings
 
 PresetName = Literal["tiny", "paper"]
-Method = Literal["simformer", "supervised"]
+#: simformer: weak labels + image-level novel labels (the method); supervised: the labels given
+#: (retrain's pseudo labels) with no novel-specific loss; oracle: the split's full train labels,
+#: novel pixels included (an upper bound for benchmarks, not a weak-shot method).
+Method = Literal["simformer", "supervised", "oracle"]
 
 
 class OptimSettings(BaseModel):
