@@ -104,7 +104,8 @@ def train(
     split: Annotated[Path, typer.Option(help="Split artifact to train on.")],
     out: Annotated[Optional[Path], typer.Option(help="Output model artifact (default: beside the split, model.zarr).")] = None,
     preset: Annotated[str, typer.Option(help="tiny (CPU minutes) | paper (ResNet-50, GPUs).")] = "tiny",
-    method: Annotated[str, typer.Option(help="simformer (weak labels) | oracle (full train labels: an upper bound).")] = "simformer",
+    method: Annotated[str, typer.Option(help="simformer (weak labels) | oracle (full train labels: an upper bound) | "
+                                             "cam (the CAM baseline: a classifier for pseudolabel).")] = "simformer",
     iters: Annotated[Optional[int], typer.Option(help="Training steps (default: the preset's).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Global batch: images per step over all devices.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Base learning rate (default: the preset's).")] = None,
@@ -123,7 +124,7 @@ def train(
 
     result = run_train(
         split=split, out=out, preset=_choice("--preset", preset, ("tiny", "paper")),
-        method=_choice("--method", method, ("simformer", "oracle")), iters=iters,
+        method=_choice("--method", method, ("simformer", "oracle", "cam")), iters=iters,
         batch_size=batch_size, lr=lr, seed=seed, overrides=set_ or (), checkpoint_every=_positive("--checkpoint-every", checkpoint_every),
         resume=resume, device=_choice("--device", device, ("auto", "cpu", "cuda")),
         workers=_non_negative("--workers", workers),
@@ -167,12 +168,13 @@ def infer(
 
 @app.command()
 def pseudolabel(
-    model: Annotated[Path, typer.Option(help="Model artifact (the one-stage SimFormer).")],
+    model: Annotated[Path, typer.Option(help="Model artifact (the one-stage SimFormer, or a --method cam model).")],
     split: Annotated[Path, typer.Option(help="The split the model was trained on (its train images are labelled).")],
     out: Annotated[Optional[Path], typer.Option(help="Output pseudo-label artifact (default: beside the split).")] = None,
     scales: Annotated[str, typer.Option(help="Test-time scale factors (the ADE20K recipe uses 0.625,0.9375,1.25,1.5625,1.875).")] = "1",
     flip: Annotated[bool, typer.Option("--flip", help="Also average horizontally mirrored views.")] = False,
-    min_score: Annotated[Optional[float], typer.Option(help="Novel pixels scoring below this become ignore (default: off).")] = None,
+    min_score: Annotated[Optional[float], typer.Option(help="Novel pixels scoring below this become ignore (default: off; "
+                                                            "a CAM model's own cam.min_score).")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     force: ForceOption = False,
     json_out: JsonOption = False,

@@ -1,9 +1,10 @@
 """Running a model over many images into a label-map artifact, shard by shard, resumably.
 
 Shared by ``infer`` (label = argmax of the scores) and ``pseudolabel`` (label = the pseudo-label
-rule). Each finished shard leaves a marker in the hidden ``.NAME.partial`` folder, so an
-interrupted run continues with the first unfinished shard; under torchrun every process takes
-every n-th shard and writes whole shards only; rank 0 writes the manifest last.
+rule); scores are the MaskFormer's, or those of a job's own scorer (the CAM baseline's). Each
+finished shard leaves a marker in the hidden ``.NAME.partial`` folder, so an interrupted run
+continues with the first unfinished shard; under torchrun every process takes every n-th shard and
+writes whole shards only; rank 0 writes the manifest last.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import zarr
 
 from simformer_cli.artifacts.manifest import ArraySpec, ManifestBase
 from simformer_cli.artifacts.store import commit, read_manifest, staged_artifact
+from simformer_cli.cam.network import CamNet
 from simformer_cli.data.split_store import SubsetLayout, plan_layout, write_shard_block
 from simformer_cli.inference import predict
 from simformer_cli.inference.predict import TestTimeSettings
@@ -31,6 +33,7 @@ from simformer_cli.training.devices import Runtime, broadcast_object
 DONE_DIR = ".done"
 M = TypeVar("M", bound=ManifestBase)
 LabelRule = Callable[[int, torch.Tensor], np.ndarray]  # (image index, (K, H, W) scores) -> label map
+ImageScorer = Callable[[int, np.ndarray], torch.Tensor]  # (image index, (H, W, 3) image) -> (K, H, W) scores
 
 
 class ImageSource(Protocol):
@@ -42,13 +45,20 @@ class ImageSource(Protocol):
 
 @dataclass(frozen=True)
 class PredictionJob:
-    network: MaskFormer
+    network: MaskFormer | CamNet
     source: ImageSource
     test_time: TestTimeSettings
     num_classes: int
     ignore_index: int
     label_rule: LabelRule
     save_scores: bool = False
+    scorer: ImageScorer | None = None  # None: the MaskFormer's semantic scores under ``test_time``
+
+    def scores(self, index: int, runtime: Runtime) -> torch.Tensor:
+        image = self.source.image(index)
+        if self.scorer is not None:
+            return self.scorer(index, image)
+        return predict.predict_scores(self.network, [image], self.test_time, runtime.device, runtime.autocast_dtype)[0]
 
     @property
     def label_dtype(self) -> str:
@@ -114,8 +124,7 @@ def _predict_shards(job: PredictionJob, layout: SubsetLayout, staging: Path, run
         for shard in todo:
             labels, scores = [], []
             for index in shard:
-                score = predict.predict_scores(job.network, [job.source.image(index)], job.test_time,
-                                               runtime.device, runtime.autocast_dtype)[0]
+                score = job.scores(index, runtime)
                 labels.append(job.label_rule(index, score).astype(job.label_dtype))
                 if scores_array is not None:
                     small = torch.nn.functional.avg_pool2d(score[None], SCORE_STRIDE, ceil_mode=True)[0]

@@ -98,6 +98,9 @@ def run_infer(
     reporter = reporter if (reporter is not None and runtime.is_main) else SilentReporter()
     try:
         network, model_manifest, model_digest = load_model(model, runtime.device)
+        if model_manifest.params.settings.method == "cam":
+            raise UserError(f"--model {model} is a CAM classifier: it makes pseudo labels (simformer pseudolabel), "
+                            "then train a segmenter with simformer retrain")
         refs = {"model": ArtifactRef(path=str(Path(model).absolute()), kind="model", digest=model_digest)}
         if split is not None:
             split_artifact = SplitArtifact(split)

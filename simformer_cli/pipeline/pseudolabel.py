@@ -5,6 +5,10 @@ a pixel takes novel class n where the argmax is n and n is in the image's image-
 (optionally only where its score reaches ``min_score``); base ground truth is pasted over; every
 other pixel is ignore. When the split kept its audit labels, the manifest reports how good the
 novel pseudo labels are (novel mIoU against the full train labels).
+
+A CAM model (``train --method cam``) gives the same artifact through the same rule: its scores are
+the image's novel-class CAMs refined by the random walk (``cam.pseudolabel``), and ``min_score``
+defaults to the model's ``cam.min_score``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 from simformer_cli.artifacts.manifest import ArraySpec, ArtifactRef, Inputs, Provenance
 from simformer_cli.artifacts.pseudolabels_manifest import PseudoLabelParams, PseudoLabelsManifest, PseudoLabelSummary
 from simformer_cli.artifacts.store import current_artifact, open_artifact, plan_key
+from simformer_cli.cam.pseudolabel import CamScorer
 from simformer_cli.data.split_store import SplitArtifact, read_audit_label
 from simformer_cli.errors import UserError
 from simformer_cli.evaluation import ConfusionMatrix, compute_report
@@ -87,6 +92,9 @@ def run_pseudolabel(
             "model": ArtifactRef(path=str(Path(model).absolute()), kind="model", digest=model_digest),
             "split": ArtifactRef(path=str(Path(split).absolute()), kind="split", digest=split_artifact.digest),
         })
+        cam = model_manifest.params.settings.cam  # set for method cam, and only then
+        if cam is not None and min_score is None:
+            min_score = cam.min_score
         params = PseudoLabelParams(test_time=test_time_settings(model_manifest, scales, flip), min_score=min_score)
         out = Path(out) if out is not None else Path(split).parent / "pseudolabels.zarr"
         current = current_artifact(out, PseudoLabelsManifest, inputs, params, force=force)
@@ -96,7 +104,9 @@ def run_pseudolabel(
         manifest = split_artifact.manifest
         job = PredictionJob(network=network, source=SplitImages(split_artifact, "train"), test_time=params.test_time,
                             num_classes=len(manifest.class_names), ignore_index=manifest.ignore_index,
-                            label_rule=PseudoLabelRule(split_artifact, min_score))
+                            label_rule=PseudoLabelRule(split_artifact, min_score),
+                            scorer=None if cam is None else CamScorer(network, split_artifact, cam,  # type: ignore[arg-type]
+                                                                      params.test_time, runtime))
         key = plan_key(inputs, params)
 
         def make_manifest(staging: Path, arrays: dict[str, ArraySpec], seconds: float) -> PseudoLabelsManifest:

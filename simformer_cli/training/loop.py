@@ -1,7 +1,7 @@
 """The training loop shared by ``train`` and ``retrain``.
 
 Per step: the global batch is cut into micro-batches (processes x accumulation); each runs the
-model and the SimFormer criterion under autocast (bf16 on CUDA) and back-propagates; then gradients
+model and the SimFormer criterion (or the CAM baseline's objective) under autocast (bf16 on CUDA) and back-propagates; then gradients
 are clipped, the poly learning rate is set and AdamW steps. Every random choice derives from the
 seed and the step (data, augmentation, point sampling) or is checkpointed (torch's RNG), so a run
 resumed from a checkpoint ends with the same weights as one never interrupted (on CPU).
@@ -22,6 +22,8 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from simformer_cli.cam.losses import CamObjective
+from simformer_cli.cam.network import build_cam_model
 from simformer_cli.data.pairs import PartnerSampler
 from simformer_cli.data.split_store import SplitArtifact
 from simformer_cli.data.train_data import LabelReader, StepBatchSampler, StepPlan, WeakTrainingSet, collate
@@ -50,6 +52,17 @@ class TrainingModule(nn.Module):
 
     def forward(self, images: Tensor, targets: list[ImageTargets], generator: torch.Generator) -> dict[str, Tensor]:
         return self.criterion(self.model(normalize_images(images)), targets, generator)
+
+
+def build_training_module(settings: TrainSettings, novel_classes: list[int]) -> TrainingModule | CamObjective:
+    """What the loop optimises: MaskFormer + SimFormer criterion, or (method cam) the CAM network +
+    its objective. Either way ``forward(images, targets, generator)`` returns the weighted loss terms
+    and ``.model`` holds the weights the artifact keeps."""
+    if settings.method == "cam":
+        assert settings.cam is not None  # TrainSettings checks it
+        return CamObjective(build_cam_model(settings.model, settings.cam), settings.cam, settings.model.num_classes)
+    model = build_model(settings.model)
+    return TrainingModule(model, build_criterion(settings.model, settings.loss, novel_classes=novel_classes))
 
 
 @dataclass(frozen=True)
@@ -94,11 +107,10 @@ def train_loop(
     split = SplitArtifact(split_path)
     manifest = split.manifest
     torch.manual_seed(settings.seed)
-    model = build_model(settings.model)
+    module = build_training_module(settings, manifest.novel_classes)
     if backbone_weights is not None:
-        load_backbone_weights(model.backbone, backbone_weights)
-    criterion = build_criterion(settings.model, settings.loss, novel_classes=manifest.novel_classes)
-    module = TrainingModule(model, criterion).to(runtime.device)
+        load_backbone_weights(module.model.backbone, backbone_weights)
+    module = module.to(runtime.device)
     optimizer = build_optimizer(module, settings.optim)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     start = 0
@@ -123,7 +135,7 @@ def train_loop(
     sampler = StepBatchSampler(plan, partners, start=start, stop=settings.iters, rank=runtime.rank,
                                world_size=runtime.world_size, accumulation=accumulation)
     dataset = WeakTrainingSet(split_path, augment_settings=settings.augment, seed=settings.seed,
-                              label_reader=label_reader, maskless_novel=settings.method == "simformer")
+                              label_reader=label_reader, maskless_novel=settings.method in ("simformer", "cam"))
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
                         persistent_workers=False, pin_memory=runtime.device.type == "cuda")
 
