@@ -43,6 +43,7 @@ ROWS = {
     "comp": "+ complementary loss",
     "simformer": "SimFormer one-stage",
     "retrain": "SimFormer + retraining",
+    "finetune": "SimFormer + retraining from the one-stage weights",
     "cam": "CAM baseline (+ retraining)",
 }
 NO_SIMILARITY = ["--set", "loss.similarity=false", "--set", "loss.distillation=false"]
@@ -84,27 +85,30 @@ def chains_for(seed: int, split: Path, folder: Path, rows: list[str], train_args
     common = ["--split", split, "--seed", seed, "--device", "cpu", "--checkpoint-every", 100_000, *train_args]
     chains = []
     for row in rows:
-        if row == "retrain" and "simformer" in rows:
-            continue  # made by the simformer chain, which trains the model it starts from
-        source = "simformer" if row == "retrain" else row
+        if row in ("retrain", "finetune") and ("simformer" in rows or (row == "finetune" and "retrain" in rows)):
+            continue  # made by the chain that trains the model they start from
+        source = "simformer" if row in ("retrain", "finetune") else row
         model = folder / f"{source}.zarr"
         chain = Chain(f"{row}/seed {seed}", [simformer("train", "--out", model, *TRAIN_FLAGS[source], *common)], 1)
-        if row not in ("cam", "retrain"):  # those rows score the retrained model only
+        if row not in ("cam", "retrain", "finetune"):  # those rows score the retrained model only
             commands, chain.scores[row] = score(model, split, row, folder)
             chain.commands += commands
-        if row in ("simformer", "retrain", "cam"):
+        if row in ("simformer", "retrain", "finetune", "cam"):
             target = "cam" if row == "cam" else "retrain"
-            if target in rows:
-                labels, retrained = folder / f"{target}-pseudolabels.zarr", folder / f"{target}-retrained.zarr"
-                chain.commands += [
-                    simformer("pseudolabel", "--model", model, "--split", split, "--out", labels, "--device", "cpu",
-                              "--json", ">", folder / f"{target}-pseudolabels.json"),
-                    simformer("retrain", "--split", split, "--pseudolabels", labels, "--out", retrained, "--seed", seed,
-                              "--device", "cpu", "--checkpoint-every", 100_000, *train_args),
-                ]
-                commands, chain.scores[target] = score(retrained, split, target, folder)
-                chain.commands += commands
+            wanted = [t for t in ((target, "finetune") if target == "retrain" else (target,)) if t in rows]
+            labels = folder / f"{target}-pseudolabels.zarr"
+            if wanted:
+                chain.commands.append(simformer("pseudolabel", "--model", model, "--split", split, "--out", labels,
+                                                "--device", "cpu", "--json", ">", folder / f"{target}-pseudolabels.json"))
                 chain.extras[target] = folder / f"{target}-pseudolabels.json"
+            for tag in wanted:
+                retrained = folder / f"{tag}-retrained.zarr"
+                init = ["--init-from", model] if tag == "finetune" else []
+                chain.commands.append(simformer("retrain", "--split", split, "--pseudolabels", labels, "--out", retrained,
+                                                *init, "--seed", seed, "--device", "cpu", "--checkpoint-every", 100_000,
+                                                *train_args))
+                commands, chain.scores[tag] = score(retrained, split, tag, folder)
+                chain.commands += commands
                 chain.trainings += 1
         chains.append(chain)
     return chains
@@ -205,10 +209,13 @@ def main() -> None:
             split = folder / "split.zarr"
             run_command(simformer("split", "--ratio", "3:1", "--seed", seed, "--out", split), dict(os.environ), log)
             chains += chains_for(seed, split, folder, args.rows, train_args)
+        existing = sum((Path(c[c.index("--out") + 1]) / "manifest.json").is_file()
+                       for chain in chains for c in chain.commands if c[3] in ("train", "retrain"))
         print(f"{len(chains)} chains, {args.parallel} at a time, {threads} torch thread(s) each; log {log}",
               file=sys.stderr)
         run_chains(chains, args.parallel, threads, log)
         minutes = (time.perf_counter() - began) / 60
+        trainings = [c[c.index("--out") + 1] for chain in chains for c in chain.commands if c[3] in ("train", "retrain")]
         results: dict[str, list[dict]] = {row: [] for row in ROWS}
         pseudo: dict[str, list[float]] = {"retrain": [], "cam": []}
         for chain in chains:
@@ -226,7 +233,9 @@ def main() -> None:
         "## Quality: the method's parts, an oracle and a CAM baseline (synthetic data, tiny preset, CPU)",
         "",
         f"Command: `{command} --out BENCHMARKS.md`  ",
-        f"Machine: {machine_line()}; {minutes:.1f} minutes in all.  ",
+        f"Machine: {machine_line()}; {minutes:.1f} minutes in all"
+        + (f" ({existing} of {len(trainings)} trainings were reused from an earlier identical run in the same "
+           "--workdir: stages skip up-to-date artifacts)" if existing else f" ({len(trainings)} trainings)") + ".  ",
         f"Class splits: `split --ratio 3:1 --seed S` for S in {', '.join(map(str, args.seeds))} on the synthetic default "
         f"(1500 train / 300 val images of 128x128, 16 classes); every training: "
         f"{args.iters or 'the preset'} steps, batch 8. Mean ± standard deviation over the splits.",

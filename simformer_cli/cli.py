@@ -199,6 +199,7 @@ def pseudolabel(
 def retrain(
     split: Annotated[Path, typer.Option(help="Split artifact.")],
     pseudolabels: Annotated[Path, typer.Option(help="Pseudo-label artifact made from this split.")],
+    init_from: Annotated[Optional[Path], typer.Option(help="Start from this model's weights (the one-stage model of this split) instead of the preset's initialisation.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output model artifact (default: beside the split, model-retrained.zarr).")] = None,
     preset: Annotated[str, typer.Option(help="tiny | paper")] = "tiny",
     iters: Annotated[Optional[int], typer.Option(help="Training steps (default: the preset's).")] = None,
@@ -218,7 +219,8 @@ def retrain(
     from simformer_cli.pipeline.retrain import run_retrain
 
     result = run_retrain(
-        split=split, pseudolabels=pseudolabels, out=out, preset=_choice("--preset", preset, ("tiny", "paper")),
+        split=split, pseudolabels=pseudolabels, out=out, init_from=init_from,
+        preset=_choice("--preset", preset, ("tiny", "paper")),
         iters=iters, batch_size=batch_size, lr=lr, seed=seed, overrides=set_ or (),
         checkpoint_every=_positive("--checkpoint-every", checkpoint_every), resume=resume,
         device=_choice("--device", device, ("auto", "cpu", "cuda")), workers=_non_negative("--workers", workers),

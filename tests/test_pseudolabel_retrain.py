@@ -13,6 +13,7 @@ from simformer_cli.artifacts.model_manifest import ModelManifest
 from simformer_cli.artifacts.store import read_manifest
 from simformer_cli.data.split_store import SplitArtifact
 from simformer_cli.pipeline.pseudolabel import PseudoLabelReader, PseudoLabelRule, run_pseudolabel
+from simformer_cli.pipeline.retrain import run_retrain
 from simformer_cli.pipeline.split import run_split
 from simformer_cli.pipeline.train import run_train
 
@@ -91,3 +92,32 @@ def test_retrain_refuses_pseudolabels_of_another_split(cli, trained, tmp_path: P
     wrong = cli("retrain", "--split", split, "--pseudolabels", split, "--out", tmp_path / "rt.zarr")
     assert wrong.code == 2 and "'split' artifact" in wrong.err
     assert not (tmp_path / "rt.zarr").exists()
+
+
+def test_retrain_init_from_starts_at_the_one_stage_weights(cli, trained, tmp_path: Path) -> None:  # noqa: ANN001
+    from safetensors.numpy import load_file
+
+    root, split, model = trained
+    pseudo = run_pseudolabel(model=model, split=split, out=tmp_path / "pl.zarr", device="cpu").path
+    # With a vanishing lr the weights barely move: the retrained network is the one it started from.
+    result = cli("retrain", "--split", split, "--pseudolabels", pseudo, "--init-from", model, "--out", tmp_path / "ft.zarr",
+                 "--iters", "1", "--batch-size", "2", "--device", "cpu", "--lr", "1e-12")
+    assert result.code == 0, result.err
+    start, end = load_file(str(model / "weights.safetensors")), load_file(str(tmp_path / "ft.zarr" / "weights.safetensors"))
+    assert start.keys() == end.keys() and all(np.allclose(start[k], end[k], rtol=0, atol=1e-9) for k in start)
+    fresh = load_file(str(run_retrain(split=split, pseudolabels=pseudo, out=tmp_path / "fresh.zarr", iters=1,
+                                      batch_size=2, device="cpu", lr=1e-12).path / "weights.safetensors"))
+    assert not all(np.allclose(start[k], fresh[k], rtol=0, atol=1e-9) for k in start)
+    manifest, _ = read_manifest(tmp_path / "ft.zarr", ModelManifest)
+    assert set(manifest.inputs.artifacts) == {"split", "pseudolabels", "init"}
+    other = run_split(dataset="folder", root=root, out=tmp_path / "other.zarr", seed=4, workers=1).path
+    for args, message in [
+        (["--init-from", split], "'split' artifact"),
+        (["--init-from", model, "--set", "model.num_queries=8"], "network differs"),
+        (["--init-from", run_train(split=other, out=tmp_path / "o.zarr", iters=1, batch_size=2, device="cpu").path],
+         "trained on another split"),
+    ]:
+        refused = cli("retrain", "--split", split, "--pseudolabels", pseudo, "--out", tmp_path / "x.zarr",
+                      "--iters", "1", "--batch-size", "2", "--device", "cpu", *args)
+        assert refused.code == 2 and message in refused.err, refused.err
+        assert not (tmp_path / "x.zarr").exists()

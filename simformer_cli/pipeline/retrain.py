@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from simformer_cli.artifacts.manifest import ArtifactRef
+from simformer_cli.artifacts.model_manifest import ModelManifest
+from simformer_cli.model.settings import ModelSettings
 from simformer_cli.artifacts.pseudolabels_manifest import PseudoLabelsManifest
 from simformer_cli.artifacts.store import read_manifest
 from simformer_cli.data.split_store import SplitArtifact
@@ -15,8 +17,14 @@ from simformer_cli.pipeline.pseudolabel import PseudoLabelReader
 from simformer_cli.pipeline.train import TrainResult, run_train
 
 
-def run_retrain(*, split: Path, pseudolabels: Path, out: Path | None = None, **training) -> TrainResult:  # noqa: ANN003
-    """``training``: the options of :func:`run_train` (preset, iters, batch_size, resume, device, ...)."""
+def run_retrain(*, split: Path, pseudolabels: Path, out: Path | None = None, init_from: Path | None = None,
+                **training) -> TrainResult:  # noqa: ANN003
+    """``training``: the options of :func:`run_train` (preset, iters, batch_size, resume, device, ...).
+
+    ``init_from``: a SimFormer model trained on this split whose weights the retraining starts
+    from (fine-tuning on the pseudo labels) instead of the preset's initialisation; the paper
+    retrains from the backbone's initialisation, which is the default.
+    """
     manifest, digest = read_manifest(pseudolabels, PseudoLabelsManifest)
     split_artifact = SplitArtifact(split)
     made_from = manifest.inputs.artifacts.get("split")
@@ -27,8 +35,29 @@ def run_retrain(*, split: Path, pseudolabels: Path, out: Path | None = None, **t
         raise UserError(f"--pseudolabels {pseudolabels}: holds {manifest.arrays['sizes'].shape[0]} images, "
                         f"the split's train subset {split_artifact.count('train')}")
     ref = ArtifactRef(path=str(Path(pseudolabels).absolute()), kind="pseudolabels", digest=digest)
+    extra_inputs = {"pseudolabels": ref}
+    init_weights = None
+    if init_from is not None:
+        extra_inputs["init"], init_weights = _initial_model(Path(init_from), split_artifact)
     return run_train(
         split=split, out=out if out is not None else Path(split).parent / "model-retrained.zarr",
-        method="supervised", stage="retrain", extra_inputs={"pseudolabels": ref},
+        method="supervised", stage="retrain", extra_inputs=extra_inputs, init_weights=init_weights,
         label_reader=PseudoLabelReader(Path(pseudolabels)), **training,
     )
+
+
+def _initial_model(path: Path, split: SplitArtifact) -> tuple[ArtifactRef, tuple[Path, ModelSettings]]:
+    """The model ``--init-from`` names, checked: a segmenter trained on this split, weights intact."""
+    from simformer_cli.training.model_artifact import file_sha256
+
+    manifest, digest = read_manifest(path, ModelManifest)
+    settings = manifest.params.settings
+    if settings.method == "cam":
+        raise UserError(f"--init-from {path}: a CAM classifier cannot start a segmenter; give a model from train")
+    trained_on = manifest.inputs.artifacts.get("split")
+    if trained_on is None or trained_on.digest != split.digest:
+        raise UserError(f"--init-from {path}: trained on another split; use a model trained on this split")
+    weights = path / manifest.weights_file
+    if not weights.is_file() or file_sha256(weights) != manifest.weights_sha256:
+        raise UserError(f"--init-from {path}: its weights are missing or damaged; train it again")
+    return ArtifactRef(path=str(path.absolute()), kind="model", digest=digest), (weights, settings.model)

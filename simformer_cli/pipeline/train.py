@@ -25,6 +25,7 @@ from simformer_cli.artifacts.store import commit, current_artifact, plan_key, re
 from simformer_cli.data.split_store import AUDIT_LABELS, AuditLabelReader, SplitArtifact
 from simformer_cli.data.train_data import LabelReader
 from simformer_cli.errors import UserError
+from simformer_cli.model.settings import ModelSettings
 from simformer_cli.progress import Reporter, SilentReporter
 from simformer_cli.training.checkpoint import latest_checkpoint
 from simformer_cli.training.devices import DeviceChoice, broadcast_object, start_runtime, stop_runtime
@@ -180,6 +181,7 @@ def run_train(
     stage: Literal["train", "retrain"] = "train",
     extra_inputs: dict[str, ArtifactRef] | None = None,
     label_reader: LabelReader | None = None,
+    init_weights: tuple[Path, ModelSettings] | None = None,
     on_step=None,  # noqa: ANN001 - test hook: called with the number of finished steps
 ) -> TrainResult:
     runtime = start_runtime(device)
@@ -188,6 +190,9 @@ def run_train(
         split_artifact = SplitArtifact(split)
         settings = resolve_settings(split_artifact, preset=preset, method=method, iters=iters,
                                     batch_size=batch_size, seed=seed, lr=lr, overrides=overrides)
+        if init_weights is not None and init_weights[1] != settings.model:
+            raise UserError("--init-from: that model's network differs from this run's "
+                            "(another preset or --set model.*); use the same network settings")
         if method == "oracle":
             if AUDIT_LABELS not in split_artifact.manifest.arrays:
                 raise UserError(f"--method oracle: {split} has no full train labels; "
@@ -214,7 +219,8 @@ def run_train(
             _check_resume(out, key)
         common = dict(settings=settings, split_path=Path(split), runtime=runtime, resume=resume,
                       checkpoint_every=checkpoint_every, workers=workers, reporter=reporter,
-                      label_reader=label_reader, backbone_weights=backbone_weights, on_step=on_step)
+                      label_reader=label_reader, backbone_weights=backbone_weights, init_weights=init_weights[0] if init_weights else None,
+                      on_step=on_step)
         if not runtime.is_main:
             work_dir = broadcast_object(runtime, None)
             train_loop(work_dir=Path(work_dir), **common)  # type: ignore[arg-type]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -102,6 +103,7 @@ def train_loop(
     reporter: Reporter,
     label_reader: LabelReader | None = None,
     backbone_weights: Path | None = None,
+    init_weights: Path | None = None,
     on_step: Callable[[int], None] | None = None,
 ) -> LoopResult:
     split = SplitArtifact(split_path)
@@ -110,6 +112,8 @@ def train_loop(
     module = build_training_module(settings, manifest.novel_classes)
     if backbone_weights is not None:
         load_backbone_weights(module.model.backbone, backbone_weights)
+    if init_weights is not None:  # retrain --init-from: start from a trained network (checked by the caller)
+        module.model.load_state_dict(load_file(str(init_weights)))
     module = module.to(runtime.device)
     optimizer = build_optimizer(module, settings.optim)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
