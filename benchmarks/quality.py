@@ -81,7 +81,8 @@ def score(model: Path, split: Path, tag: str, folder: Path) -> tuple[list[list[s
     ], metrics
 
 
-def chains_for(seed: int, split: Path, folder: Path, rows: list[str], train_args: list[str]) -> list[Chain]:
+def chains_for(seed: int, split: Path, folder: Path, rows: list[str], train_args: list[str],
+               pseudo_among: str = "image") -> list[Chain]:
     common = ["--split", split, "--seed", seed, "--device", "cpu", "--checkpoint-every", 100_000, *train_args]
     chains = []
     for row in rows:
@@ -99,7 +100,8 @@ def chains_for(seed: int, split: Path, folder: Path, rows: list[str], train_args
             labels = folder / f"{target}-pseudolabels.zarr"
             if wanted:
                 chain.commands.append(simformer("pseudolabel", "--model", model, "--split", split, "--out", labels,
-                                                "--device", "cpu", "--json", ">", folder / f"{target}-pseudolabels.json"))
+                                                "--among", pseudo_among, "--device", "cpu", "--json", ">",
+                                                folder / f"{target}-pseudolabels.json"))
                 chain.extras[target] = folder / f"{target}-pseudolabels.json"
             for tag in wanted:
                 retrained = folder / f"{tag}-retrained.zarr"
@@ -190,6 +192,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=None, help="training steps of every row (default: the preset's)")
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
     parser.add_argument("--parallel", type=int, default=2, help="chains run at once")
+    parser.add_argument("--among", choices=["image", "all"], default="image",
+                        help="pseudolabel --among for the retraining rows (image: the synthetic data has 3%% unlabelled pixels)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE for every training")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the artifacts here")
     parser.add_argument("--out", type=Path, default=None, help="write the table into this BENCHMARKS.md")
@@ -208,7 +212,7 @@ def main() -> None:
             folder = work / f"seed{seed}"
             split = folder / "split.zarr"
             run_command(simformer("split", "--ratio", "3:1", "--seed", seed, "--out", split), dict(os.environ), log)
-            chains += chains_for(seed, split, folder, args.rows, train_args)
+            chains += chains_for(seed, split, folder, args.rows, train_args, args.among)
         existing = sum((Path(c[c.index("--out") + 1]) / "manifest.json").is_file()
                        for chain in chains for c in chain.commands if c[3] in ("train", "retrain"))
         print(f"{len(chains)} chains, {args.parallel} at a time, {threads} torch thread(s) each; log {log}",
@@ -227,7 +231,7 @@ def main() -> None:
                     pseudo[row].append(summary["novel_miou_vs_audit"])
     command = "python benchmarks/quality.py" + "".join(
         f" --{name} {' '.join(map(str, value)) if isinstance(value, list) else value}"
-        for name, value in (("seeds", args.seeds), ("iters", args.iters), ("rows", args.rows))
+        for name, value in (("seeds", args.seeds), ("iters", args.iters), ("rows", args.rows), ("among", args.among))
         if value is not None and value != parser.get_default(name)) + "".join(f" --set {o}" for o in args.overrides)
     lines = [
         "## Quality: the method's parts, an oracle and a CAM baseline (synthetic data, tiny preset, CPU)",

@@ -175,6 +175,8 @@ def pseudolabel(
     flip: Annotated[bool, typer.Option("--flip", help="Also average horizontally mirrored views.")] = False,
     min_score: Annotated[Optional[float], typer.Option(help="Novel pixels scoring below this become ignore (default: off; "
                                                             "a CAM model's own cam.min_score).")] = None,
+    among: Annotated[str, typer.Option(help="all: argmax over all classes, kept if a novel class of the image (the paper); "
+                                            "image: pixels without base ground truth take the best novel class of the image.")] = "all",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     force: ForceOption = False,
     json_out: JsonOption = False,
@@ -185,7 +187,8 @@ def pseudolabel(
     if min_score is not None and not 0 <= min_score <= 1:
         raise UserError(f"--min-score {min_score}: expected a score between 0 and 1")
     result = run_pseudolabel(model=model, split=split, out=out, scales=_floats("--scales", scales), flip=flip,
-                             min_score=min_score, device=_choice("--device", device, ("auto", "cpu", "cuda")),
+                             min_score=min_score, among=_choice("--among", among, ("all", "image")),
+                             device=_choice("--device", device, ("auto", "cpu", "cuda")),
                              force=force, reporter=RichReporter())
     summary = result.manifest.summary
     quality = "" if summary.novel_miou_vs_audit is None else f", novel mIoU vs full train labels {summary.novel_miou_vs_audit:.1f}"

@@ -56,6 +56,11 @@ def test_rule_keeps_only_image_level_novel_classes_and_pastes_base(trained) -> N
     assert rule(0, scores).tolist() == [[0, 3, 255, 255]]
     strict = PseudoLabelRule(FakeSplit(split, weak, present=[0, 3]), min_score=0.5)
     assert strict(0, scores).tolist() == [[0, 255, 255, 255]]
+    # among="image": every pixel without base ground truth takes the image's best novel class
+    assert PseudoLabelRule(FakeSplit(split, weak, present=[0, 3]), None, "image")(0, scores).tolist() == [[0, 3, 3, 3]]
+    assert PseudoLabelRule(FakeSplit(split, weak, present=[0, 3]), 0.2, "image")(0, scores).tolist() == [[0, 3, 255, 255]]
+    assert PseudoLabelRule(FakeSplit(split, weak, present=[0, 3, 4]), None, "image")(0, scores).tolist() == [[0, 3, 4, 3]]
+    assert PseudoLabelRule(FakeSplit(split, weak, present=[0]), None, "image")(0, scores).tolist() == [[0, 255, 255, 255]]
 
 
 def test_pseudolabels_report_quality_and_feed_retraining(cli, trained, tmp_path: Path) -> None:  # noqa: ANN001

@@ -13,6 +13,9 @@ from simformer_cli.inference.predict import TestTimeSettings
 class PseudoLabelParams(Frozen):
     test_time: TestTimeSettings
     min_score: float | None = Field(None, ge=0.0, le=1.0, description="novel pixels scoring lower become ignore")
+    among: Literal["all", "image"] = Field(
+        "all", description="all: argmax over all classes, kept where it is one of the image's novel classes (the "
+                           "paper); image: pixels without base ground truth take the best of the image's novel classes")
 
 
 class PseudoLabelSummary(Frozen):

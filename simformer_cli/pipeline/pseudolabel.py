@@ -44,24 +44,42 @@ class PseudoLabelResult:
 
 
 class PseudoLabelRule:
-    """The labelling rule for one split: argmax restricted to image-level novel classes, base GT on top."""
+    """The labelling rule for one split: novel classes of the image-level label where the scores say
+    so, base ground truth on top, ignore elsewhere.
 
-    def __init__(self, split: SplitArtifact, min_score: float | None) -> None:
+    ``among="all"`` (the paper): a pixel takes novel class n where the argmax over all K classes is
+    n and n is in the image-level label. ``among="image"``: every pixel without base ground truth
+    takes the best-scoring of the image's novel classes (none in the image: ignore), the rule the
+    CAM baseline uses too.
+    """
+
+    def __init__(self, split: SplitArtifact, min_score: float | None, among: str = "all") -> None:
         manifest = split.manifest
         self.split = split
         self.ignore = manifest.ignore_index
         self.is_novel = np.zeros(len(manifest.class_names), dtype=bool)
         self.is_novel[manifest.novel_classes] = True
         self.min_score = min_score
+        self.among = among
 
     def __call__(self, index: int, scores: torch.Tensor) -> np.ndarray:
-        best, predicted = scores.max(0)
-        predicted = predicted.cpu().numpy()
         allowed = self.is_novel & self.split.image_labels("train")[index]
-        keep = allowed[predicted]
-        if self.min_score is not None:
-            keep &= best.cpu().numpy() >= self.min_score
         weak = self.split.label("train", index)  # base pixels carry their class, all else is ignore
+        if self.among == "image":
+            classes = np.flatnonzero(allowed)
+            if len(classes):
+                best, position = scores[torch.from_numpy(classes).to(scores.device)].max(0)
+                predicted = classes[position.cpu().numpy()]
+                keep = np.ones(predicted.shape, dtype=bool)
+            else:
+                best, predicted = None, np.zeros(weak.shape, dtype=np.int64)
+                keep = np.zeros(weak.shape, dtype=bool)
+        else:
+            best, predicted = scores.max(0)
+            predicted = predicted.cpu().numpy()
+            keep = allowed[predicted]
+        if self.min_score is not None and best is not None:
+            keep &= best.cpu().numpy() >= self.min_score
         label = np.where(keep, predicted, self.ignore).astype(weak.dtype)
         base = weak != self.ignore
         label[base] = weak[base]
@@ -76,6 +94,7 @@ def run_pseudolabel(
     scales: tuple[float, ...] = (1.0,),
     flip: bool = False,
     min_score: float | None = None,
+    among: str = "all",
     device: DeviceChoice = "auto",
     force: bool = False,
     reporter: Reporter | None = None,
@@ -95,7 +114,8 @@ def run_pseudolabel(
         cam = model_manifest.params.settings.cam  # set for method cam, and only then
         if cam is not None and min_score is None:
             min_score = cam.min_score
-        params = PseudoLabelParams(test_time=test_time_settings(model_manifest, scales, flip), min_score=min_score)
+        params = PseudoLabelParams(test_time=test_time_settings(model_manifest, scales, flip), min_score=min_score,
+                                   among=among)
         out = Path(out) if out is not None else Path(split).parent / "pseudolabels.zarr"
         current = current_artifact(out, PseudoLabelsManifest, inputs, params, force=force)
         if current is not None:
@@ -104,7 +124,7 @@ def run_pseudolabel(
         manifest = split_artifact.manifest
         job = PredictionJob(network=network, source=SplitImages(split_artifact, "train"), test_time=params.test_time,
                             num_classes=len(manifest.class_names), ignore_index=manifest.ignore_index,
-                            label_rule=PseudoLabelRule(split_artifact, min_score),
+                            label_rule=PseudoLabelRule(split_artifact, min_score, among),
                             scorer=None if cam is None else CamScorer(network, split_artifact, cam,  # type: ignore[arg-type]
                                                                       params.test_time, runtime))
         key = plan_key(inputs, params)
