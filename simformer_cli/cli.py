@@ -254,6 +254,7 @@ def pipeline(
     checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N training steps.")] = 50,
     pseudo_scales: Annotated[str, typer.Option(help="Test-time scales of pseudo-labelling.")] = "1",
     pseudo_flip: Annotated[bool, typer.Option("--pseudo-flip", help="Flip views when pseudo-labelling.")] = False,
+    pseudo_among: Annotated[str, typer.Option(help="pseudolabel --among: all (the paper) | image.")] = "all",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     json_out: JsonOption = False,
 ) -> None:
@@ -268,6 +269,7 @@ def pipeline(
         preset=_choice("--preset", preset, ("tiny", "paper")), iters=iters, retrain_iters=retrain_iters,
         batch_size=batch_size, checkpoint_every=_positive("--checkpoint-every", checkpoint_every),
         pseudo_scales=_floats("--pseudo-scales", pseudo_scales), pseudo_flip=pseudo_flip,
+        pseudo_among=_choice("--pseudo-among", pseudo_among, ("all", "image")),
         device=_choice("--device", device, ("auto", "cpu", "cuda")), reporter=RichReporter(),
     )
     print_pipeline_table(result.one_stage, result.retrained, result.pseudo_label_novel_miou, result.workdir)

@@ -53,6 +53,7 @@ def run_pipeline(
     checkpoint_every: int = 50,
     pseudo_scales: tuple[float, ...] = (1.0,),
     pseudo_flip: bool = False,
+    pseudo_among: str = "all",
     device: DeviceChoice = "auto",
     workers: int | None = None,
     reporter: Reporter | None = None,
@@ -81,7 +82,7 @@ def run_pipeline(
     one_stage = _predict_and_evaluate(model, split, device, reporter, say)
     say("pseudolabel")
     pseudo = run_pseudolabel(model=model, split=split, out=workdir / "pseudolabels.zarr", scales=pseudo_scales,
-                             flip=pseudo_flip, device=device, reporter=reporter)
+                             flip=pseudo_flip, among=pseudo_among, device=device, reporter=reporter)
     say("retrain (base ground truth + novel pseudo labels)")
     retrained_model = run_retrain(split=split, pseudolabels=pseudo.path, out=workdir / "model-retrained.zarr",
                                   iters=retrain_iters if retrain_iters is not None else iters, **training).path  # type: ignore[arg-type]
