@@ -37,8 +37,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _tables import machine_line, write_section  # noqa: E402
 
+from simformer_cli.training.settings import preset_settings  # noqa: E402
+
 ROWS = {
     "oracle": "oracle (full labels)",
+    "oracle2x": "oracle, twice the steps (the retraining routes' total)",
     "wsmf": "weak-shot MaskFormer",
     "comp": "+ complementary loss",
     "simformer": "SimFormer one-stage",
@@ -49,6 +52,7 @@ ROWS = {
 NO_SIMILARITY = ["--set", "loss.similarity=false", "--set", "loss.distillation=false"]
 TRAIN_FLAGS = {
     "oracle": ["--method", "oracle"],
+    "oracle2x": ["--method", "oracle"],
     "wsmf": ["--set", "loss.complementary=false", *NO_SIMILARITY],
     "comp": NO_SIMILARITY,
     "simformer": [],
@@ -82,7 +86,7 @@ def score(model: Path, split: Path, tag: str, folder: Path) -> tuple[list[list[s
 
 
 def chains_for(seed: int, split: Path, folder: Path, rows: list[str], train_args: list[str],
-               pseudo_among: str = "image") -> list[Chain]:
+               pseudo_among: str = "image", iters: int = 1000) -> list[Chain]:
     common = ["--split", split, "--seed", seed, "--device", "cpu", "--checkpoint-every", 100_000, *train_args]
     chains = []
     for row in rows:
@@ -90,7 +94,9 @@ def chains_for(seed: int, split: Path, folder: Path, rows: list[str], train_args
             continue  # made by the chain that trains the model they start from
         source = "simformer" if row in ("retrain", "finetune") else row
         model = folder / f"{source}.zarr"
-        chain = Chain(f"{row}/seed {seed}", [simformer("train", "--out", model, *TRAIN_FLAGS[source], *common)], 1)
+        steps = ["--iters", 2 * iters] if row == "oracle2x" else []  # the last --iters counts
+        chain = Chain(f"{row}/seed {seed}", [simformer("train", "--out", model, *TRAIN_FLAGS[source], *common, *steps)],
+                      2 if row == "oracle2x" else 1)
         if row not in ("cam", "retrain", "finetune"):  # those rows score the retrained model only
             commands, chain.scores[row] = score(model, split, row, folder)
             chain.commands += commands
@@ -200,6 +206,7 @@ def main() -> None:
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
     threads = max(1, cores // args.parallel)
+    iters = args.iters or preset_settings("tiny", num_classes=16, dataset="synthetic", image_size=128).iters
     train_args = [*(["--iters", args.iters] if args.iters else []),
                   *[part for item in args.overrides for part in ("--set", item)]]
     with tempfile.TemporaryDirectory() as tmp:
@@ -212,7 +219,7 @@ def main() -> None:
             folder = work / f"seed{seed}"
             split = folder / "split.zarr"
             run_command(simformer("split", "--ratio", "3:1", "--seed", seed, "--out", split), dict(os.environ), log)
-            chains += chains_for(seed, split, folder, args.rows, train_args, args.among)
+            chains += chains_for(seed, split, folder, args.rows, train_args, args.among, iters)
         existing = sum((Path(c[c.index("--out") + 1]) / "manifest.json").is_file()
                        for chain in chains for c in chain.commands if c[3] in ("train", "retrain"))
         print(f"{len(chains)} chains, {args.parallel} at a time, {threads} torch thread(s) each; log {log}",
