@@ -122,6 +122,11 @@ def chains_for(seed: int, split: Path, folder: Path, rows: list[str], train_args
     return chains
 
 
+def training_outputs(chains: list[Chain]) -> list[Path]:
+    """The model artifacts the chains' train and retrain commands write."""
+    return [Path(c[c.index("--out") + 1]) for chain in chains for c in chain.commands if c[3] in ("train", "retrain")]
+
+
 def run_command(command: list[str], env: dict[str, str], log: Path) -> None:
     """Run one command (a trailing ``> FILE`` sends stdout there); stop the benchmark on failure."""
     stdout_path = None
@@ -220,13 +225,12 @@ def main() -> None:
             split = folder / "split.zarr"
             run_command(simformer("split", "--ratio", "3:1", "--seed", seed, "--out", split), dict(os.environ), log)
             chains += chains_for(seed, split, folder, args.rows, train_args, args.among, iters)
-        existing = sum((Path(c[c.index("--out") + 1]) / "manifest.json").is_file()
-                       for chain in chains for c in chain.commands if c[3] in ("train", "retrain"))
+        existing = sum((out / "manifest.json").is_file() for out in training_outputs(chains))
         print(f"{len(chains)} chains, {args.parallel} at a time, {threads} torch thread(s) each; log {log}",
               file=sys.stderr)
         run_chains(chains, args.parallel, threads, log)
         minutes = (time.perf_counter() - began) / 60
-        trainings = [c[c.index("--out") + 1] for chain in chains for c in chain.commands if c[3] in ("train", "retrain")]
+        trainings = training_outputs(chains)
         results: dict[str, list[dict]] = {row: [] for row in ROWS}
         pseudo: dict[str, list[float]] = {"retrain": [], "cam": []}
         for chain in chains:
