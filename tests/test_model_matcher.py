@@ -15,12 +15,12 @@ SURE = 10.0  # a logit that makes a class or a pixel practically certain
 def make_targets(classes: list[int], masks: torch.Tensor, has_mask: list[bool]) -> ImageTargets:
     size = masks.shape[-2:]
     return ImageTargets(
-        classes=torch.tensor(classes),
+        classes=torch.tensor(classes, dtype=torch.int64),
         masks=masks,
-        has_mask=torch.tensor(has_mask),
+        has_mask=torch.tensor(has_mask, dtype=torch.bool),
         base_label=torch.full(size, NOT_BASE),
         pad=torch.zeros(size, dtype=torch.bool),
-        image_classes=torch.tensor(sorted(set(classes))),
+        image_classes=torch.tensor(sorted(set(classes)), dtype=torch.int64),
     )
 
 
@@ -125,3 +125,26 @@ def test_each_target_gets_at_most_one_query_and_batches_are_independent():
     queries, indices = matches[0]
     assert len(queries) == 2 and sorted(indices.tolist()) == [0, 2]  # Q=2 < T=3: best two matched
     assert matches[1][1].tolist() == [0] and len(matches[1][0]) == 1
+
+
+def test_batch_wide_costs_equal_each_image_alone():
+    # Images with masked, maskless and no targets at all: the batch-wide products must be cut at
+    # the right columns for every image.
+    generator = torch.Generator().manual_seed(1)
+    half = torch.zeros(8, 8, dtype=torch.bool)
+    half[:, :4] = True
+    targets = [
+        make_targets([0, 3, 1], torch.stack([half, torch.zeros_like(half), ~half]), [True, False, True]),
+        make_targets([2], torch.zeros(1, 8, 8, dtype=torch.bool), [False]),
+        make_targets([], torch.zeros(0, 8, 8, dtype=torch.bool), []),
+        make_targets([1], half[None], [True]),
+    ]
+    class_logits = torch.randn(4, 5, NUM_CLASSES + 1, generator=generator)
+    mask_logits = torch.randn(4, 5, 4, 4, generator=generator)
+    matcher = HungarianMatcher()
+    batch = matcher.cost_matrices(class_logits, mask_logits, targets)
+    for image, target in enumerate(targets):
+        alone = matcher.cost_matrix(class_logits[image], mask_logits[image], target)
+        assert batch[image].shape == (5, len(target.classes))
+        torch.testing.assert_close(batch[image], alone)
+    assert [len(q) for q, _ in matcher(class_logits, mask_logits, targets)] == [3, 1, 0, 1]

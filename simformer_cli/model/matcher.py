@@ -64,35 +64,68 @@ class HungarianMatcher:
     @torch.no_grad()
     def cost_matrix(self, class_logits: Tensor, mask_logits: Tensor, target: ImageTargets) -> Tensor:
         """class_logits (Q, K+1), mask_logits (Q, h, w) -> cost (Q, T) in the targets' order."""
-        class_probs = class_logits.float().softmax(-1)
-        cost = -self.class_weight * class_probs[:, target.classes]
-        with_mask = target.has_mask.nonzero().squeeze(1)
-        if len(with_mask):
-            size = mask_logits.shape[-2:]
-            gt = F.interpolate(target.masks[with_mask][None].float(), size=size, mode="nearest")[0]
-            logits = mask_logits.float().flatten(1)
-            gt = gt.flatten(1)
-            mask_cost = self.focal_weight * pairwise_focal_cost(
-                logits, gt, self.focal_alpha, self.focal_gamma
-            ) + self.dice_weight * pairwise_dice_cost(logits, gt)
-            cost[:, with_mask] += mask_cost
-        return cost
+        return self.cost_matrices(class_logits[None], mask_logits[None], [target])[0]
+
+    @torch.no_grad()
+    def cost_matrices(
+        self, pred_logits: Tensor, pred_masks: Tensor, targets: Sequence[ImageTargets],
+        small_masks: Tensor | None = None,
+    ) -> list[Tensor]:
+        """Every image's cost (Q, T_b), computed batch-wide: the mask costs of all queries against
+        all masked targets of the batch are two matrix products, then cut per image.
+
+        ``small_masks`` (the masked targets at prediction resolution, see :func:`small_target_masks`)
+        can be passed in so that several decoder layers share one downsampling.
+        """
+        batch, queries = pred_logits.shape[:2]
+        class_probs = pred_logits.float().softmax(-1)
+        if small_masks is None:
+            small_masks = small_target_masks(targets, tuple(pred_masks.shape[-2:]))
+        if len(small_masks):
+            logits = pred_masks.float().flatten(0, 1).flatten(1)  # (B*Q, P)
+            mask_cost = (self.focal_weight * pairwise_focal_cost(logits, small_masks, self.focal_alpha, self.focal_gamma)
+                         + self.dice_weight * pairwise_dice_cost(logits, small_masks)).view(batch, queries, -1)
+        costs, offset = [], 0
+        for image, target in enumerate(targets):
+            cost = -self.class_weight * class_probs[image][:, target.classes]
+            with_mask = target.has_mask.nonzero().squeeze(1)
+            if len(with_mask):
+                cost[:, with_mask] += mask_cost[image, :, offset: offset + len(with_mask)]
+                offset += len(with_mask)
+            costs.append(cost)
+        return costs
 
     @torch.no_grad()
     def __call__(
-        self, pred_logits: Tensor, pred_masks: Tensor, targets: Sequence[ImageTargets]
+        self, pred_logits: Tensor, pred_masks: Tensor, targets: Sequence[ImageTargets],
+        small_masks: Tensor | None = None,
     ) -> list[tuple[Tensor, Tensor]]:
         """pred_logits (B, Q, K+1), pred_masks (B, Q, h, w) -> per image (query_idx, target_idx).
 
         Both index tensors are int64 of length min(Q, T) on the predictions' device, sorted by
         query; target_idx indexes the image's targets in their original order.
         """
-        matches = []
-        for class_logits, mask_logits, target in zip(pred_logits, pred_masks, targets):
-            cost = self.cost_matrix(class_logits, mask_logits, target).cpu().numpy()
+        costs = self.cost_matrices(pred_logits, pred_masks, targets, small_masks)
+        sizes = [cost.shape[1] for cost in costs]
+        flat = torch.cat(costs, dim=1).cpu().numpy() if costs else np.empty((0, 0))  # one device->host copy
+        matches, offset = [], 0
+        for size in sizes:
+            cost = flat[:, offset: offset + size]
+            offset += size
             rows, cols = linear_sum_assignment(cost) if cost.size else (np.empty(0), np.empty(0))
             matches.append((
                 torch.as_tensor(rows, dtype=torch.int64, device=pred_logits.device),
                 torch.as_tensor(cols, dtype=torch.int64, device=pred_logits.device),
             ))
         return matches
+
+
+def small_target_masks(targets: Sequence[ImageTargets], size: tuple[int, int]) -> Tensor:
+    """The masks of every target with a mask, image after image, nearest-downsampled to the
+    prediction size and flattened: (sum of T_b with a mask, h * w) float."""
+    masks = [target.masks[target.has_mask] for target in targets]
+    masks = [m for m in masks if len(m)]
+    if not masks:
+        return torch.empty((0, size[0] * size[1]), device=targets[0].masks.device if targets else None)
+    stacked = torch.cat(masks)[None].float()
+    return F.interpolate(stacked, size=size, mode="nearest")[0].flatten(1)
