@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from simformer_cli.model.criterion import SetCriterion, build_criterion, total_loss
+from simformer_cli.model.criterion import SetCriterion, build_criterion, count_masks, total_loss
 from simformer_cli.model.losses import complementary_loss, dice_loss, sigmoid_focal_loss
 from simformer_cli.model.maskformer import build_model
 from simformer_cli.model.settings import LossSettings, tiny_model_settings
@@ -213,3 +213,28 @@ def test_batch_of_eight_at_128_trains_and_the_loss_falls():
         history.append(loss.item())
     assert all(math.isfinite(value) for value in history)
     assert history[0] > history[1] > history[2]
+
+
+def test_mask_terms_of_micro_batches_add_up_to_the_whole_batch():
+    # The loop gives each micro-batch the whole batch's mask count divided by the number of
+    # micro-batches; the mean of their focal/dice terms is then the whole batch's term.
+    criterion = SetCriterion(num_classes=NUM_CLASSES, mask_dim=8, novel_classes=NOVEL,
+                             settings=LossSettings(similarity=False, distillation=False))
+    outputs = _hand_outputs(queries=4, size=8)
+    extra = _hand_outputs(queries=4, size=8)
+    outputs = {key: torch.cat((outputs[key], extra[key])) if key != "aux_outputs" else [] for key in outputs}
+    targets = [weak_targets(0, 32, [4]), weak_targets(1, 32, []), weak_targets(2, 32, [5]),
+               _single_class_targets(32)]
+    whole = criterion(outputs, targets, torch.Generator())
+    halves = [criterion({key: (value[part * 2: part * 2 + 2] if key != "aux_outputs" else []) for key, value in
+                         outputs.items()}, targets[part * 2: part * 2 + 2], torch.Generator(),
+                        num_masks=count_masks(targets) / 2) for part in (0, 1)]
+    assert count_masks(targets[:2]) != count_masks(targets[2:])  # so the default would differ
+    for name in ("loss_focal", "loss_dice"):
+        torch.testing.assert_close((halves[0][name] + halves[1][name]) / 2, whole[name])
+
+
+def _single_class_targets(size: int) -> ImageTargets:
+    label = torch.full((size, size), 2)
+    return targets_from_label_map(label, torch.zeros(size, size, dtype=torch.bool), base_classes=BASE,
+                                  maskless_classes=[], ignore_index=IGNORE)

@@ -22,10 +22,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from simformer_cli.model.losses import complementary_loss, dice_loss, sigmoid_focal_loss
-from simformer_cli.model.matcher import HungarianMatcher
+from simformer_cli.model.matcher import HungarianMatcher, small_target_masks
 from simformer_cli.model.pair_losses import PairLosses
+from simformer_cli.model.points import point_sample, uncertain_points
 from simformer_cli.model.settings import LossSettings, ModelSettings
 from simformer_cli.model.targets import ImageTargets
+
+
+def count_masks(targets: Sequence[ImageTargets]) -> int:
+    """Targets with a pixel mask in a batch: what the focal and dice sums are divided by."""
+    return sum(int(t.has_mask.sum()) for t in targets)
 
 
 def total_loss(losses: Mapping[str, Tensor]) -> Tensor:
@@ -72,11 +78,16 @@ class SetCriterion(nn.Module):
         outputs: Mapping[str, Tensor | list[dict[str, Tensor]]],
         targets: Sequence[ImageTargets],
         generator: torch.Generator,
+        num_masks: float | None = None,
     ) -> dict[str, Tensor]:
         """outputs: MaskFormer.forward's dict; targets: one ImageTargets per image (same order).
 
         ``generator`` (a CPU torch.Generator) drives all point sampling. With similarity on, the
-        batch must be consecutive pairs [a0, b0, a1, b1, ...].
+        batch must be consecutive pairs [a0, b0, a1, b1, ...]. ``num_masks`` divides the focal and
+        dice sums; by default the number of targets with a mask in ``targets``. The training loop
+        passes the global batch's count divided by its number of micro-batches (processes x
+        accumulation), so that averaging the micro-batches' gradients gives the sum over the
+        whole batch divided by its count, as with one process (MaskFormer's all-reduced count).
         """
         if len(targets) != outputs["pred_logits"].shape[0]:
             raise ValueError(f"{len(targets)} targets for a batch of {outputs['pred_logits'].shape[0]} images")
@@ -84,11 +95,19 @@ class SetCriterion(nn.Module):
             target.validate()
             if len(target.classes) and int(target.classes.max()) >= self.num_classes:
                 raise ValueError(f"target class {int(target.classes.max())} >= num_classes {self.num_classes}")
-        losses = self.layer_losses(outputs["pred_logits"], outputs["pred_masks"], targets)
+        # Every layer is matched against the same targets at the same size: downsample them once.
+        small = small_target_masks(targets, tuple(outputs["pred_masks"].shape[-2:]))
+        if num_masks is None:
+            num_masks = count_masks(targets)
+        num_masks = max(num_masks, 1.0)
+        layers = [(outputs["pred_logits"], outputs["pred_masks"])]
         if self.settings.deep_supervision:
-            for index, aux in enumerate(outputs["aux_outputs"]):
-                aux_losses = self.layer_losses(aux["pred_logits"], aux["pred_masks"], targets)
-                losses.update({f"{name}_aux{index}": value for name, value in aux_losses.items()})
+            layers += [(aux["pred_logits"], aux["pred_masks"]) for aux in outputs["aux_outputs"]]
+        losses: dict[str, Tensor] = {}
+        for index, (logits, masks) in enumerate(layers):
+            suffix = "" if index == 0 else f"_aux{index - 1}"
+            layer = self.layer_losses(logits, masks, targets, generator, small, num_masks)
+            losses.update({f"{name}{suffix}": value for name, value in layer.items()})
         if self.pair_losses is not None:
             pair_losses = self.pair_losses(
                 outputs["mask_features"], outputs["pred_logits"], outputs["pred_masks"], targets, generator
@@ -99,22 +118,32 @@ class SetCriterion(nn.Module):
         return losses
 
     def layer_losses(
-        self, pred_logits: Tensor, pred_masks: Tensor, targets: Sequence[ImageTargets]
+        self,
+        pred_logits: Tensor,
+        pred_masks: Tensor,
+        targets: Sequence[ImageTargets],
+        generator: torch.Generator,
+        small_masks: Tensor | None = None,
+        num_masks: float | None = None,
     ) -> dict[str, Tensor]:
         """Weighted CE, focal, dice (and complementary) terms of one decoder layer.
 
         pred_logits (B, Q, K+1), pred_masks (B, Q, h, w); computed in float32 whatever the
-        autocast dtype, since focal terms underflow in bfloat16.
+        autocast dtype, since focal terms underflow in bfloat16. ``generator`` draws the loss
+        points when ``mask_points`` is set; ``small_masks`` are the matcher's downsampled targets;
+        ``num_masks`` as in :meth:`forward`.
         """
         pred_logits, pred_masks = pred_logits.float(), pred_masks.float()
-        matches = self.matcher(pred_logits, pred_masks, targets)
+        matches = self.matcher(pred_logits, pred_masks, targets, small_masks)
         settings = self.settings
         losses = {"loss_ce": settings.class_weight * self._classification(pred_logits, matches, targets)}
-        focal, dice = self._mask_losses(pred_masks, matches, targets)
+        focal, dice = self._mask_losses(pred_masks, matches, targets, generator,
+                                        max(count_masks(targets) if num_masks is None else num_masks, 1.0))
         losses["loss_focal"] = settings.mask_focal_weight * focal
         losses["loss_dice"] = settings.dice_weight * dice
         if settings.complementary:
-            losses["loss_comp"] = settings.complementary_weight * self._complementary(pred_masks, matches, targets)
+            losses["loss_comp"] = settings.complementary_weight * self._complementary(
+                pred_masks, matches, targets, generator)
         return losses
 
     def _classification(
@@ -126,44 +155,75 @@ class SetCriterion(nn.Module):
         return F.cross_entropy(pred_logits.transpose(1, 2), target_classes, weight=self.class_weights)
 
     def _mask_losses(
-        self, pred_masks: Tensor, matches: list[tuple[Tensor, Tensor]], targets: Sequence[ImageTargets]
+        self,
+        pred_masks: Tensor,
+        matches: list[tuple[Tensor, Tensor]],
+        targets: Sequence[ImageTargets],
+        generator: torch.Generator,
+        num_masks: float,
     ) -> tuple[Tensor, Tensor]:
         predicted, wanted = [], []
         for image, (queries, indices) in enumerate(matches):
             with_mask = targets[image].has_mask[indices]
             if bool(with_mask.any()):
-                size = tuple(targets[image].masks.shape[-2:])
-                predicted.append(_upsample(pred_masks[image, queries[with_mask]], size).flatten(1))
-                wanted.append(targets[image].masks[indices[with_mask]].flatten(1).float())
+                predicted.append(pred_masks[image, queries[with_mask]])
+                wanted.append(targets[image].masks[indices[with_mask]])
         if not predicted:
             # Zero that keeps the mask head in the graph (distributed training needs every
             # parameter to get a gradient each step).
             zero = pred_masks.sum() * 0
             return zero, zero
-        num_masks = max(sum(int(t.has_mask.sum()) for t in targets), 1)
-        predicted_t, wanted_t = torch.cat(predicted), torch.cat(wanted)
+        predicted_t, wanted_t = self._compare(torch.cat(predicted), torch.cat(wanted).float(), generator)
         alpha, gamma = self.settings.focal_alpha, self.settings.focal_gamma
         focal = sigmoid_focal_loss(predicted_t, wanted_t, alpha, gamma).sum() / num_masks
         return focal, dice_loss(predicted_t, wanted_t).sum() / num_masks
 
+    def _compare(self, logits: Tensor, wanted: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Mask logits (N, h, w) and targets (N, H, W) -> the values the losses compare, (N, P) each:
+        every pixel at the targets' resolution, or ``mask_points`` sampled points per mask."""
+        settings = self.settings
+        if settings.mask_points is None:
+            return _upsample(logits, tuple(wanted.shape[-2:])).flatten(1), wanted.flatten(1)
+        coords = uncertain_points(logits, settings.mask_points, oversample_ratio=settings.point_oversample_ratio,
+                                  importance_ratio=settings.point_importance_ratio, generator=generator)
+        return point_sample(logits, coords), point_sample(wanted, coords)
+
     def _complementary(
-        self, pred_masks: Tensor, matches: list[tuple[Tensor, Tensor]], targets: Sequence[ImageTargets]
+        self,
+        pred_masks: Tensor,
+        matches: list[tuple[Tensor, Tensor]],
+        targets: Sequence[ImageTargets],
+        generator: torch.Generator,
     ) -> Tensor:
+        settings = self.settings
         per_image = []
         for image, (queries, indices) in enumerate(matches):
             target = targets[image]
             if bool(target.has_mask.all()):
                 continue  # nothing unknown to cover in this image
-            novel_queries = queries[~target.has_mask[indices]]
-            non_base = (target.base_label < 0) & ~target.pad
+            novel = pred_masks[image, queries[~target.has_mask[indices]]]  # (n, h, w), n may be 0
+            non_base = ((target.base_label < 0) & ~target.pad).float()
+            if settings.mask_points is None:
+                novel_values, wanted = _upsample(novel, tuple(non_base.shape)), non_base
+            else:
+                # Points where the union (with its floor) is least certain; each novel mask is
+                # read there, and the union taken of the point values as of the upsampled maps.
+                floor = novel.new_full((1, *novel.shape[1:]), settings.complementary_floor_logit)
+                union = torch.cat((novel, floor)).amax(dim=0, keepdim=True)
+                coords = uncertain_points(union, settings.mask_points,
+                                          oversample_ratio=settings.point_oversample_ratio,
+                                          importance_ratio=settings.point_importance_ratio, generator=generator)
+                wanted = point_sample(non_base[None], coords)[0]
+                novel_values = (point_sample(novel, coords.expand(len(novel), -1, -1)) if len(novel)
+                                else novel.new_zeros((0, settings.mask_points)))
             per_image.append(complementary_loss(
-                _upsample(pred_masks[image, novel_queries], tuple(non_base.shape)),
-                non_base,
-                floor_logit=self.settings.complementary_floor_logit,
-                focal_weight=self.settings.mask_focal_weight,
-                dice_weight=self.settings.dice_weight,
-                alpha=self.settings.focal_alpha,
-                gamma=self.settings.focal_gamma,
+                novel_values,
+                wanted,
+                floor_logit=settings.complementary_floor_logit,
+                focal_weight=settings.mask_focal_weight,
+                dice_weight=settings.dice_weight,
+                alpha=settings.focal_alpha,
+                gamma=settings.focal_gamma,
             ))
         if not per_image:
             return pred_masks.sum() * 0

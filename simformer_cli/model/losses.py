@@ -47,8 +47,9 @@ def complementary_loss(
     """The union of the novel-matched masks must cover exactly the non-base, non-padding region.
 
     novel_mask_logits (N, H, W): logits of the queries matched to maskless targets of one image
-    (N may be 0); non_base (H, W) bool: not base and not padding. The union is the pixel-wise max
-    of the logits and of a constant floor (sigmoid(-2.9444) = 0.05): on base pixels the loss stops
+    (N may be 0); non_base (H, W), 1 where not base and not padding (bool or float; a float map
+    may be soft, e.g. read between pixels). Any spatial shape works, (N, P) and (P,) included.
+    The union is the pixel-wise max of the logits and of a constant floor (sigmoid(-2.9444) = 0.05): on base pixels the loss stops
     pushing once every novel mask is below the floor, so novel masks are not driven to -inf there.
     Returns focal_weight * focal + dice_weight * dice, a scalar.
     """

@@ -72,6 +72,12 @@ class LossSettings(BaseModel):
     focal_alpha: float = Field(0.25, ge=0.0, le=1.0)
     focal_gamma: float = Field(2.0, ge=0.0)
     deep_supervision: bool = True
+    # None: focal and dice over every pixel at input resolution (MaskFormer, the paper). N: over N
+    # points per mask, mostly where the prediction is least certain (Mask2Former's point loss), for
+    # the set losses and the complementary loss alike; see model/points.py.
+    mask_points: int | None = Field(None, ge=1)
+    point_oversample_ratio: float = Field(3.0, ge=1.0)
+    point_importance_ratio: float = Field(0.75, ge=0.0, le=1.0)
     # Complementary loss (section 4.4); every decoder layer.
     complementary: bool = True
     complementary_weight: float = Field(0.2, ge=0.0)

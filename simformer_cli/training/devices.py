@@ -64,6 +64,15 @@ def stop_runtime(runtime: Runtime) -> None:
         dist.destroy_process_group()
 
 
+def sum_over_processes(runtime: Runtime, value: float) -> float:
+    """The sum of ``value`` over all processes (the value itself with one process)."""
+    if runtime.world_size == 1:
+        return value
+    total = torch.tensor([value], dtype=torch.float64, device=runtime.device)
+    dist.all_reduce(total)
+    return float(total.item())
+
+
 def broadcast_object(runtime: Runtime, value: object) -> object:
     """Rank 0's value on every rank (e.g. a path or an error message)."""
     if runtime.world_size == 1:

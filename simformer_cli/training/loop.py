@@ -29,12 +29,12 @@ from simformer_cli.data.pairs import PartnerSampler
 from simformer_cli.data.split_store import SplitArtifact
 from simformer_cli.data.train_data import LabelReader, StepBatchSampler, StepPlan, WeakTrainingSet, collate
 from simformer_cli.model import build_criterion, build_model, load_backbone_weights, normalize_images, total_loss
-from simformer_cli.model.criterion import SetCriterion
+from simformer_cli.model.criterion import SetCriterion, count_masks
 from simformer_cli.model.maskformer import MaskFormer
 from simformer_cli.model.targets import ImageTargets
 from simformer_cli.progress import Reporter
 from simformer_cli.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from simformer_cli.training.devices import Runtime
+from simformer_cli.training.devices import Runtime, sum_over_processes
 from simformer_cli.training.optim import build_optimizer, poly_factor, set_learning_rate
 from simformer_cli.training.settings import TrainSettings
 
@@ -51,8 +51,9 @@ class TrainingModule(nn.Module):
         self.model = model
         self.criterion = criterion
 
-    def forward(self, images: Tensor, targets: list[ImageTargets], generator: torch.Generator) -> dict[str, Tensor]:
-        return self.criterion(self.model(normalize_images(images)), targets, generator)
+    def forward(self, images: Tensor, targets: list[ImageTargets], generator: torch.Generator,
+                num_masks: float | None = None) -> dict[str, Tensor]:
+        return self.criterion(self.model(normalize_images(images)), targets, generator, num_masks)
 
 
 def build_training_module(settings: TrainSettings, novel_classes: list[int]) -> TrainingModule | CamObjective:
@@ -102,6 +103,7 @@ def train_loop(
     workers: int,
     reporter: Reporter,
     label_reader: LabelReader | None = None,
+    crop_label_reader: LabelReader | None = None,
     backbone_weights: Path | None = None,
     init_weights: Path | None = None,
     on_step: Callable[[int], None] | None = None,
@@ -139,7 +141,8 @@ def train_loop(
     sampler = StepBatchSampler(plan, partners, start=start, stop=settings.iters, rank=runtime.rank,
                                world_size=runtime.world_size, accumulation=accumulation)
     dataset = WeakTrainingSet(split_path, augment_settings=settings.augment, seed=settings.seed,
-                              label_reader=label_reader, maskless_novel=settings.method in ("simformer", "cam"))
+                              label_reader=label_reader, maskless_novel=settings.method in ("simformer", "cam"),
+                              crop_label_reader=crop_label_reader)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
                         persistent_workers=False, pin_memory=runtime.device.type == "cuda")
 
@@ -151,8 +154,12 @@ def train_loop(
         for step in range(start, settings.iters):
             set_learning_rate(optimizer, base_lrs, poly_factor(step, settings.iters, settings.optim.poly_power))
             sums: dict[str, float] = {}
-            for micro in range(accumulation):
-                batch = next(batches)
+            micro_batches = [next(batches) for _ in range(accumulation)]
+            extra = {}
+            if isinstance(module, TrainingModule):  # focal/dice normalised by the whole batch's mask count
+                masks = sum_over_processes(runtime, float(sum(count_masks(b.targets) for b in micro_batches)))
+                extra["num_masks"] = masks / (runtime.world_size * accumulation)
+            for micro, batch in enumerate(micro_batches):
                 images = batch.images.to(runtime.device, non_blocking=True)
                 targets = [t.to(runtime.device) for t in batch.targets]
                 generator = _step_generator(settings.seed, step, runtime.rank, micro)
@@ -160,7 +167,7 @@ def train_loop(
                 context = contextlib.nullcontext() if sync else wrapped.no_sync()  # type: ignore[operator]
                 with context:
                     with runtime.autocast():
-                        losses = wrapped(images, targets, generator)
+                        losses = wrapped(images, targets, generator, **extra)
                     loss = total_loss(losses) / accumulation
                     loss.backward()
                 for name, value in losses.items():
