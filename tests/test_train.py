@@ -178,9 +178,51 @@ def test_oracle_trains_on_the_full_labels(synthetic_split: Path, tmp_path: Path)
     assert manifest.params.settings.method == "oracle"
 
 
-def test_oracle_needs_audit_labels(cli, tmp_path: Path, folder_dataset: Path) -> None:
+def test_oracle_and_crop_labels_need_audit_labels(cli, tmp_path: Path, folder_dataset: Path) -> None:
     split = tmp_path / "split.zarr"
     assert cli("split", "--dataset", "folder", "--root", folder_dataset, "--ratio", "2:1", "--out", split,
                "--no-keep-train-labels").code == 0
     result = cli("train", "--split", split, "--method", "oracle", "--iters", "1", "--device", "cpu")
     assert result.code == 2 and "--method oracle:" in result.err and "--keep-train-labels" in result.err
+    result = cli("train", "--split", split, "--set", "image_labels=crop", "--iters", "1", "--device", "cpu")
+    assert result.code == 2 and "image_labels=crop" in result.err and "--keep-train-labels" in result.err
+    assert len(result.err.strip().splitlines()) == 1
+
+
+def test_crop_level_labels_keep_the_novel_classes_inside_each_crop(synthetic_split: Path) -> None:
+    from simformer_cli.data.augment import AugmentSettings, augment
+    from simformer_cli.data.split_store import AuditLabelReader
+    from simformer_cli.data.train_data import WeakTrainingSet
+
+    small_crops = AugmentSettings(short_sides=(64,), max_long_side=64, crop=24)
+    whole = WeakTrainingSet(synthetic_split, augment_settings=small_crops, seed=0)
+    crops = WeakTrainingSet(synthetic_split, augment_settings=small_crops, seed=0,
+                            crop_label_reader=AuditLabelReader(synthetic_split))
+    split = SplitArtifact(synthetic_split)
+    novel = set(split.manifest.novel_classes)
+    dropped = 0
+    for index in range(24):
+        key = (7, index % 8, index)
+        _, whole_targets, _ = whole[key]
+        image, crop_targets, _ = crops[key]
+        maskless = lambda t: set(t.classes[~t.has_mask].tolist())  # noqa: E731
+        # Independently: the full label cut by the same draws, and its novel classes.
+        _, full, pad = augment(split.image("train", index), AuditLabelReader(synthetic_split)(index), small_crops,
+                               np.random.default_rng([0, 7, index % 8, 0]), split.manifest.ignore_index)
+        assert maskless(crop_targets) == maskless(whole_targets) & set(np.unique(full[~pad]).tolist())
+        assert maskless(crop_targets) <= novel
+        assert np.array_equal(image.numpy(), whole[key][0].numpy())  # the image is the same crop
+        assert np.array_equal(crop_targets.masks.numpy(), whole_targets.masks.numpy()[: len(crop_targets.masks)])
+        dropped += len(maskless(whole_targets) - maskless(crop_targets))
+    assert dropped > 0  # 24-pixel crops of 64-pixel images miss some novel regions
+
+
+def test_crop_level_labels_through_the_cli_and_their_refusals(cli, synthetic_split: Path, tmp_path: Path) -> None:
+    out = tmp_path / "crop.zarr"
+    result = cli("train", "--split", synthetic_split, "--out", out, "--iters", "1", "--batch-size", "4",
+                 "--device", "cpu", "--set", "image_labels=crop")
+    assert result.code == 0, result.err
+    assert open_artifact(out, ModelManifest)[0].params.settings.image_labels == "crop"
+    oracle = cli("train", "--split", synthetic_split, "--out", tmp_path / "o.zarr", "--iters", "1",
+                 "--method", "oracle", "--device", "cpu", "--set", "image_labels=crop")
+    assert oracle.code == 2 and "weak-shot training" in oracle.err and len(oracle.err.strip().splitlines()) == 1

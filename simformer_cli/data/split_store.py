@@ -157,8 +157,9 @@ def read_audit_label(split: SplitArtifact, index: int) -> np.ndarray:
 
 
 class AuditLabelReader:
-    """Full train label by index, for the ``oracle`` method only (the fully supervised upper bound
-    that the quality benchmark compares against). Picklable; opens the split lazily."""
+    """Full train label by index, for the ``oracle`` method (the fully supervised upper bound that
+    the quality benchmark compares against) and for ``image_labels=crop`` (paper parity: the
+    classes inside each crop); never for default weak-shot training. Picklable; opens lazily."""
 
     def __init__(self, split_path: Path) -> None:
         self.split_path = Path(split_path)

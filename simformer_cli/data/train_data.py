@@ -104,8 +104,13 @@ class WeakTrainingSet(Dataset):
     """(augmented image, targets) for a sample key. Opens the split lazily in each worker."""
 
     def __init__(self, split_path: Path, *, augment_settings: AugmentSettings, seed: int,
-                 label_reader: LabelReader | None = None, maskless_novel: bool = True) -> None:
+                 label_reader: LabelReader | None = None, maskless_novel: bool = True,
+                 crop_label_reader: LabelReader | None = None) -> None:
+        """``crop_label_reader`` (paper parity, ``image_labels=crop``): full labels from which the
+        novel classes inside each crop are read; without it the novel image-level labels are the
+        whole image's, as a weak label is."""
         self.split_path = Path(split_path)
+        self.crop_label_reader = crop_label_reader
         self.augment_settings = augment_settings
         self.seed = seed
         self.label_reader = label_reader
@@ -127,10 +132,19 @@ class WeakTrainingSet(Dataset):
         manifest = split.manifest
         image = split.image("train", index)
         label = self.label_reader(index) if self.label_reader is not None else split.label("train", index)
-        rng = np.random.default_rng([self.seed, step, slot, 0])
-        image, label, pad = augment(image, label, self.augment_settings, rng, manifest.ignore_index)
+        seed = [self.seed, step, slot, 0]
+        crop_image, label, pad = augment(image, label, self.augment_settings, np.random.default_rng(seed),
+                                         manifest.ignore_index)
         present = np.flatnonzero(split.image_labels("train")[index])
         novel = [int(c) for c in present if c in set(manifest.novel_classes)] if self.maskless_novel else []
+        if self.crop_label_reader is not None and novel:
+            # The released code's labels: the novel classes with pixels inside the crop. The crop
+            # draws do not depend on the label, so the same seed cuts the full label the same way.
+            _, full, full_pad = augment(image, self.crop_label_reader(index), self.augment_settings,
+                                        np.random.default_rng(seed), manifest.ignore_index)
+            inside = set(np.unique(full[~full_pad]).tolist())
+            novel = [c for c in novel if c in inside]
+        image = crop_image
         targets = targets_from_label_map(
             torch.from_numpy(label.astype(np.int64)), torch.from_numpy(pad),
             base_classes=manifest.base_classes if self.maskless_novel else range(split.num_classes),

@@ -198,6 +198,12 @@ def run_train(
                 raise UserError(f"--method oracle: {split} has no full train labels; "
                                 "make the split with --keep-train-labels")
             label_reader = AuditLabelReader(Path(split))
+        crop_label_reader = None
+        if settings.image_labels == "crop":
+            if AUDIT_LABELS not in split_artifact.manifest.arrays:
+                raise UserError(f"--set image_labels=crop: {split} has no full train labels to read the crops' "
+                                "classes from; make the split with --keep-train-labels")
+            crop_label_reader = AuditLabelReader(Path(split))
         if backbone_weights is not None and not Path(backbone_weights).is_file():
             raise UserError(f"--backbone-weights {backbone_weights}: no such file")
         if backbone_weights is not None:
@@ -219,7 +225,8 @@ def run_train(
             _check_resume(out, key)
         common = dict(settings=settings, split_path=Path(split), runtime=runtime, resume=resume,
                       checkpoint_every=checkpoint_every, workers=workers, reporter=reporter,
-                      label_reader=label_reader, backbone_weights=backbone_weights, init_weights=init_weights[0] if init_weights else None,
+                      label_reader=label_reader, crop_label_reader=crop_label_reader,
+                      backbone_weights=backbone_weights, init_weights=init_weights[0] if init_weights else None,
                       on_step=on_step)
         if not runtime.is_main:
             work_dir = broadcast_object(runtime, None)

@@ -43,7 +43,10 @@ class TrainSettings(BaseModel):
     iters: int = Field(ge=1)
     batch_size: int = Field(ge=1, description="global batch (images per step, all devices together)")
     seed: int = 0
-    image_labels: Literal["image"] = "image"
+    # image: a novel class is known for the whole image (weak labels; the default). crop: for each
+    # training crop, the novel classes with pixels inside it, read from the full train labels, as
+    # the released code does (paper parity; leaks where novel pixels are, see METHOD.md).
+    image_labels: Literal["image", "crop"] = "image"
     model: ModelSettings
     loss: LossSettings
     optim: OptimSettings
@@ -54,6 +57,9 @@ class TrainSettings(BaseModel):
     def _pairs_fit(self) -> TrainSettings:
         if self.loss.needs_pairs and self.batch_size % 2:
             raise ValueError(f"batch size {self.batch_size} must be even: similarity transfer trains on image pairs")
+        if self.image_labels == "crop" and self.method not in ("simformer", "cam"):
+            raise ValueError(f"image_labels crop applies to weak-shot training (method simformer or cam), "
+                             f"not to method {self.method}, whose targets all have masks")
         if (self.method == "cam") != (self.cam is not None):
             raise ValueError("cam settings are given with method cam, and only then")
         return self
