@@ -1,10 +1,12 @@
-"""Tiny-preset training step on CPU: images/s, where the time goes, and peak memory.
+"""Training step on CPU (tiny preset, or the paper's network): images/s, where the time goes, peak memory.
 
-Splits one step into data loading (read, augment, build targets), the model's forward, the
-criterion's forward (matching and losses), backward and the optimiser, and reports the share of
-the model's own forward+backward. Usage::
+Splits one step into data loading (read, augment, build targets), the segmenter's forward, the
+criterion's forward (matching and set losses; similarity net and distillation apart), the losses'
+backward down to the segmenter's outputs, the similarity net's backward, the segmenter's backward
+and the optimiser, and reports the share of the networks' own forward+backward. Usage::
 
-    python benchmarks/train_step.py --out BENCHMARKS.md [--steps 30] [--images 400]
+    python benchmarks/train_step.py --out BENCHMARKS.md [--steps 30] [--images 400] [--set KEY=VALUE]
+    python benchmarks/train_step.py --preset paper --steps 3 --out BENCHMARKS.md   # ResNet-50, 512 crops
 """
 
 from __future__ import annotations
@@ -27,8 +29,23 @@ from simformer_cli.data.synthetic import SyntheticSettings  # noqa: E402
 from simformer_cli.data.train_data import StepPlan, WeakTrainingSet, collate  # noqa: E402
 from simformer_cli.model import build_criterion, build_model, normalize_images, total_loss  # noqa: E402
 from simformer_cli.pipeline.split import run_split  # noqa: E402
-from simformer_cli.pipeline.train import resolve_settings  # noqa: E402
+from simformer_cli.pipeline.train import apply_overrides, resolve_settings  # noqa: E402
 from simformer_cli.training.optim import build_optimizer  # noqa: E402
+from simformer_cli.training.settings import TrainSettings  # noqa: E402
+
+
+def _cut_at_outputs(outputs: dict) -> tuple[list[torch.Tensor], list[torch.Tensor], dict]:
+    """The network's output tensors, the same as fresh leaves, and the outputs dict made of those
+    leaves for the criterion: the losses' backward then stops at the leaves, and the network's
+    backward can be timed apart."""
+    leaves = [outputs["pred_logits"], outputs["pred_masks"], outputs["mask_features"]]
+    for aux in outputs["aux_outputs"]:
+        leaves += [aux["pred_logits"], aux["pred_masks"]]
+    fresh = [leaf.detach().requires_grad_() for leaf in leaves]
+    cut = {"pred_logits": fresh[0], "pred_masks": fresh[1], "mask_features": fresh[2],
+           "aux_outputs": [{"pred_logits": fresh[3 + 2 * i], "pred_masks": fresh[4 + 2 * i]}
+                           for i in range(len(outputs["aux_outputs"]))]}
+    return leaves, fresh, cut
 
 
 def main() -> None:
@@ -36,13 +53,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--images", type=int, default=400, help="synthetic training images to sample from")
+    parser.add_argument("--preset", choices=["tiny", "paper"], default="tiny")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="KEY=VALUE training setting, as for simformer train --set")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         split_path = run_split(dataset="synthetic", out=Path(tmp) / "split.zarr",
                                synthetic=SyntheticSettings(train_images=args.images, val_images=10)).path
         split = SplitArtifact(split_path)
-        settings = resolve_settings(split, preset="tiny", method="simformer", iters=args.steps, batch_size=None,
+        settings = resolve_settings(split, preset=args.preset, method="simformer", iters=args.steps, batch_size=None,
                                     seed=0, lr=None)
+        settings = TrainSettings.model_validate(apply_overrides(settings.model_dump(), args.overrides))
         dataset = WeakTrainingSet(split_path, augment_settings=settings.augment, seed=0)
         partners = PartnerSampler(split.image_labels("train"), split.manifest.novel_classes, split.manifest.base_classes)
         plan = StepPlan(seed=0, num_images=split.count("train"), batch_size=settings.batch_size, pairs=True)
@@ -50,17 +71,33 @@ def main() -> None:
         model = build_model(settings.model)
         criterion = build_criterion(settings.model, settings.loss, novel_classes=split.manifest.novel_classes)
         optimizer = build_optimizer(torch.nn.ModuleList([model, criterion]), settings.optim)
-        parts = {"data": 0.0, "model forward": 0.0, "criterion forward": 0.0, "backward": 0.0, "optimiser": 0.0}
-        warmup = 3
+        # The criterion's pair losses (similarity net + distillation) are timed by hooks, and the
+        # backward is run in three parts: the set losses and distillation (down to the network's
+        # outputs), the similarity net's own loss, then the segmenter from its outputs' gradients.
+        parts = {"data": 0.0, "segmenter forward": 0.0, "matching + set losses, forward": 0.0,
+                 "similarity net + distillation, forward": 0.0, "losses backward (to the outputs)": 0.0,
+                 "similarity net backward": 0.0, "segmenter backward": 0.0, "optimiser": 0.0}
+        pair_marks: list[float] = []
+        criterion.pair_losses.register_forward_pre_hook(lambda *_: pair_marks.append(time.perf_counter()))
+        criterion.pair_losses.register_forward_hook(lambda *_: pair_marks.append(time.perf_counter()))
+        warmup = 3 if args.preset == "tiny" else 1
         for step in range(args.steps + warmup):
             marks = [time.perf_counter()]
             batch = collate([dataset[key] for key in plan.keys(step, partners)])
             marks.append(time.perf_counter())
             outputs = model(normalize_images(batch.images))
             marks.append(time.perf_counter())
-            losses = criterion(outputs, batch.targets, torch.Generator().manual_seed(step))
+            leaves, fresh, cut = _cut_at_outputs(outputs)
+            pair_marks.clear()
+            losses = criterion(cut, batch.targets, torch.Generator().manual_seed(step))
+            end_forward = time.perf_counter()
+            pair_seconds = pair_marks[1] - pair_marks[0]
+            marks += [end_forward - pair_seconds, end_forward]
+            total_loss({k: v for k, v in losses.items() if k != "loss_sim"}).backward()
             marks.append(time.perf_counter())
-            total_loss(losses).backward()
+            losses["loss_sim"].backward()
+            marks.append(time.perf_counter())
+            torch.autograd.backward(leaves, [torch.zeros_like(f) if f.grad is None else f.grad for f in fresh])
             marks.append(time.perf_counter())
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -72,27 +109,32 @@ def main() -> None:
     per_step = total / args.steps
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rows = [(name, f"{seconds / args.steps * 1000:.0f}", f"{seconds / total:.0%}") for name, seconds in parts.items()]
-    model_share = (parts["model forward"] + parts["backward"]) / total
+    segmenter = parts["segmenter forward"] + parts["segmenter backward"]
+    networks = segmenter + parts["similarity net + distillation, forward"] + parts["similarity net backward"]
+    overrides = "".join(f" --set {item}" for item in args.overrides)
     lines = [
-        "## Training step (tiny preset, CPU)",
+        f"## Training step ({args.preset} preset, CPU)",
         "",
-        f"Command: `python benchmarks/train_step.py --steps {args.steps} --images {args.images}`  ",
+        f"Command: `python benchmarks/train_step.py --steps {args.steps} --images {args.images}{overrides}`  ",
         f"Machine: {machine_line()}, {torch.get_num_threads()} torch threads. Batch {settings.batch_size} "
         f"(4 pairs) of {settings.augment.crop}x{settings.augment.crop} crops, mean of {args.steps} steps after "
-        f"{warmup} warm-up steps.",
+        f"{warmup} warm-up steps; mask losses "
+        + ("over every pixel" if settings.loss.mask_points is None else f"on {settings.loss.mask_points} points per mask")
+        + ".",
         "",
         "| part of the step | ms | share |",
         "|---|---|---|",
         *(f"| {name} | {ms} | {share} |" for name, ms, share in rows),
         f"| **whole step** | **{per_step * 1000:.0f}** | 100% |",
         "",
-        f"Images/s: **{settings.batch_size / per_step:.1f}**. Share of the step in the model's own forward + "
-        f"backward (backward includes the losses' backward): **{model_share:.0%}**. "
+        f"Images/s: **{settings.batch_size / per_step:.1f}**. Share of the step in the segmenter's own forward + "
+        f"backward: **{segmenter / total:.0%}**; with the similarity net (a network of the method too, trained "
+        f"beside the segmenter): **{networks / total:.0%}**. "
         f"Peak memory (max RSS of the process): **{peak_mib:.0f} MiB**.",
     ]
     print("\n".join(lines))
     if args.out is not None:
-        write_section(args.out, "train_step", "\n".join(lines))
+        write_section(args.out, "train_step" if args.preset == "tiny" else f"train_step_{args.preset}", "\n".join(lines))
 
 
 if __name__ == "__main__":
