@@ -19,7 +19,7 @@ from _tables import write_section  # noqa: E402
 from simformer_cli.artifacts.model_manifest import ModelManifest  # noqa: E402
 from simformer_cli.artifacts.store import read_manifest  # noqa: E402
 
-COLUMNS = ("loss", "loss_ce", "loss_focal", "loss_dice", "loss_comp", "loss_sim", "loss_distill")
+COLUMNS = ("loss", "loss_ce", "loss_focal", "loss_dice", "loss_comp", "loss_sim", "loss_distill", "sim_accuracy")
 
 
 def main() -> None:
@@ -30,22 +30,27 @@ def main() -> None:
     args = parser.parse_args()
     manifest, _ = read_manifest(args.model, ModelManifest)
     records = [json.loads(line) for line in (args.model / "train_log.jsonl").read_text().splitlines() if line]
-    columns = [c for c in COLUMNS if c in records[0]]
+    columns = [c for c in COLUMNS if any(c in r for r in records)]
     lines = [
         f"## Loss curve ({manifest.stage}, {manifest.params.settings.preset} preset, "
         f"{manifest.summary.steps} steps, {manifest.summary.device})",
         "",
         f"Command: `python benchmarks/loss_curve.py MODEL --window {args.window}` on the model made by "
         "`simformer pipeline --workdir runs/syn`. Mean of each term over each window of steps; `loss` is the "
-        "optimised total (all decoder layers); the other columns are the last layer's weighted terms.",
+        "optimised total (all decoder layers); the other columns are the last layer's weighted terms; "
+        "`sim_accuracy` (not optimised) is the similarity net's balanced accuracy on the step's base pixel "
+        "pairs (0.5 = chance).",
         "",
         "| steps | " + " | ".join(columns) + " |",
         "|" + "---|" * (len(columns) + 1),
     ]
     for start in range(0, len(records), args.window):
         window = records[start : start + args.window]
-        means = [sum(r[c] for r in window) / len(window) for c in columns]
-        lines.append(f"| {start}-{start + len(window) - 1} | " + " | ".join(f"{m:.3f}" for m in means) + " |")
+        cells = []
+        for column in columns:
+            values = [r[column] for r in window if column in r]  # sim_accuracy: steps with both pair kinds
+            cells.append(f"{sum(values) / len(values):.3f}" if values else "-")
+        lines.append(f"| {start}-{start + len(window) - 1} | " + " | ".join(cells) + " |")
     print("\n".join(lines))
     if args.out is not None:
         write_section(args.out, f"loss_curve_{manifest.stage}", "\n".join(lines))

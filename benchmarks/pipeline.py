@@ -1,7 +1,10 @@
 """The whole default pipeline (synthetic data, tiny preset) on this machine: wall time per stage,
 in total, and peak memory. Usage::
 
-    python benchmarks/pipeline.py --out BENCHMARKS.md
+    python benchmarks/pipeline.py --out BENCHMARKS.md [--workdir runs/syn]
+
+``--workdir`` keeps the artifacts (an empty or new folder: a finished pipeline there would be
+skipped, not timed), e.g. for ``benchmarks/loss_curve.py`` on its models.
 """
 
 from __future__ import annotations
@@ -22,10 +25,14 @@ from _tables import machine_line, write_section  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--workdir", type=Path, default=None, help="keep the artifacts here (a new or empty folder)")
     args = parser.parse_args()
+    if args.workdir is not None and args.workdir.exists() and any(args.workdir.iterdir()):
+        raise SystemExit(f"--workdir {args.workdir}: not empty; a finished pipeline there would be skipped, not timed")
     with tempfile.TemporaryDirectory() as tmp:
         began = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "simformer_cli", "pipeline", "--workdir", str(Path(tmp) / "syn"),
+        workdir = args.workdir or Path(tmp) / "syn"
+        done = subprocess.run([sys.executable, "-m", "simformer_cli", "pipeline", "--workdir", str(workdir),
                                "--json"], capture_output=True, text=True, check=True)
         total = time.perf_counter() - began
     result = json.loads(done.stdout)

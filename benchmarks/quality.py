@@ -180,6 +180,17 @@ def run_chains(chains: list[Chain], parallel: int, threads: int, log: Path) -> N
         raise failures[0]
 
 
+def similarity_accuracy(model: Path, last: int = 100) -> float | None:
+    """Mean balanced accuracy of the similarity net on base pixel pairs over the last training steps
+    (the ``sim_accuracy`` of the model's train_log.jsonl); None if the log has none."""
+    log = model / "train_log.jsonl"
+    if not log.is_file():
+        return None
+    values = [record["sim_accuracy"] for record in map(json.loads, log.read_text().splitlines()[-last:])
+              if "sim_accuracy" in record]
+    return statistics.fmean(values) if values else None
+
+
 def spread(values: list[float]) -> str:
     mean = statistics.fmean(values)
     return f"{mean:.1f} ± {statistics.pstdev(values):.1f}" if len(values) > 1 else f"{mean:.1f}"
@@ -240,6 +251,8 @@ def main() -> None:
         trainings = training_outputs(chains)
         results: dict[str, list[dict]] = {row: [] for row in ROWS}
         pseudo: dict[str, list[float]] = {"retrain": [], "cam": []}
+        accuracies = [a for seed in args.seeds if "simformer" in args.rows
+                      for a in [similarity_accuracy(work / f"seed{seed}" / "simformer.zarr")] if a is not None]
         for chain in chains:
             for row, path in chain.scores.items():
                 results[row].append(json.loads(path.read_text()))
@@ -267,6 +280,9 @@ def main() -> None:
         "Pseudo labels on the training images, novel mIoU against the full labels: " + "; ".join(
             f"from the {PSEUDO_SOURCES[row]} {spread(values)}" for row, values in pseudo.items() if values) + ".",
     ]
+    if accuracies:
+        lines += ["", "Similarity net of the one-stage training, balanced accuracy on its base pixel pairs over the "
+                  f"last 100 steps (0.5 = chance): {spread([100 * a for a in accuracies])}%."]
     print("\n".join(lines))
     if args.out is not None:
         write_section(args.out, "quality", "\n".join(lines))

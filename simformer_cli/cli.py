@@ -255,6 +255,7 @@ def pipeline(
     pseudo_scales: Annotated[str, typer.Option(help="Test-time scales of pseudo-labelling.")] = "1",
     pseudo_flip: Annotated[bool, typer.Option("--pseudo-flip", help="Flip views when pseudo-labelling.")] = False,
     pseudo_among: Annotated[str, typer.Option(help="pseudolabel --among: all (the paper) | image.")] = "all",
+    retrain_from: Annotated[str, typer.Option(help="Retraining starts from: one-stage (its weights, retrain --init-from) | scratch (the preset's initialisation, as the paper).")] = "one-stage",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     json_out: JsonOption = False,
 ) -> None:
@@ -270,6 +271,7 @@ def pipeline(
         batch_size=batch_size, checkpoint_every=_positive("--checkpoint-every", checkpoint_every),
         pseudo_scales=_floats("--pseudo-scales", pseudo_scales), pseudo_flip=pseudo_flip,
         pseudo_among=_choice("--pseudo-among", pseudo_among, ("all", "image")),
+        retrain_from=_choice("--retrain-from", retrain_from, ("one-stage", "scratch")),
         device=_choice("--device", device, ("auto", "cpu", "cuda")), reporter=RichReporter(),
     )
     print_pipeline_table(result.one_stage, result.retrained, result.pseudo_label_novel_miou, result.workdir)

@@ -17,7 +17,9 @@ simformer eval --predictions "$W/pred.zarr" --split "$W/split.zarr" --out "$W/me
 simformer pseudolabel --model "$W/model.zarr" --split "$W/split.zarr" --out "$W/pseudo.zarr" --device "$DEVICE"
 RESUME=()
 [ -d "$W/.model-rt.zarr.partial/checkpoints" ] && RESUME=(--resume)
+# --init-from: fine-tune the one-stage model (as `simformer pipeline` does); drop it to retrain
+# from the preset's initialisation as the paper does.
 simformer retrain --split "$W/split.zarr" --pseudolabels "$W/pseudo.zarr" --out "$W/model-rt.zarr" \
-  --device "$DEVICE" "${RESUME[@]}" $TRAIN_OPTS
+  --init-from "$W/model.zarr" --device "$DEVICE" "${RESUME[@]}" $TRAIN_OPTS
 simformer infer --model "$W/model-rt.zarr" --split "$W/split.zarr" --out "$W/pred-rt.zarr" --device "$DEVICE"
 simformer eval --predictions "$W/pred-rt.zarr" --split "$W/split.zarr" --out "$W/metrics-rt.zarr"

@@ -189,3 +189,14 @@ def test_distillation_is_lower_when_novel_scores_agree_with_the_teacher():
 def test_odd_batches_are_rejected():
     with pytest.raises(ValueError, match="pairs"):
         _pair_losses()(*_outputs(3), [_targets(0, [0])] * 3, torch.Generator())
+
+
+def test_balanced_accuracy_of_the_similarity_net() -> None:
+    from simformer_cli.model.pair_losses import balanced_accuracy
+
+    same = torch.tensor([True, True, False, False, False, True])
+    valid = torch.tensor([True, True, True, True, True, False])
+    said_same = torch.tensor([True, False, False, False, True, False])  # same: 1 of 2; different: 2 of 3
+    log_probs = torch.stack([(~said_same).float(), said_same.float()], dim=1).log_softmax(-1)
+    assert balanced_accuracy(log_probs, same, valid) == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert balanced_accuracy(log_probs, same & False, valid) is None  # no same-class pair: undefined

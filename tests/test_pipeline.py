@@ -39,6 +39,22 @@ def test_killed_pipeline_resumes_to_the_same_table(tmp_path: Path) -> None:
     for table in tables:
         table.pop("seconds")  # wall times differ; every figure must not
     assert tables[0] == tables[1]
+    # Retraining started from the one-stage model (the pipeline's default --retrain-from).
+    retrained = json.loads((workdir / "model-retrained.zarr" / "manifest.json").read_text())
+    assert Path(retrained["manifest"]["inputs"]["artifacts"]["init"]["path"]) == (workdir / "model.zarr").absolute()
+
+
+def test_pipeline_can_retrain_from_scratch(tmp_path: Path) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    small = [*SMALL[:SMALL.index("--iters")], "--iters", "2", *SMALL[SMALL.index("--iters") + 2:]]
+    command = [sys.executable, "-m", "simformer_cli", "pipeline", "--workdir", str(tmp_path), *small,
+               "--retrain-from", "scratch"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    retrained = json.loads((tmp_path / "model-retrained.zarr" / "manifest.json").read_text())
+    assert "init" not in retrained["manifest"]["inputs"]["artifacts"]
+    wrong = subprocess.run([*command[:-1], "sideways"], capture_output=True, text=True, env=env, timeout=600)
+    assert wrong.returncode == 2 and "--retrain-from" in wrong.stderr
 
 
 def test_quickstart_recipe_runs_on_a_tiny_setting(tmp_path: Path) -> None:

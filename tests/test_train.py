@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -42,7 +43,8 @@ def test_two_iterations_through_the_cli(cli, synthetic_split: Path, tmp_path: Pa
     assert manifest.summary.steps == 2
     assert {"loss_ce", "loss_focal", "loss_dice", "loss_comp", "loss_sim"} <= set(manifest.summary.final_losses)
     assert all(np.isfinite(v) for v in manifest.summary.final_losses.values())
-    assert len((out / "train_log.jsonl").read_text().splitlines()) == 2
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and all(0.0 <= record["sim_accuracy"] <= 1.0 for record in log)
     assert not (out / "checkpoints").exists()
     model, loaded, _ = load_model(out)
     assert loaded.novel_classes == SplitArtifact(synthetic_split).manifest.novel_classes

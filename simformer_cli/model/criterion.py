@@ -97,9 +97,6 @@ class SetCriterion(nn.Module):
                 raise ValueError(f"target class {int(target.classes.max())} >= num_classes {self.num_classes}")
         # Every layer is matched against the same targets at the same size: downsample them once.
         small = small_target_masks(targets, tuple(outputs["pred_masks"].shape[-2:]))
-        if num_masks is None:
-            num_masks = count_masks(targets)
-        num_masks = max(num_masks, 1.0)
         layers = [(outputs["pred_logits"], outputs["pred_masks"])]
         if self.settings.deep_supervision:
             layers += [(aux["pred_logits"], aux["pred_masks"]) for aux in outputs["aux_outputs"]]

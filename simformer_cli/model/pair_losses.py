@@ -49,6 +49,18 @@ def sample_points(regions: Sequence[Tensor], count: int, generator: torch.Genera
     return None
 
 
+def balanced_accuracy(log_probs: Tensor, same: Tensor, valid: Tensor) -> float | None:
+    """Mean of the similarity net's recall on same-class and on different-class valid pairs
+    (0.5 = chance); None when either kind is missing. log_probs (N, 2) as in the base loss."""
+    said_same = log_probs[:, 1] > log_probs[:, 0]
+    recalls = []
+    for kind in (same & valid, ~same & valid):
+        if not bool(kind.any()):
+            return None
+        recalls.append((said_same[kind] == same[kind]).float().mean())
+    return float(torch.stack(recalls).mean())
+
+
 class ClassBalance(nn.Module):
     """Running counts of same/different valid pairs over the last ``window`` iterations.
 
@@ -84,6 +96,9 @@ class PairLosses(nn.Module):
         self.simnet = PairSimilarityNet(mask_dim, mask_dim)
         self.balance = ClassBalance(settings.balance_window)
         self.register_buffer("novel_classes", torch.tensor(sorted(novel_classes), dtype=torch.int64), persistent=False)
+        #: Balanced accuracy of the similarity net on the last call's base pairs (a diagnostic the
+        #: training log records as ``sim_accuracy``; None before the first call or without both kinds).
+        self.accuracy: float | None = None
 
     def forward(
         self,
@@ -139,6 +154,7 @@ class PairLosses(nn.Module):
             int((same_t & valid_t).sum()), int((~same_t & valid_t).sum())
         )
         log_probs = self.simnet(torch.stack(firsts), torch.stack(seconds)).log_softmax(dim=-1).flatten(0, 2)
+        self.accuracy = balanced_accuracy(log_probs.detach(), same_t, valid_t)
         return balanced_binary_cross_entropy(log_probs, same_t, valid_t, weight_same, weight_different)
 
     def _novel_scores(self, pred_logits: Tensor, pred_masks: Tensor, image: int, points: Tensor) -> Tensor:

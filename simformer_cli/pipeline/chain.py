@@ -54,6 +54,7 @@ def run_pipeline(
     pseudo_scales: tuple[float, ...] = (1.0,),
     pseudo_flip: bool = False,
     pseudo_among: str = "all",
+    retrain_from: Literal["one-stage", "scratch"] = "one-stage",
     device: DeviceChoice = "auto",
     workers: int | None = None,
     reporter: Reporter | None = None,
@@ -84,7 +85,10 @@ def run_pipeline(
     pseudo = run_pseudolabel(model=model, split=split, out=workdir / "pseudolabels.zarr", scales=pseudo_scales,
                              flip=pseudo_flip, among=pseudo_among, device=device, reporter=reporter)
     say("retrain (base ground truth + novel pseudo labels)")
+    # From the one-stage weights by default: within the same budget it ends far above retraining
+    # from the preset's initialisation (BENCHMARKS.md, "Quality"); "scratch" is the paper's route.
     retrained_model = run_retrain(split=split, pseudolabels=pseudo.path, out=workdir / "model-retrained.zarr",
+                                  init_from=model if retrain_from == "one-stage" else None,
                                   iters=retrain_iters if retrain_iters is not None else iters, **training).path  # type: ignore[arg-type]
     retrained = _predict_and_evaluate(retrained_model, split, device, reporter, say)
     say("")

@@ -154,6 +154,7 @@ def train_loop(
         for step in range(start, settings.iters):
             set_learning_rate(optimizer, base_lrs, poly_factor(step, settings.iters, settings.optim.poly_power))
             sums: dict[str, float] = {}
+            diagnostics: dict[str, list[float]] = {}
             micro_batches = [next(batches) for _ in range(accumulation)]
             extra = {}
             if isinstance(module, TrainingModule):  # focal/dice normalised by the whole batch's mask count
@@ -172,13 +173,17 @@ def train_loop(
                     loss.backward()
                 for name, value in losses.items():
                     sums[name] = sums.get(name, 0.0) + float(value.detach()) / accumulation
+                accuracy = _similarity_accuracy(module)
+                if accuracy is not None:
+                    diagnostics.setdefault("sim_accuracy", []).append(accuracy)
             if settings.optim.grad_clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(module.parameters(), settings.optim.grad_clip_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             losses_mean = sums
             if runtime.is_main:
-                _log(work_dir / LOG_FILE, step, optimizer, sums)
+                _log(work_dir / LOG_FILE, step, optimizer, sums,
+                     {name: sum(values) / len(values) for name, values in diagnostics.items()})
             done = step + 1
             if done % checkpoint_every == 0 and done < settings.iters:
                 if runtime.is_main:
@@ -198,8 +203,18 @@ def train_loop(
     )
 
 
-def _log(path: Path, step: int, optimizer: torch.optim.Optimizer, losses: dict[str, float]) -> None:
+def _similarity_accuracy(module: nn.Module) -> float | None:
+    """The similarity net's balanced accuracy on this micro-batch's base pairs, if it has one."""
+    pair_losses = getattr(getattr(module, "criterion", None), "pair_losses", None)
+    return None if pair_losses is None else pair_losses.accuracy
+
+
+def _log(path: Path, step: int, optimizer: torch.optim.Optimizer, losses: dict[str, float],
+         diagnostics: dict[str, float]) -> None:
+    """One JSON line: the step, its learning rate, the total and every weighted loss term, then
+    diagnostics that are not optimised (``sim_accuracy``: the similarity net's balanced accuracy
+    on the step's base pairs, 0.5 = chance)."""
     record = {"step": step, "lr": optimizer.param_groups[-1]["lr"], "loss": round(sum(losses.values()), 6),
-              **{k: round(v, 6) for k, v in losses.items()}}
+              **{k: round(v, 6) for k, v in losses.items()}, **{k: round(v, 4) for k, v in diagnostics.items()}}
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(record) + "\n")
