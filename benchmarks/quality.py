@@ -1,7 +1,7 @@
 """The quality benchmark: the method's parts, an oracle and a CAM baseline, side by side.
 
 On the synthetic default data, for each class split (``split --ratio 3:1 --seed S``), every row is
-trained with the same budget (``--iters`` steps, default 1500, of the tiny preset, batch 8) and scored on the
+trained with the same budget (``--iters`` steps, default 1200, of the tiny preset, batch 8) and scored on the
 validation images::
 
     oracle                every class pixel-labelled (train --method oracle): the upper bound
@@ -53,9 +53,10 @@ ROWS = {
 #: (the retraining routes' total compute) and retrain (from the preset's initialisation, as the
 #: paper retrains) are there on request: --rows ... oracle2x retrain.
 DEFAULT_ROWS = ["oracle", "wsmf", "comp", "simformer", "finetune", "cam"]
-#: Steps of every training: more than the preset's 1000, which leave the fully supervised runs
-#: (oracle, retraining from scratch) far from converged (BENCHMARKS.md, "Quality: what was tried").
-ITERS = 1500
+#: Steps of every training: more than the preset's 1000, which left the fully supervised runs
+#: (oracle, retraining from scratch) far from converged (BENCHMARKS.md, "Quality: what was tried"),
+#: and few enough for the whole benchmark to run in about 45 minutes on two cores.
+ITERS = 1200
 PSEUDO_SOURCES = {"retrain": "SimFormer one-stage model", "cam": "CAM baseline's classifier"}
 NO_SIMILARITY = ["--set", "loss.similarity=false", "--set", "loss.distillation=false"]
 TRAIN_FLAGS = {
