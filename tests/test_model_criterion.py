@@ -238,3 +238,43 @@ def _single_class_targets(size: int) -> ImageTargets:
     label = torch.full((size, size), 2)
     return targets_from_label_map(label, torch.zeros(size, size, dtype=torch.bool), base_classes=BASE,
                                   maskless_classes=[], ignore_index=IGNORE)
+
+
+@pytest.mark.parametrize("mask_points", [None, 48])
+def test_layers_batched_together_give_each_layer_its_own_terms(mask_points):
+    # The criterion gathers every decoder layer's matched masks into one batch; each layer's terms
+    # must be what that layer alone would get (with points: the same estimate, other draws).
+    settings = LossSettings(similarity=False, distillation=False, mask_points=mask_points)
+    criterion = SetCriterion(num_classes=NUM_CLASSES, mask_dim=8, novel_classes=NOVEL, settings=settings)
+    layers = [_hand_outputs(queries=5, size=8) for _ in range(3)]
+    for number, layer in enumerate(layers):  # distinct layers
+        layer["pred_masks"] = layer["pred_masks"] * (1 + number) + number
+    outputs = {**layers[0], "aux_outputs": [{k: layer[k] for k in ("pred_logits", "pred_masks")} for layer in layers[1:]]}
+    targets = [weak_targets(0, 32, [4, 5]), weak_targets(1, 32, [])]
+    together = criterion(outputs, targets, torch.Generator().manual_seed(0))
+    assert set(together) == LAYER_TERMS | {f"{name}_aux{i}" for name in LAYER_TERMS for i in range(2)}
+    for number, layer in enumerate(layers):
+        alone = criterion({**layer, "aux_outputs": []}, targets, torch.Generator().manual_seed(0))
+        suffix = "" if number == 0 else f"_aux{number - 1}"
+        for name in LAYER_TERMS:
+            if mask_points is None or name == "loss_ce":
+                torch.testing.assert_close(together[name + suffix], alone[name], msg=name + suffix)
+            else:
+                assert float(together[name + suffix]) == pytest.approx(float(alone[name]), rel=0.5), name + suffix
+    assert len({float(together[f"loss_comp{s}"]) for s in ("", "_aux0", "_aux1")}) == 3
+
+
+def test_maskless_targets_left_without_a_query_still_get_the_complementary_floor():
+    # Two queries for four targets: the image's novel targets may go unmatched; the union is then
+    # the floor alone, and the loss is that of an all-floor prediction.
+    settings = LossSettings(similarity=False, distillation=False, match_focal_weight=0, match_dice_weight=0)
+    criterion = SetCriterion(num_classes=NUM_CLASSES, mask_dim=8, novel_classes=NOVEL, settings=settings)
+    outputs = _hand_outputs(queries=2, size=8)
+    outputs["pred_logits"][:, :, :4] = 50.0  # every query is sure of a base class
+    targets = [weak_targets(0, 16, [4, 5]), weak_targets(1, 16, [4, 5])]
+    matches = criterion.matcher(outputs["pred_logits"], outputs["pred_masks"], targets)
+    assert all(bool(targets[i].has_mask[indices].all()) for i, (_, indices) in enumerate(matches))
+    losses = criterion(outputs, targets, torch.Generator())
+    expected = [complementary_loss(torch.empty(0, 16, 16), (t.base_label < 0) & ~t.pad, floor_logit=-2.9444,
+                                   focal_weight=20, dice_weight=1) for t in targets]
+    torch.testing.assert_close(losses["loss_comp"], 0.2 * sum(expected) / (2 + 1e-5))

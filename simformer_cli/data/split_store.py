@@ -15,12 +15,15 @@ axis, so one writer owns a shard and padding chunks (all fill value) are never s
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
+from zarr.core.sync import sync
 
 from simformer_cli.artifacts.split_manifest import SplitManifest
 from simformer_cli.artifacts.store import open_artifact
@@ -146,6 +149,22 @@ class SplitArtifact:
         """Weak label for ``train`` (novel pixels are ignore), full label for ``val``."""
         h, w = self.sizes(subset)[index]
         return np.asarray(self._array(f"{subset}/labels")[index, :h, :w])
+
+    def read_many(self, subset: str, indices: Sequence[int], *, labels: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The images (and, with ``labels``, the labels as :meth:`label` gives them) of several
+        indices, read concurrently in one trip through zarr's event loop: a training batch's reads
+        then overlap instead of paying each read's round trip in turn. -> (images, labels or [])."""
+        sizes = self.sizes(subset)
+        arrays = [self._array(f"{subset}/images").async_array]
+        if labels:
+            arrays.append(self._array(f"{subset}/labels").async_array)
+        selections = [(int(i), slice(0, int(sizes[i][0])), slice(0, int(sizes[i][1]))) for i in indices]
+
+        async def read_all() -> list:
+            return await asyncio.gather(*(array.getitem(where) for array in arrays for where in selections))
+
+        read = [np.asarray(value) for value in sync(read_all())]
+        return read[: len(selections)], read[len(selections):]
 
 
 def read_audit_label(split: SplitArtifact, index: int) -> np.ndarray:

@@ -127,11 +127,20 @@ class WeakTrainingSet(Dataset):
         return self.split.count("train")
 
     def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, ImageTargets, SampleKey]:
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: Sequence[SampleKey]) -> list[tuple[torch.Tensor, ImageTargets, SampleKey]]:
+        """A whole (micro-)batch: its split reads are issued together (the DataLoader calls this)."""
+        indices = [index for _, _, index in keys]
+        images, labels = self.split.read_many("train", indices, labels=self.label_reader is None)
+        if self.label_reader is not None:
+            labels = [self.label_reader(index) for index in indices]
+        return [self._sample(key, image, label) for key, image, label in zip(keys, images, labels)]
+
+    def _sample(self, key: SampleKey, image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, ImageTargets, SampleKey]:
         step, slot, index = key
         split = self.split
         manifest = split.manifest
-        image = split.image("train", index)
-        label = self.label_reader(index) if self.label_reader is not None else split.label("train", index)
         seed = [self.seed, step, slot, 0]
         crop_image, label, pad = augment(image, label, self.augment_settings, np.random.default_rng(seed),
                                          manifest.ignore_index)
@@ -144,13 +153,12 @@ class WeakTrainingSet(Dataset):
                                         np.random.default_rng(seed), manifest.ignore_index)
             inside = set(np.unique(full[~full_pad]).tolist())
             novel = [c for c in novel if c in inside]
-        image = crop_image
         targets = targets_from_label_map(
             torch.from_numpy(label.astype(np.int64)), torch.from_numpy(pad),
             base_classes=manifest.base_classes if self.maskless_novel else range(split.num_classes),
             maskless_classes=novel, ignore_index=manifest.ignore_index,
         )
-        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), targets, key
+        return torch.from_numpy(np.ascontiguousarray(crop_image)).permute(2, 0, 1), targets, key
 
 
 def collate(items: Sequence[tuple[torch.Tensor, ImageTargets, SampleKey]]) -> TrainBatch:

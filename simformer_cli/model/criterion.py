@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from simformer_cli.model.losses import complementary_loss, dice_loss, sigmoid_focal_loss
+from simformer_cli.model.losses import complementary_terms, dice_loss, sigmoid_focal_loss
 from simformer_cli.model.matcher import HungarianMatcher, small_target_masks
 from simformer_cli.model.pair_losses import PairLosses
 from simformer_cli.model.points import point_sample, uncertain_points
@@ -100,11 +100,15 @@ class SetCriterion(nn.Module):
         layers = [(outputs["pred_logits"], outputs["pred_masks"])]
         if self.settings.deep_supervision:
             layers += [(aux["pred_logits"], aux["pred_masks"]) for aux in outputs["aux_outputs"]]
+        # float32 whatever the autocast dtype: focal terms underflow in bfloat16.
+        pred_logits = torch.stack([logits for logits, _ in layers]).float()  # (L, B, Q, K+1)
+        pred_masks = torch.stack([masks for _, masks in layers]).float()  # (L, B, Q, h, w)
+        matches = [self.matcher(pred_logits[layer], pred_masks[layer], targets, small) for layer in range(len(layers))]
+        terms = self.layer_terms(pred_logits, pred_masks, matches, targets, generator, num_masks)
         losses: dict[str, Tensor] = {}
-        for index, (logits, masks) in enumerate(layers):
+        for index in range(len(layers)):
             suffix = "" if index == 0 else f"_aux{index - 1}"
-            layer = self.layer_losses(logits, masks, targets, generator, small, num_masks)
-            losses.update({f"{name}{suffix}": value for name, value in layer.items()})
+            losses.update({f"{name}{suffix}": values[index] for name, values in terms.items()})
         if self.pair_losses is not None:
             pair_losses = self.pair_losses(
                 outputs["mask_features"], outputs["pred_logits"], outputs["pred_masks"], targets, generator
@@ -114,66 +118,60 @@ class SetCriterion(nn.Module):
                 losses["loss_distill"] = self.settings.distill_weight * pair_losses["loss_distill"]
         return losses
 
-    def layer_losses(
+    def layer_terms(
         self,
         pred_logits: Tensor,
         pred_masks: Tensor,
+        matches: Sequence[Sequence[tuple[Tensor, Tensor]]],
         targets: Sequence[ImageTargets],
         generator: torch.Generator,
-        small_masks: Tensor | None = None,
         num_masks: float | None = None,
     ) -> dict[str, Tensor]:
-        """Weighted CE, focal, dice (and complementary) terms of one decoder layer.
+        """Weighted CE, focal, dice (and complementary) terms of every decoder layer at once.
 
-        pred_logits (B, Q, K+1), pred_masks (B, Q, h, w); computed in float32 whatever the
-        autocast dtype, since focal terms underflow in bfloat16. ``generator`` draws the loss
-        points when ``mask_points`` is set; ``small_masks`` are the matcher's downsampled targets;
-        ``num_masks`` as in :meth:`forward`.
+        pred_logits (L, B, Q, K+1) and pred_masks (L, B, Q, h, w) in float32; ``matches[l]`` the
+        matcher's answer for layer l. Returns each term as an (L,) tensor. The layers' matched
+        masks are gathered into one batch, so upsampling (or point sampling), focal, dice and the
+        complementary unions each run once per step instead of once per layer and image.
         """
-        pred_logits, pred_masks = pred_logits.float(), pred_masks.float()
-        matches = self.matcher(pred_logits, pred_masks, targets, small_masks)
         settings = self.settings
-        losses = {"loss_ce": settings.class_weight * self._classification(pred_logits, matches, targets)}
-        focal, dice = self._mask_losses(pred_masks, matches, targets, generator,
-                                        max(count_masks(targets) if num_masks is None else num_masks, 1.0))
+        rows = _MatchedRows.gather(matches, targets)
+        count = max(count_masks(targets) if num_masks is None else num_masks, 1.0)
+        losses = {"loss_ce": settings.class_weight * self._classification(pred_logits, rows)}
+        focal, dice = self._mask_losses(pred_masks, rows, generator, count)
         losses["loss_focal"] = settings.mask_focal_weight * focal
         losses["loss_dice"] = settings.dice_weight * dice
         if settings.complementary:
             losses["loss_comp"] = settings.complementary_weight * self._complementary(
-                pred_masks, matches, targets, generator)
+                pred_masks, rows, targets, generator)
         return losses
 
-    def _classification(
-        self, pred_logits: Tensor, matches: list[tuple[Tensor, Tensor]], targets: Sequence[ImageTargets]
-    ) -> Tensor:
-        target_classes = torch.full(pred_logits.shape[:2], self.num_classes, device=pred_logits.device)
-        for image, (queries, indices) in enumerate(matches):
-            target_classes[image, queries] = targets[image].classes[indices]
-        return F.cross_entropy(pred_logits.transpose(1, 2), target_classes, weight=self.class_weights)
+    def _classification(self, pred_logits: Tensor, rows: _MatchedRows) -> Tensor:
+        """CE of every query with weight 0.1 on no-object, a weighted mean per layer -> (L,)."""
+        layers, batch, queries = pred_logits.shape[:3]
+        target_classes = torch.full((layers, batch, queries), self.num_classes, device=pred_logits.device)
+        target_classes[rows.layer, rows.image, rows.query] = rows.classes
+        weighted = F.cross_entropy(pred_logits.flatten(0, 2), target_classes.flatten(), weight=self.class_weights,
+                                   reduction="none").view(layers, -1)
+        return weighted.sum(1) / self.class_weights[target_classes].view(layers, -1).sum(1)
 
     def _mask_losses(
-        self,
-        pred_masks: Tensor,
-        matches: list[tuple[Tensor, Tensor]],
-        targets: Sequence[ImageTargets],
-        generator: torch.Generator,
-        num_masks: float,
+        self, pred_masks: Tensor, rows: _MatchedRows, generator: torch.Generator, num_masks: float
     ) -> tuple[Tensor, Tensor]:
-        predicted, wanted = [], []
-        for image, (queries, indices) in enumerate(matches):
-            with_mask = targets[image].has_mask[indices]
-            if bool(with_mask.any()):
-                predicted.append(pred_masks[image, queries[with_mask]])
-                wanted.append(targets[image].masks[indices[with_mask]])
-        if not predicted:
-            # Zero that keeps the mask head in the graph (distributed training needs every
-            # parameter to get a gradient each step).
-            zero = pred_masks.sum() * 0
+        """Focal and dice summed over each layer's queries matched to a target with a mask,
+        divided by ``num_masks`` -> (L,) each."""
+        # The zero keeps the mask head in the graph when no target has a mask (distributed
+        # training needs every parameter to get a gradient each step).
+        zero = pred_masks.sum(dim=(1, 2, 3, 4)) * 0
+        masked = rows.has_mask
+        if not bool(masked.any()):
             return zero, zero
-        predicted_t, wanted_t = self._compare(torch.cat(predicted), torch.cat(wanted).float(), generator)
+        layer = rows.layer[masked]
+        predicted = pred_masks[layer, rows.image[masked], rows.query[masked]]  # (N, h, w)
+        predicted_t, wanted_t = self._compare(predicted, rows.masks[masked].float(), generator)
         alpha, gamma = self.settings.focal_alpha, self.settings.focal_gamma
-        focal = sigmoid_focal_loss(predicted_t, wanted_t, alpha, gamma).sum() / num_masks
-        return focal, dice_loss(predicted_t, wanted_t).sum() / num_masks
+        focal = zero.index_add(0, layer, sigmoid_focal_loss(predicted_t, wanted_t, alpha, gamma))
+        return focal / num_masks, zero.index_add(0, layer, dice_loss(predicted_t, wanted_t)) / num_masks
 
     def _compare(self, logits: Tensor, wanted: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Mask logits (N, h, w) and targets (N, H, W) -> the values the losses compare, (N, P) each:
@@ -186,45 +184,92 @@ class SetCriterion(nn.Module):
         return point_sample(logits, coords), point_sample(wanted, coords)
 
     def _complementary(
-        self,
-        pred_masks: Tensor,
-        matches: list[tuple[Tensor, Tensor]],
-        targets: Sequence[ImageTargets],
-        generator: torch.Generator,
+        self, pred_masks: Tensor, rows: _MatchedRows, targets: Sequence[ImageTargets], generator: torch.Generator
     ) -> Tensor:
+        """Per layer, the mean over images with maskless targets of the complementary loss of the
+        union of the masks matched to those targets -> (L,)."""
         settings = self.settings
-        per_image = []
-        for image, (queries, indices) in enumerate(matches):
-            target = targets[image]
-            if bool(target.has_mask.all()):
-                continue  # nothing unknown to cover in this image
-            novel = pred_masks[image, queries[~target.has_mask[indices]]]  # (n, h, w), n may be 0
-            non_base = ((target.base_label < 0) & ~target.pad).float()
-            if settings.mask_points is None:
-                novel_values, wanted = _upsample(novel, tuple(non_base.shape)), non_base
-            else:
-                # Points where the union (with its floor) is least certain; each novel mask is
-                # read there, and the union taken of the point values as of the upsampled maps.
-                floor = novel.new_full((1, *novel.shape[1:]), settings.complementary_floor_logit)
-                union = torch.cat((novel, floor)).amax(dim=0, keepdim=True)
-                coords = uncertain_points(union, settings.mask_points,
-                                          oversample_ratio=settings.point_oversample_ratio,
-                                          importance_ratio=settings.point_importance_ratio, generator=generator)
-                wanted = point_sample(non_base[None], coords)[0]
-                novel_values = (point_sample(novel, coords.expand(len(novel), -1, -1)) if len(novel)
-                                else novel.new_zeros((0, settings.mask_points)))
-            per_image.append(complementary_loss(
-                novel_values,
-                wanted,
-                floor_logit=settings.complementary_floor_logit,
-                focal_weight=settings.mask_focal_weight,
-                dice_weight=settings.dice_weight,
-                alpha=settings.focal_alpha,
-                gamma=settings.focal_gamma,
-            ))
-        if not per_image:
-            return pred_masks.sum() * 0
-        return torch.stack(per_image).sum() / (len(per_image) + 1e-5)
+        layers, batch = pred_masks.shape[:2]
+        zero = pred_masks.sum(dim=(1, 2, 3, 4)) * 0
+        unknown = [image for image, target in enumerate(targets) if not bool(target.has_mask.all())]
+        if not unknown:
+            return zero  # nothing unknown to cover in any image
+        # A group is one (layer, image with something unknown); its union is the max of its
+        # novel-matched masks and of the floor, taken through a (G, S) table of rows, where the
+        # extra last row is the floor and pads groups with fewer masks.
+        group_of = torch.full((layers, batch), -1, dtype=torch.int64)
+        group_of[:, unknown] = torch.arange(layers * len(unknown)).view(layers, len(unknown))
+        group_layer = torch.arange(layers).repeat_interleave(len(unknown))
+        group_image = torch.tensor(unknown).repeat(layers)
+        novel = ~rows.has_mask
+        novel_layer, novel_image, novel_query = rows.layer[novel].cpu(), rows.image[novel].cpu(), rows.query[novel]
+        novel_group = group_of[novel_layer, novel_image]
+        table = _union_table(novel_group, len(group_layer))
+        device = pred_masks.device
+        table, group_image_d = table.to(device), group_image.to(device)
+        novel_masks = pred_masks[novel_layer.to(device), novel_image.to(device), novel_query]  # (n, h, w)
+        non_base = torch.stack([(t.base_label < 0) & ~t.pad for t in targets]).float()  # (B, H, W)
+        floor = settings.complementary_floor_logit
+
+        def union(values: Tensor) -> Tensor:  # (n, P) -> (G, P)
+            return torch.cat((values, values.new_full((1, values.shape[1]), floor)))[table].amax(dim=1)
+
+        if settings.mask_points is None:
+            values = _upsample(novel_masks, tuple(non_base.shape[-2:])).flatten(1)
+            wanted = non_base[group_image_d].flatten(1)
+        else:
+            # Points where each union (with its floor) is least certain; each novel mask is read
+            # there, and the union taken of the point values as of the upsampled maps.
+            coarse = union(novel_masks.flatten(1)).view(len(group_layer), *pred_masks.shape[-2:])
+            coords = uncertain_points(coarse, settings.mask_points, oversample_ratio=settings.point_oversample_ratio,
+                                      importance_ratio=settings.point_importance_ratio, generator=generator)
+            wanted = point_sample(non_base[group_image_d], coords)
+            values = point_sample(novel_masks, coords[novel_group.to(device)])
+        per_group = complementary_terms(union(values), wanted, focal_weight=settings.mask_focal_weight,
+                                        dice_weight=settings.dice_weight, alpha=settings.focal_alpha,
+                                        gamma=settings.focal_gamma)
+        return zero.index_add(0, group_layer.to(device), per_group) / (len(unknown) + 1e-5)
+
+
+def _union_table(row_group: Tensor, groups: int) -> Tensor:
+    """(G, S) indices of the rows of each group, padded with ``len(row_group)`` (the floor row);
+    S = 1 + the largest group, so every group also meets the floor."""
+    sizes = torch.bincount(row_group, minlength=groups) if len(row_group) else torch.zeros(groups, dtype=torch.int64)
+    table = torch.full((groups, int(sizes.max()) + 1), len(row_group), dtype=torch.int64)
+    if len(row_group):
+        order = torch.argsort(row_group, stable=True)
+        starts = torch.cumsum(sizes, 0) - sizes
+        slot = torch.arange(len(row_group)) - starts[row_group[order]]
+        table[row_group[order], slot] = order
+    return table
+
+
+class _MatchedRows:
+    """Every (layer, image, query) matched to a target, flattened over layers and images, with
+    the target's class, has-mask flag and full-resolution mask."""
+
+    def __init__(self, layer: Tensor, image: Tensor, query: Tensor, classes: Tensor, has_mask: Tensor,
+                 masks: Tensor) -> None:
+        self.layer, self.image, self.query = layer, image, query
+        self.classes, self.has_mask, self.masks = classes, has_mask, masks
+
+    @classmethod
+    def gather(cls, matches: Sequence[Sequence[tuple[Tensor, Tensor]]], targets: Sequence[ImageTargets]) -> _MatchedRows:
+        device = targets[0].classes.device
+        sizes = [len(t.classes) for t in targets]
+        offsets = torch.tensor([0, *sizes[:-1]], device=device).cumsum(0)
+        layer, image, query, target = [], [], [], []
+        for index, layer_matches in enumerate(matches):
+            for number, (queries, indices) in enumerate(layer_matches):
+                layer.append(torch.full_like(queries, index))
+                image.append(torch.full_like(queries, number))
+                query.append(queries)
+                target.append(indices + offsets[number])
+        flat = torch.cat(target)
+        classes = torch.cat([t.classes for t in targets])
+        has_mask = torch.cat([t.has_mask for t in targets])
+        masks = torch.cat([t.masks for t in targets])
+        return cls(torch.cat(layer), torch.cat(image), torch.cat(query), classes[flat], has_mask[flat], masks[flat])
 
 
 def build_criterion(

@@ -55,9 +55,18 @@ def complementary_loss(
     """
     floor = torch.full(non_base.shape, floor_logit, dtype=novel_mask_logits.dtype, device=non_base.device)
     union = torch.cat((novel_mask_logits, floor[None])).amax(dim=0)
-    union, target = union.flatten()[None], non_base.flatten()[None].to(union.dtype)
-    focal = sigmoid_focal_loss(union, target, alpha, gamma)
-    return (focal_weight * focal + dice_weight * dice_loss(union, target)).squeeze(0)
+    return complementary_terms(union.flatten()[None], non_base.flatten()[None].to(union.dtype),
+                               focal_weight=focal_weight, dice_weight=dice_weight, alpha=alpha, gamma=gamma)[0]
+
+
+def complementary_terms(
+    union_logits: Tensor, non_base: Tensor, *, focal_weight: float, dice_weight: float,
+    alpha: float = 0.25, gamma: float = 2.0,
+) -> Tensor:
+    """The complementary loss of unions already taken (with the floor): (G, P), (G, P) -> (G,),
+    focal_weight * focal + dice_weight * dice of each row."""
+    focal = sigmoid_focal_loss(union_logits, non_base, alpha, gamma)
+    return focal_weight * focal + dice_weight * dice_loss(union_logits, non_base)
 
 
 def balanced_binary_cross_entropy(

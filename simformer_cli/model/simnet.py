@@ -81,4 +81,4 @@ class PairSimilarityNet(nn.Module):
 
     def same_probability(self, first: Tensor, second: Tensor) -> Tensor:
         """P(same class) for every pair: (G, n, C), (G, m, C) -> (G, n, m) in [0, 1]."""
-        return self.forward(first, second).softmax(dim=-1)[..., 1]
+        return self(first, second).softmax(dim=-1)[..., 1]

@@ -81,15 +81,18 @@ def targets_from_label_map(
     """
     label_map, pad = label_map.long(), pad.bool()
     device = label_map.device
-    present = [c for c in torch.unique(label_map).tolist() if c != ignore_index]
+    # Counting beats sorting (torch.unique) for the few hundred class ids a label map can hold.
+    counts = torch.bincount(label_map.flatten())
+    present = [c for c in counts.nonzero().flatten().tolist() if c != ignore_index]
     maskless = sorted(set(int(c) for c in maskless_classes) - set(present))
     classes = torch.tensor(present + maskless, dtype=torch.int64, device=device)
     masks = torch.zeros((len(classes), *label_map.shape), dtype=torch.bool, device=device)
     if present:
         masks[: len(present)] = label_map[None] == classes[: len(present), None, None]
     has_mask = torch.arange(len(classes), device=device) < len(present)
-    base = torch.tensor(sorted(set(int(c) for c in base_classes)), dtype=torch.int64, device=device)
-    is_base = torch.isin(label_map, base) & ~pad
+    is_base = torch.zeros(len(counts), dtype=torch.bool, device=device)
+    is_base[[c for c in set(int(c) for c in base_classes) if c < len(counts)]] = True
+    is_base = is_base[label_map] & ~pad
     base_label = torch.where(is_base, label_map, torch.full_like(label_map, NOT_BASE))
     return ImageTargets(
         classes=classes,

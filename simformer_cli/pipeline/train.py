@@ -7,6 +7,8 @@ with other settings. Under torchrun every process trains; rank 0 alone writes fi
 
 from __future__ import annotations
 
+import os
+
 import difflib
 import json
 import shutil
@@ -160,6 +162,19 @@ def _check_resume(out: Path, key: str) -> None:
         )
 
 
+def default_workers(device_type: str) -> int:
+    """Data-loading worker processes of a training process when --workers is not given.
+
+    None on CPU: the training threads already use every core there, and a worker only competes
+    with them (a slower step on two cores, BENCHMARKS.md "Training step"). On CUDA, this process's share of the cores less
+    one for itself, at most 4; under torchrun the LOCAL_WORLD_SIZE processes of a machine share it.
+    """
+    if device_type != "cuda":
+        return 0
+    cores = len(os.sched_getaffinity(0)) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(4, cores - 1))
+
+
 def run_train(
     *,
     split: Path,
@@ -174,7 +189,7 @@ def run_train(
     checkpoint_every: int = 100,
     resume: bool | Literal["auto"] = False,
     device: DeviceChoice = "auto",
-    workers: int = 0,
+    workers: int | None = None,
     backbone_weights: Path | None = None,
     force: bool = False,
     reporter: Reporter | None = None,
@@ -186,6 +201,7 @@ def run_train(
 ) -> TrainResult:
     runtime = start_runtime(device)
     reporter = reporter if (reporter is not None and runtime.is_main) else SilentReporter()
+    workers = default_workers(runtime.device.type) if workers is None else workers
     try:
         split_artifact = SplitArtifact(split)
         settings = resolve_settings(split_artifact, preset=preset, method=method, iters=iters,

@@ -32,7 +32,12 @@ def parameter_groups(module: nn.Module, settings: OptimSettings) -> list[dict]:
 
 
 def build_optimizer(module: nn.Module, settings: OptimSettings) -> torch.optim.AdamW:
-    return torch.optim.AdamW(parameter_groups(module, settings), lr=settings.lr)
+    """AdamW over :func:`parameter_groups`, built after the module is on its device. It uses the
+    fused kernel (one pass over all parameters instead of several small ops per tensor, several
+    times faster for the tiny preset's many small tensors) where every parameter is on a CPU or
+    CUDA device."""
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in module.parameters())
+    return torch.optim.AdamW(parameter_groups(module, settings), lr=settings.lr, fused=fused or None)
 
 
 def poly_factor(step: int, total: int, power: float) -> float:
