@@ -21,9 +21,12 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gam
     """
     prob = logits.sigmoid()
     bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    p_true = prob * targets + (1 - prob) * (1 - targets)
-    alpha_true = alpha * targets + (1 - alpha) * (1 - targets)
-    return (alpha_true * (1 - p_true) ** gamma * bce).mean(-1)
+    # 1 - p_t = p + t - 2pt and alpha_t = (1 - alpha) + (2 alpha - 1) t, written with few passes
+    # over the (N, P) maps: at full resolution these element-wise passes are the loss's cost.
+    miss = prob + targets - 2 * prob * targets
+    weight = miss.square() if gamma == 2 else miss.pow(gamma)
+    weight = weight * ((1 - alpha) + (2 * alpha - 1) * targets)
+    return (weight * bce).mean(-1)
 
 
 def dice_loss(logits: Tensor, targets: Tensor) -> Tensor:

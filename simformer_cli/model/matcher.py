@@ -29,9 +29,11 @@ def pairwise_focal_cost(mask_logits: Tensor, target_masks: Tensor, alpha: float,
     positive and negative parts become two matrix products instead of a (Q, T, P) tensor.
     """
     prob = mask_logits.sigmoid()
-    positive = alpha * (1 - prob) ** gamma * F.softplus(-mask_logits)  # loss if the pixel is 1
-    negative = (1 - alpha) * prob**gamma * F.softplus(mask_logits)  # loss if the pixel is 0
-    cost = positive @ target_masks.T + negative @ (1 - target_masks).T
+    log_one_minus = F.softplus(mask_logits)  # -log(1 - p); -log p = softplus(-x) = softplus(x) - x
+    negative = (1 - alpha) * prob**gamma * log_one_minus  # loss if the pixel is 0
+    positive = alpha * (1 - prob) ** gamma * (log_one_minus - mask_logits)  # loss if the pixel is 1
+    # sum_p pos t + neg (1 - t) = (pos - neg) . t + sum_p neg: one matrix product instead of two.
+    cost = (positive - negative) @ target_masks.T + negative.sum(-1, keepdim=True)
     return cost / mask_logits.shape[1]
 
 
