@@ -53,6 +53,15 @@ def test_targets_for_retraining_have_masks_for_every_class():
     assert targets.base_label.tolist() == [[0, NOT_BASE], [NOT_BASE, NOT_BASE]]  # novel pixels never base
 
 
+def test_targets_when_base_ids_exceed_every_label_value():
+    # Classes are counted up to the largest value in the map; base ids above it are simply absent.
+    label = torch.tensor([[1, 1], [0, 1]])
+    targets = targets_from_label_map(label, torch.tensor([[False, False], [False, True]]), base_classes=[1, 9],
+                                     maskless_classes=[7], ignore_index=IGNORE)
+    assert targets.classes.tolist() == [0, 1, 7] and targets.has_mask.tolist() == [True, True, False]
+    assert targets.base_label.tolist() == [[1, 1], [NOT_BASE, NOT_BASE]]  # 0 is not base; padding never is
+
+
 def test_validate_rejects_a_maskless_target_with_pixels():
     targets = weak_targets(0, 16, [4])
     broken = ImageTargets(**{**targets.__dict__, "masks": torch.ones_like(targets.masks)})

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import zarr
 from safetensors.numpy import load_file
 
@@ -228,3 +229,45 @@ def test_crop_level_labels_through_the_cli_and_their_refusals(cli, synthetic_spl
     oracle = cli("train", "--split", synthetic_split, "--out", tmp_path / "o.zarr", "--iters", "1",
                  "--method", "oracle", "--device", "cpu", "--set", "image_labels=crop")
     assert oracle.code == 2 and "weak-shot training" in oracle.err and len(oracle.err.strip().splitlines()) == 1
+
+
+def test_a_batch_read_gives_what_single_reads_give(synthetic_split: Path) -> None:
+    # WeakTrainingSet reads a whole batch through zarr at once (read_many); the arrays must be the
+    # ones image()/label() read one by one, cropped to each image's own size.
+    from simformer_cli.data.augment import AugmentSettings
+    from simformer_cli.data.train_data import WeakTrainingSet
+
+    split = SplitArtifact(synthetic_split)
+    indices = [5, 0, 5, 11, 3]
+    images, labels = split.read_many("train", indices, labels=True)
+    for index, image, label in zip(indices, images, labels):
+        assert np.array_equal(image, split.image("train", index))
+        assert np.array_equal(label, split.label("train", index))
+    assert split.read_many("val", [1], labels=False)[1] == []
+    dataset = WeakTrainingSet(synthetic_split, augment_settings=AugmentSettings(short_sides=(64,), max_long_side=64,
+                                                                                crop=32), seed=0)
+    keys = [(3, slot, index) for slot, index in enumerate(indices)]
+    for key, (image, targets, got_key) in zip(keys, dataset.__getitems__(keys)):
+        single_image, single_targets, _ = dataset[key]
+        assert got_key == key and torch.equal(image, single_image)
+        assert torch.equal(targets.masks, single_targets.masks) and torch.equal(targets.classes, single_targets.classes)
+
+
+def test_data_loading_workers_default_to_none_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from simformer_cli.pipeline.train import default_workers
+
+    assert default_workers("cpu") == 0
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(16)))
+    assert default_workers("cuda") == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert default_workers("cuda") == 1  # two cores per process: one for it, one worker
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0})
+    assert default_workers("cuda") == 0
+
+
+def test_the_optimiser_is_fused_on_cpu() -> None:
+    from simformer_cli.training.optim import build_optimizer
+    from simformer_cli.training.settings import OptimSettings
+
+    optimizer = build_optimizer(torch.nn.Linear(3, 2), OptimSettings())
+    assert optimizer.defaults["fused"] is True
