@@ -39,7 +39,7 @@ def tiny_augment(image_size: int) -> AugmentSettings:
 
 
 def resize_short_side(image: np.ndarray, label: np.ndarray, short: int, max_long: int) -> tuple[np.ndarray, np.ndarray]:
-    h, w = label.shape
+    h, w = label.shape[:2]
     scale = min(short / min(h, w), max_long / max(h, w))
     size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
     if size == (w, h):
@@ -72,10 +72,14 @@ def _color_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def augment(
     image: np.ndarray, label: np.ndarray, settings: AugmentSettings, rng: np.random.Generator, ignore_index: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Augmented (crop, crop, 3) image, (crop, crop) label and pad mask (True where padded)."""
+    """Augmented (crop, crop, 3) image, (crop, crop) label and pad mask (True where padded).
+
+    ``label`` may also be (H, W, C): C label maps of the image cut by the same draws (nearest
+    resizing keeps up to four channels), returned as (crop, crop, C).
+    """
     short = int(rng.choice(settings.short_sides))
     image, label = resize_short_side(image, label, short, settings.max_long_side)
-    h, w = label.shape
+    h, w = label.shape[:2]
     crop = settings.crop
     y0 = int(rng.integers(0, h - crop + 1)) if h > crop else 0
     x0 = int(rng.integers(0, w - crop + 1)) if w > crop else 0
@@ -84,9 +88,9 @@ def augment(
         image = _color_jitter(image, rng)
     if settings.flip and rng.random() < 0.5:
         image, label = image[:, ::-1], label[:, ::-1]
-    ch, cw = label.shape
+    ch, cw = label.shape[:2]
     out_image = np.full((crop, crop, 3), IMAGE_PAD_VALUE, dtype=np.uint8)
-    out_label = np.full((crop, crop), ignore_index, dtype=label.dtype)
+    out_label = np.full((crop, crop, *label.shape[2:]), ignore_index, dtype=label.dtype)
     pad = np.ones((crop, crop), dtype=bool)
     out_image[:ch, :cw] = image
     out_label[:ch, :cw] = label

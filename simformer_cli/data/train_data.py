@@ -141,18 +141,19 @@ class WeakTrainingSet(Dataset):
         step, slot, index = key
         split = self.split
         manifest = split.manifest
-        seed = [self.seed, step, slot, 0]
-        crop_image, label, pad = augment(image, label, self.augment_settings, np.random.default_rng(seed),
-                                         manifest.ignore_index)
+        rng = np.random.default_rng([self.seed, step, slot, 0])
         present = np.flatnonzero(split.image_labels("train")[index])
         novel = [int(c) for c in present if c in set(manifest.novel_classes)] if self.maskless_novel else []
         if self.crop_label_reader is not None and novel:
-            # The released code's labels: the novel classes with pixels inside the crop. The crop
-            # draws do not depend on the label, so the same seed cuts the full label the same way.
-            _, full, full_pad = augment(image, self.crop_label_reader(index), self.augment_settings,
-                                        np.random.default_rng(seed), manifest.ignore_index)
-            inside = set(np.unique(full[~full_pad]).tolist())
+            # The released code's labels: the novel classes with pixels inside the crop. The full
+            # label rides along as a second channel, so the same draws cut both.
+            both = np.stack((label, self.crop_label_reader(index).astype(label.dtype)), axis=-1)
+            crop_image, both, pad = augment(image, both, self.augment_settings, rng, manifest.ignore_index)
+            label, full = both[..., 0], both[..., 1]
+            inside = set(np.unique(full[~pad]).tolist())
             novel = [c for c in novel if c in inside]
+        else:
+            crop_image, label, pad = augment(image, label, self.augment_settings, rng, manifest.ignore_index)
         targets = targets_from_label_map(
             torch.from_numpy(label.astype(np.int64)), torch.from_numpy(pad),
             base_classes=manifest.base_classes if self.maskless_novel else range(split.num_classes),
