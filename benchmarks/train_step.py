@@ -134,7 +134,8 @@ def main() -> None:
     lines = [
         f"## Training step ({args.preset} preset, CPU)",
         "",
-        f"Command: `python benchmarks/train_step.py --steps {args.steps} --images {args.images}"
+        f"Command: `python benchmarks/train_step.py{' --preset ' + args.preset if args.preset != 'tiny' else ''} "
+        f"--steps {args.steps} --images {args.images}"
         f"{'' if args.workers is None else f' --workers {args.workers}'}{overrides}`  ",
         f"Machine: {machine_line()}, {torch.get_num_threads()} torch threads. Batch {settings.batch_size} "
         f"(4 pairs) of {settings.augment.crop}x{settings.augment.crop} crops, mean of {args.steps} steps after "

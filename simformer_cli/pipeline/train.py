@@ -165,8 +165,8 @@ def _check_resume(out: Path, key: str) -> None:
 def default_workers(device_type: str) -> int:
     """Data-loading worker processes of a training process when --workers is not given.
 
-    None on CPU: the training threads already use every core there, and a worker only competes
-    with them (a slower step on two cores, BENCHMARKS.md "Training step"). On CUDA, this process's share of the cores less
+    None on CPU: the training threads already use every core there, and a worker competes with
+    them (no faster a step on two cores, BENCHMARKS.md "Training step"). On CUDA, this process's share of the cores less
     one for itself, at most 4; under torchrun the LOCAL_WORLD_SIZE processes of a machine share it.
     """
     if device_type != "cuda":
