@@ -33,6 +33,7 @@ from simformer_cli.data.train_data import StepBatchSampler, StepPlan, WeakTraini
 from simformer_cli.model import build_criterion, build_model, normalize_images, total_loss  # noqa: E402
 from simformer_cli.pipeline.split import run_split  # noqa: E402
 from simformer_cli.pipeline.train import apply_overrides, default_workers, resolve_settings  # noqa: E402
+from simformer_cli.training.loop import SAMPLE_CACHE_BYTES  # noqa: E402
 from simformer_cli.training.optim import build_optimizer  # noqa: E402
 from simformer_cli.training.settings import TrainSettings  # noqa: E402
 
@@ -59,6 +60,7 @@ def main() -> None:
     parser.add_argument("--preset", choices=["tiny", "paper"], default="tiny")
     parser.add_argument("--workers", type=int, default=None,
                         help="data-loading worker processes (default: simformer train's default)")
+    parser.add_argument("--no-cache", action="store_true", help="read every sample from the split (no sample cache)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="KEY=VALUE training setting, as for simformer train --set")
     args = parser.parse_args()
@@ -71,7 +73,8 @@ def main() -> None:
         settings = TrainSettings.model_validate(apply_overrides(settings.model_dump(), args.overrides))
         workers = default_workers("cpu") if args.workers is None else args.workers
         warmup = 3 if args.preset == "tiny" else 1
-        dataset = WeakTrainingSet(split_path, augment_settings=settings.augment, seed=0)
+        dataset = WeakTrainingSet(split_path, augment_settings=settings.augment, seed=0,
+                                  cache_bytes=0 if args.no_cache else SAMPLE_CACHE_BYTES // max(1, workers))
         partners = PartnerSampler(split.image_labels("train"), split.manifest.novel_classes, split.manifest.base_classes)
         plan = StepPlan(seed=0, num_images=split.count("train"), batch_size=settings.batch_size, pairs=True)
         sampler = StepBatchSampler(plan, partners, start=0, stop=args.steps + warmup, rank=0, world_size=1,
@@ -136,12 +139,15 @@ def main() -> None:
         "",
         f"Command: `python benchmarks/train_step.py{' --preset ' + args.preset if args.preset != 'tiny' else ''} "
         f"--steps {args.steps} --images {args.images}"
-        f"{'' if args.workers is None else f' --workers {args.workers}'}{overrides}`  ",
+        f"{'' if args.workers is None else f' --workers {args.workers}'}{' --no-cache' if args.no_cache else ''}"
+        f"{overrides}`  ",
         f"Machine: {machine_line()}, {torch.get_num_threads()} torch threads. Batch {settings.batch_size} "
         f"(4 pairs) of {settings.augment.crop}x{settings.augment.crop} crops, mean of {args.steps} steps after "
         f"{warmup} warm-up steps; mask losses "
         + ("over every pixel" if settings.loss.mask_points is None else f"on {settings.loss.mask_points} points per mask")
-        + f"; {workers} data-loading worker process{'es' if workers != 1 else ''}.",
+        + f"; {workers} data-loading worker process{'es' if workers != 1 else ''}"
+        + ("; no sample cache." if args.no_cache else f"; sample cache on (the {args.images} images fit: steps after the "
+           f"first {-(-args.images // settings.batch_size)} read little from the split)."),
         "",
         "| part of the step | ms | share |",
         "|---|---|---|",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -271,3 +272,22 @@ def test_the_optimiser_is_fused_on_cpu() -> None:
 
     optimizer = build_optimizer(torch.nn.Linear(3, 2), OptimSettings())
     assert optimizer.defaults["fused"] is True
+
+
+def test_cached_samples_are_the_samples_read_from_the_split(synthetic_split: Path) -> None:
+    from simformer_cli.data.augment import AugmentSettings
+    from simformer_cli.data.train_data import WeakTrainingSet
+
+    settings = AugmentSettings(short_sides=(64,), max_long_side=64, crop=32)
+    plain = WeakTrainingSet(synthetic_split, augment_settings=settings, seed=0)
+    split = SplitArtifact(synthetic_split)
+    sample = split.image("train", 0).nbytes + split.label("train", 0).nbytes  # the synthetic images share a size
+    cached = WeakTrainingSet(synthetic_split, augment_settings=settings, seed=0, cache_bytes=2 * sample + sample // 2)
+    for step in range(3):  # the second and third steps find images 0 and 1 in the cache
+        keys = [(step, 0, 0), (step, 1, 1), (step, 2, 2), (step, 3, 1)]
+        for (image, targets, _), (expected, expected_targets, _) in zip(cached.__getitems__(keys),
+                                                                         plain.__getitems__(keys)):
+            assert torch.equal(image, expected) and torch.equal(targets.masks, expected_targets.masks)
+    assert sorted(cached._cache) == [0, 1]  # the budget held two images with their labels, not three
+    assert not cached._cache[0][0].flags.writeable
+    assert pickle.loads(pickle.dumps(cached))._cache == {}  # workers start empty

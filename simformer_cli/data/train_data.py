@@ -105,17 +105,28 @@ class WeakTrainingSet(Dataset):
 
     def __init__(self, split_path: Path, *, augment_settings: AugmentSettings, seed: int,
                  label_reader: LabelReader | None = None, maskless_novel: bool = True,
-                 crop_label_reader: LabelReader | None = None) -> None:
+                 crop_label_reader: LabelReader | None = None, cache_bytes: int = 0) -> None:
         """``crop_label_reader`` (paper parity, ``image_labels=crop``): full labels from which the
         novel classes inside each crop are read; without it the novel image-level labels are the
-        whole image's, as a weak label is."""
+        whole image's, as a weak label is.
+
+        ``cache_bytes``: decoded images (and split labels) are kept in memory up to this many bytes
+        per process, so that later epochs of a small dataset skip the reads. First come, first
+        kept; the cached arrays are read-only, and the samples made from them are the same."""
         self.split_path = Path(split_path)
         self.crop_label_reader = crop_label_reader
         self.augment_settings = augment_settings
         self.seed = seed
         self.label_reader = label_reader
         self.maskless_novel = maskless_novel
+        self.cache_bytes = cache_bytes
         self._split: SplitArtifact | None = None
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+        self._cached_bytes = 0
+
+    def __getstate__(self) -> dict:
+        """Workers start with an empty cache and open the split themselves."""
+        return {**self.__dict__, "_split": None, "_cache": {}, "_cached_bytes": 0}
 
     @property
     def split(self) -> SplitArtifact:
@@ -132,10 +143,24 @@ class WeakTrainingSet(Dataset):
     def __getitems__(self, keys: Sequence[SampleKey]) -> list[tuple[torch.Tensor, ImageTargets, SampleKey]]:
         """A whole (micro-)batch: its split reads are issued together (the DataLoader calls this)."""
         indices = [index for _, _, index in keys]
-        images, labels = self.split.read_many("train", indices, labels=self.label_reader is None)
-        if self.label_reader is not None:
-            labels = [self.label_reader(index) for index in indices]
-        return [self._sample(key, image, label) for key, image, label in zip(keys, images, labels)]
+        with_labels = self.label_reader is None
+        missing = sorted(set(indices) - self._cache.keys())
+        read: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+        if missing:
+            images, labels = self.split.read_many("train", missing, labels=with_labels)
+            read = {index: (image, labels[n] if with_labels else None) for n, (index, image) in enumerate(zip(missing, images))}
+        for index, (image, label) in read.items():
+            size = image.nbytes + (0 if label is None else label.nbytes)
+            if self._cached_bytes + size <= self.cache_bytes:
+                for array in (image, label):
+                    if array is not None:
+                        array.setflags(write=False)
+                self._cache[index] = (image, label)
+                self._cached_bytes += size
+        found = [self._cache[index] if index in self._cache else read[index] for index in indices]
+        labels = ([label for _, label in found] if with_labels
+                  else [self.label_reader(index) for index in indices])  # type: ignore[misc]
+        return [self._sample(key, image, label) for key, (image, _), label in zip(keys, found, labels)]
 
     def _sample(self, key: SampleKey, image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, ImageTargets, SampleKey]:
         step, slot, index = key

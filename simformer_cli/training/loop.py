@@ -40,6 +40,10 @@ from simformer_cli.training.settings import TrainSettings
 
 LOG_FILE = "train_log.jsonl"
 CHECKPOINTS = "checkpoints"
+#: Decoded training images (and split labels) kept in memory by the data path, shared among the
+#: loader's worker processes: the synthetic default's 1500 training images take about 100 MB, so
+#: after its first epoch a tiny run reads nothing more; large datasets fill it and read the rest.
+SAMPLE_CACHE_BYTES = 1 << 30
 
 
 class TrainingModule(nn.Module):
@@ -142,7 +146,7 @@ def train_loop(
                                world_size=runtime.world_size, accumulation=accumulation)
     dataset = WeakTrainingSet(split_path, augment_settings=settings.augment, seed=settings.seed,
                               label_reader=label_reader, maskless_novel=settings.method in ("simformer", "cam"),
-                              crop_label_reader=crop_label_reader)
+                              crop_label_reader=crop_label_reader, cache_bytes=SAMPLE_CACHE_BYTES // max(1, workers))
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
                         persistent_workers=False, pin_memory=runtime.device.type == "cuda")
 
