@@ -148,7 +148,8 @@ class WeakTrainingSet(Dataset):
         read: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
         if missing:
             images, labels = self.split.read_many("train", missing, labels=with_labels)
-            read = {index: (image, labels[n] if with_labels else None) for n, (index, image) in enumerate(zip(missing, images))}
+            read = {index: (image, labels[n] if with_labels else None)
+                    for n, (index, image) in enumerate(zip(missing, images))}
         for index, (image, label) in read.items():
             size = image.nbytes + (0 if label is None else label.nbytes)
             if self._cached_bytes + size <= self.cache_bytes:
