@@ -24,3 +24,11 @@ def write_section(path: Path, name: str, body: str) -> None:
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text, encoding="utf-8")
+
+
+def publish(lines: list[str], out: Path | None, name: str) -> None:
+    """Print a benchmark's section and, with ``--out``, write it into its place in BENCHMARKS.md."""
+    body = "\n".join(lines)
+    print(body)
+    if out is not None:
+        write_section(out, name, body)

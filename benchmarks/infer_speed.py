@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _tables import machine_line, write_section  # noqa: E402
+from _tables import machine_line, publish  # noqa: E402
 
 from simformer_cli.data.synthetic import SyntheticSettings  # noqa: E402
 from simformer_cli.pipeline.infer import run_infer  # noqa: E402
@@ -52,9 +52,7 @@ def main() -> None:
         "|---|---|---|---|",
         *rows,
     ]
-    print("\n".join(lines))
-    if args.out is not None:
-        write_section(args.out, "infer_speed", "\n".join(lines))
+    publish(lines, args.out, "infer_speed")
 
 
 if __name__ == "__main__":

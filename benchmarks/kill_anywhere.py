@@ -475,7 +475,7 @@ def main() -> None:
                     print(f"{name}: {problem}", file=sys.stderr)
             print("\n".join(table({name: results[name]})[2:]), file=sys.stderr)
     minutes = (time.perf_counter() - began) / 60
-    from _tables import machine_line, write_section
+    from _tables import machine_line, publish
 
     lines = [
         "## Kill anywhere",
@@ -496,9 +496,7 @@ def main() -> None:
         "",
         *table(results),
     ]
-    print("\n".join(lines))
-    if args.out is not None:
-        write_section(args.out, "kill_anywhere", "\n".join(lines))
+    publish(lines, args.out, "kill_anywhere")
     if any(t.problems for trials in results.values() for t in trials):
         sys.exit(1)
 

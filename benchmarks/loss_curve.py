@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _tables import write_section  # noqa: E402
+from _tables import publish  # noqa: E402
 
 from simformer_cli.artifacts.model_manifest import ModelManifest  # noqa: E402
 from simformer_cli.artifacts.store import read_manifest  # noqa: E402
@@ -51,9 +51,7 @@ def main() -> None:
             values = [r[column] for r in window if column in r]  # sim_accuracy: steps with both pair kinds
             cells.append(f"{sum(values) / len(values):.3f}" if values else "-")
         lines.append(f"| {start}-{start + len(window) - 1} | " + " | ".join(cells) + " |")
-    print("\n".join(lines))
-    if args.out is not None:
-        write_section(args.out, f"loss_curve_{manifest.stage}", "\n".join(lines))
+    publish(lines, args.out, f"loss_curve_{manifest.stage}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _tables import machine_line, write_section  # noqa: E402
+from _tables import machine_line, publish  # noqa: E402
 
 
 def main() -> None:
@@ -58,9 +58,7 @@ def main() -> None:
         "",
         f"Pseudo labels on the training set: novel mIoU {result['pseudo_label_novel_miou']:.2f} against the full labels.",
     ]
-    print("\n".join(lines))
-    if args.out is not None:
-        write_section(args.out, "pipeline", "\n".join(lines))
+    publish(lines, args.out, "pipeline")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _tables import machine_line, write_section  # noqa: E402
+from _tables import machine_line, publish  # noqa: E402
 
 
 ROWS = {
@@ -284,9 +284,7 @@ def main() -> None:
     if accuracies:
         lines += ["", "Similarity net of the one-stage training, balanced accuracy on its base pixel pairs over the "
                   f"last 100 steps (0.5 = chance): {spread([100 * a for a in accuracies])}%."]
-    print("\n".join(lines))
-    if args.out is not None:
-        write_section(args.out, "quality", "\n".join(lines))
+    publish(lines, args.out, "quality")
 
 
 if __name__ == "__main__":

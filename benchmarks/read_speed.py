@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _tables import machine_line, write_section  # noqa: E402
+from _tables import machine_line, publish  # noqa: E402
 
 from simformer_cli.data.split_store import SplitArtifact  # noqa: E402
 from simformer_cli.data.synthetic import SyntheticSettings  # noqa: E402
@@ -72,9 +72,7 @@ def main() -> None:
         "|---|---|---|",
         *(f"| {name} | {seconds * 1000:.1f} | {seconds * 1000 / BATCH:.2f} |" for name, seconds in rows),
     ]
-    print("\n".join(lines))
-    if args.out is not None:
-        write_section(args.out, "read_speed", "\n".join(lines))
+    publish(lines, args.out, "read_speed")
 
 
 if __name__ == "__main__":

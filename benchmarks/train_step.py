@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _tables import machine_line, write_section  # noqa: E402
+from _tables import machine_line, publish  # noqa: E402
 
 from simformer_cli.data.pairs import PartnerSampler  # noqa: E402
 from simformer_cli.data.split_store import SplitArtifact  # noqa: E402
@@ -159,9 +159,7 @@ def main() -> None:
         f"beside the segmenter): **{networks / total:.0%}**. "
         f"Peak memory (max RSS of the process): **{peak_mib:.0f} MiB**.",
     ]
-    print("\n".join(lines))
-    if args.out is not None:
-        write_section(args.out, "train_step" if args.preset == "tiny" else f"train_step_{args.preset}", "\n".join(lines))
+    publish(lines, args.out, "train_step" if args.preset == "tiny" else f"train_step_{args.preset}")
 
 
 if __name__ == "__main__":
