@@ -16,6 +16,7 @@ being optimised: ``total_loss(losses)``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -137,13 +138,16 @@ class SetCriterion(nn.Module):
         settings = self.settings
         rows = _MatchedRows.gather(matches, targets)
         count = max(count_masks(targets) if num_masks is None else num_masks, 1.0)
+        # A zero per layer that keeps the mask head in the graph when a term has nothing to sum
+        # (distributed training needs every parameter to get a gradient each step).
+        zero = pred_masks.sum(dim=(1, 2, 3, 4)) * 0
         losses = {"loss_ce": settings.class_weight * self._classification(pred_logits, rows)}
-        focal, dice = self._mask_losses(pred_masks, rows, generator, count)
+        focal, dice = self._mask_losses(pred_masks, rows, generator, count, zero)
         losses["loss_focal"] = settings.mask_focal_weight * focal
         losses["loss_dice"] = settings.dice_weight * dice
         if settings.complementary:
             losses["loss_comp"] = settings.complementary_weight * self._complementary(
-                pred_masks, rows, targets, generator)
+                pred_masks, rows, targets, generator, zero)
         return losses
 
     def _classification(self, pred_logits: Tensor, rows: _MatchedRows) -> Tensor:
@@ -156,19 +160,17 @@ class SetCriterion(nn.Module):
         return weighted.sum(1) / self.class_weights[target_classes].view(layers, -1).sum(1)
 
     def _mask_losses(
-        self, pred_masks: Tensor, rows: _MatchedRows, generator: torch.Generator, num_masks: float
+        self, pred_masks: Tensor, rows: _MatchedRows, generator: torch.Generator, num_masks: float, zero: Tensor
     ) -> tuple[Tensor, Tensor]:
         """Focal and dice summed over each layer's queries matched to a target with a mask,
-        divided by ``num_masks`` -> (L,) each."""
-        # The zero keeps the mask head in the graph when no target has a mask (distributed
-        # training needs every parameter to get a gradient each step).
-        zero = pred_masks.sum(dim=(1, 2, 3, 4)) * 0
+        divided by ``num_masks`` -> (L,) each; ``zero`` (L,) keeps the graph when there is none."""
         masked = rows.has_mask
         if not bool(masked.any()):
             return zero, zero
         layer = rows.layer[masked]
         predicted = pred_masks[layer, rows.image[masked], rows.query[masked]]  # (N, h, w)
-        predicted_t, wanted_t = self._compare(predicted, rows.masks[masked].float(), generator)
+        wanted = rows.target_masks[rows.target[masked]].float()  # (N, H, W)
+        predicted_t, wanted_t = self._compare(predicted, wanted, generator)
         alpha, gamma = self.settings.focal_alpha, self.settings.focal_gamma
         focal = zero.index_add(0, layer, sigmoid_focal_loss(predicted_t, wanted_t, alpha, gamma))
         return focal / num_masks, zero.index_add(0, layer, dice_loss(predicted_t, wanted_t)) / num_masks
@@ -184,13 +186,13 @@ class SetCriterion(nn.Module):
         return point_sample(logits, coords), point_sample(wanted, coords)
 
     def _complementary(
-        self, pred_masks: Tensor, rows: _MatchedRows, targets: Sequence[ImageTargets], generator: torch.Generator
+        self, pred_masks: Tensor, rows: _MatchedRows, targets: Sequence[ImageTargets], generator: torch.Generator,
+        zero: Tensor,
     ) -> Tensor:
         """Per layer, the mean over images with maskless targets of the complementary loss of the
         union of the masks matched to those targets -> (L,)."""
         settings = self.settings
         layers, batch = pred_masks.shape[:2]
-        zero = pred_masks.sum(dim=(1, 2, 3, 4)) * 0
         unknown = [image for image, target in enumerate(targets) if not bool(target.has_mask.all())]
         if not unknown:
             return zero  # nothing unknown to cover in any image
@@ -244,14 +246,19 @@ def _union_table(row_group: Tensor, groups: int) -> Tensor:
     return table
 
 
+@dataclass(frozen=True)
 class _MatchedRows:
-    """Every (layer, image, query) matched to a target, flattened over layers and images, with
-    the target's class, has-mask flag and full-resolution mask."""
+    """Every (layer, image, query) matched to a target, flattened over layers and images: the
+    target's index into the batch's concatenated targets, its class and has-mask flag, and those
+    concatenated full-resolution target masks (indexed only where a loss needs them)."""
 
-    def __init__(self, layer: Tensor, image: Tensor, query: Tensor, classes: Tensor, has_mask: Tensor,
-                 masks: Tensor) -> None:
-        self.layer, self.image, self.query = layer, image, query
-        self.classes, self.has_mask, self.masks = classes, has_mask, masks
+    layer: Tensor
+    image: Tensor
+    query: Tensor
+    target: Tensor
+    classes: Tensor
+    has_mask: Tensor
+    target_masks: Tensor
 
     @classmethod
     def gather(cls, matches: Sequence[Sequence[tuple[Tensor, Tensor]]], targets: Sequence[ImageTargets]) -> _MatchedRows:
@@ -266,10 +273,10 @@ class _MatchedRows:
                 query.append(queries)
                 target.append(indices + offsets[number])
         flat = torch.cat(target)
-        classes = torch.cat([t.classes for t in targets])
-        has_mask = torch.cat([t.has_mask for t in targets])
-        masks = torch.cat([t.masks for t in targets])
-        return cls(torch.cat(layer), torch.cat(image), torch.cat(query), classes[flat], has_mask[flat], masks[flat])
+        classes = torch.cat([t.classes for t in targets])[flat]
+        has_mask = torch.cat([t.has_mask for t in targets])[flat]
+        return cls(torch.cat(layer), torch.cat(image), torch.cat(query), flat, classes, has_mask,
+                   torch.cat([t.masks for t in targets]))
 
 
 def build_criterion(

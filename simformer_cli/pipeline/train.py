@@ -7,10 +7,9 @@ with other settings. Under torchrun every process trains; rank 0 alone writes fi
 
 from __future__ import annotations
 
-import os
-
 import difflib
 import json
+import os
 import shutil
 import socket
 import sys
@@ -166,8 +165,9 @@ def default_workers(device_type: str) -> int:
     """Data-loading worker processes of a training process when --workers is not given.
 
     None on CPU: the training threads already use every core there, and a worker competes with
-    them (no faster a step on two cores, BENCHMARKS.md "Training step"). On CUDA, this process's share of the cores less
-    one for itself, at most 4; under torchrun the LOCAL_WORLD_SIZE processes of a machine share it.
+    them (no faster a step on two cores, BENCHMARKS.md "Training step"). On CUDA, this process's
+    share of the cores less one for itself, at most 4; under torchrun the LOCAL_WORLD_SIZE
+    processes of a machine share the cores.
     """
     if device_type != "cuda":
         return 0
