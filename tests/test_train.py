@@ -291,3 +291,35 @@ def test_cached_samples_are_the_samples_read_from_the_split(synthetic_split: Pat
     assert sorted(cached._cache) == [0, 1]  # the budget held two images with their labels, not three
     assert not cached._cache[0][0].flags.writeable
     assert pickle.loads(pickle.dumps(cached))._cache == {}  # workers start empty
+
+
+def test_a_subset_that_fits_is_preloaded_by_shards_and_gives_the_same_samples(synthetic_split: Path) -> None:
+    from simformer_cli.data.augment import AugmentSettings
+    from simformer_cli.data.train_data import WeakTrainingSet
+
+    settings = AugmentSettings(short_sides=(64,), max_long_side=64, crop=32)
+    split = SplitArtifact(synthetic_split)
+    count = split.count("train")
+    plain = WeakTrainingSet(synthetic_split, augment_settings=settings, seed=0)
+    whole = WeakTrainingSet(synthetic_split, augment_settings=settings, seed=0, cache_bytes=1 << 30)
+    reads: list[int] = []
+
+    def reader(index: int) -> np.ndarray:  # a label reader (as retrain's pseudo labels) is read once per image
+        reads.append(index)
+        return split.label("train", index)
+
+    through_reader = WeakTrainingSet(synthetic_split, augment_settings=settings, seed=0, cache_bytes=1 << 30,
+                                     label_reader=reader)
+    keys = [(0, 0, count - 1), (0, 1, 0), (0, 2, 3), (0, 3, 3)]
+    expected = plain.__getitems__(keys)
+    for dataset in (whole, through_reader):
+        for (image, targets, _), (want, want_targets, _) in zip(dataset.__getitems__(keys), expected):
+            assert torch.equal(image, want) and torch.equal(targets.masks, want_targets.masks)
+        assert sorted(dataset._cache) == list(range(count))  # the first batch loaded the whole subset
+        for index in (0, count - 1):
+            assert np.array_equal(dataset._cache[index][0], split.image("train", index))
+            assert np.array_equal(dataset._cache[index][1], split.label("train", index))
+    assert sorted(reads) == list(range(count))
+    through_reader.__getitems__(keys)
+    assert len(reads) == count
+    assert pickle.loads(pickle.dumps(whole))._cache == {}  # each worker preloads for itself

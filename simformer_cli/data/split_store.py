@@ -167,6 +167,22 @@ class SplitArtifact:
         return read[: len(selections)], read[len(selections):]
 
 
+    def read_range(self, subset: str, start: int, stop: int, *, labels: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Images (and labels) ``start..stop-1`` in one read per array, each cut to its own size
+        (copies, so the padded block is not kept alive). Cheapest when the range is whole shards
+        (:meth:`images_per_shard`). -> (images, labels or [])."""
+        sizes = self.sizes(subset)[start:stop]
+        height, width = (int(v) for v in sizes.max(axis=0))
+        blocks = [np.asarray(self._array(f"{subset}/{name}")[start:stop, :height, :width])
+                  for name in (("images", "labels") if labels else ("images",))]
+        cut = [[block[n, :h, :w].copy() for n, (h, w) in enumerate(sizes)] for block in blocks]
+        return cut[0], cut[1] if labels else []
+
+    def images_per_shard(self, subset: str) -> int:
+        array = self._array(f"{subset}/images")
+        return int((array.shards or array.chunks)[0])
+
+
 def read_audit_label(split: SplitArtifact, index: int) -> np.ndarray:
     """Full train label of one image (novel pixels included). Only pseudo-label auditing calls this."""
     if AUDIT_LABELS not in split.manifest.arrays:

@@ -110,9 +110,11 @@ class WeakTrainingSet(Dataset):
         novel classes inside each crop are read; without it the novel image-level labels are the
         whole image's, as a weak label is.
 
-        ``cache_bytes``: decoded images (and split labels) are kept in memory up to this many bytes
+        ``cache_bytes``: decoded images and their labels are kept in memory up to this many bytes
         per process, so that later epochs of a small dataset skip the reads. First come, first
-        kept; the cached arrays are read-only, and the samples made from them are the same."""
+        kept; the cached arrays are read-only, and the samples made from them are the same. When
+        the whole training subset fits, the first batch fills the cache in one bulk read per shard
+        (:meth:`preload`), so even the first epoch skips the per-image reads."""
         self.split_path = Path(split_path)
         self.crop_label_reader = crop_label_reader
         self.augment_settings = augment_settings
@@ -121,12 +123,49 @@ class WeakTrainingSet(Dataset):
         self.maskless_novel = maskless_novel
         self.cache_bytes = cache_bytes
         self._split: SplitArtifact | None = None
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._cached_bytes = 0
+        self._preloaded = False
 
     def __getstate__(self) -> dict:
         """Workers start with an empty cache and open the split themselves."""
-        return {**self.__dict__, "_split": None, "_cache": {}, "_cached_bytes": 0}
+        return {**self.__dict__, "_split": None, "_cache": {}, "_cached_bytes": 0, "_preloaded": False}
+
+    def preload(self) -> bool:
+        """Fill the cache with every training image and its label when they all fit in
+        ``cache_bytes``, reading the split one shard at a time (a shard is one file: one read
+        instead of one per image). Labels from a ``label_reader`` are read through it. Runs once
+        per process; returns whether the cache now holds the whole subset."""
+        if self._preloaded:
+            return len(self._cache) == len(self)
+        self._preloaded = True
+        split = self.split
+        sizes = split.sizes("train").astype(np.int64)
+        label_itemsize = np.dtype(split.manifest.arrays["train/labels"].dtype).itemsize
+        needed = int((sizes[:, 0] * sizes[:, 1]).sum()) * (3 + label_itemsize)
+        if needed > self.cache_bytes - self._cached_bytes:
+            return False
+        count, step = len(self), split.images_per_shard("train")
+        with_labels = self.label_reader is None
+        for start in range(0, count, step):
+            todo = [index for index in range(start, min(start + step, count)) if index not in self._cache]
+            if not todo:
+                continue
+            images, labels = split.read_range("train", todo[0], todo[-1] + 1, labels=with_labels)
+            for index in todo:
+                image = images[index - todo[0]]
+                label = labels[index - todo[0]] if with_labels else self.label_reader(index)  # type: ignore[misc]
+                self._keep(index, image, label)
+        return len(self._cache) == count
+
+    def _keep(self, index: int, image: np.ndarray, label: np.ndarray) -> None:
+        """Cache a decoded image and its label read-only, if the budget has room."""
+        size = image.nbytes + label.nbytes
+        if self._cached_bytes + size <= self.cache_bytes:
+            image.setflags(write=False)
+            label.setflags(write=False)
+            self._cache[index] = (image, label)
+            self._cached_bytes += size
 
     @property
     def split(self) -> SplitArtifact:
@@ -142,26 +181,20 @@ class WeakTrainingSet(Dataset):
 
     def __getitems__(self, keys: Sequence[SampleKey]) -> list[tuple[torch.Tensor, ImageTargets, SampleKey]]:
         """A whole (micro-)batch: its split reads are issued together (the DataLoader calls this)."""
+        if self.cache_bytes and not self._preloaded:
+            self.preload()
         indices = [index for _, _, index in keys]
         with_labels = self.label_reader is None
         missing = sorted(set(indices) - self._cache.keys())
-        read: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+        read: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if missing:
             images, labels = self.split.read_many("train", missing, labels=with_labels)
-            read = {index: (image, labels[n] if with_labels else None)
+            read = {index: (image, labels[n] if with_labels else self.label_reader(index))  # type: ignore[misc]
                     for n, (index, image) in enumerate(zip(missing, images))}
         for index, (image, label) in read.items():
-            size = image.nbytes + (0 if label is None else label.nbytes)
-            if self._cached_bytes + size <= self.cache_bytes:
-                for array in (image, label):
-                    if array is not None:
-                        array.setflags(write=False)
-                self._cache[index] = (image, label)
-                self._cached_bytes += size
+            self._keep(index, image, label)
         found = [self._cache[index] if index in self._cache else read[index] for index in indices]
-        labels = ([label for _, label in found] if with_labels
-                  else [self.label_reader(index) for index in indices])  # type: ignore[misc]
-        return [self._sample(key, image, label) for key, (image, _), label in zip(keys, found, labels)]
+        return [self._sample(key, image, label) for key, (image, label) in zip(keys, found)]
 
     def _sample(self, key: SampleKey, image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, ImageTargets, SampleKey]:
         step, slot, index = key
