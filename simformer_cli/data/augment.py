@@ -50,23 +50,39 @@ def resize_short_side(image: np.ndarray, label: np.ndarray, short: int, max_long
 
 
 def _color_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Brightness, contrast, saturation and hue, each applied with probability 1/2."""
-    work = image.astype(np.float32)
+    """Brightness, contrast, saturation and hue, each applied with probability 1/2.
+
+    Every step is a function of one uint8 channel value (float32 arithmetic, clipped and truncated
+    back to uint8 between colour spaces), so each is applied as a 256-entry lookup table computed
+    with that same arithmetic: the result is the same as computing it per pixel, at a fraction of
+    the cost.
+    """
+    values = np.arange(256, dtype=np.float32)
+    before = values.copy()
     if rng.random() < 0.5:
-        work += rng.uniform(-32, 32)
+        before += rng.uniform(-32, 32)
     contrast_first = rng.random() < 0.5
     contrast = rng.uniform(0.5, 1.5) if rng.random() < 0.5 else None
     if contrast is not None and contrast_first:
-        work *= contrast
-    hsv = cv2.cvtColor(np.clip(work, 0, 255).astype(np.uint8), cv2.COLOR_RGB2HSV).astype(np.float32)
-    if rng.random() < 0.5:
-        hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(0.5, 1.5), 0, 255)
-    if rng.random() < 0.5:
-        hsv[..., 0] = (hsv[..., 0] + rng.integers(-9, 10)) % 180  # OpenCV hue is degrees / 2
-    work = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
+        before *= contrast
+    hsv = cv2.cvtColor(cv2.LUT(image, _to_uint8(before)), cv2.COLOR_RGB2HSV)
+    saturation = rng.uniform(0.5, 1.5) if rng.random() < 0.5 else None
+    hue = int(rng.integers(-9, 10)) if rng.random() < 0.5 else None
+    if saturation is not None or hue is not None:
+        tables = [values.copy(), values.copy(), values]
+        if saturation is not None:
+            tables[1] = np.clip(tables[1] * saturation, 0, 255)
+        if hue is not None:
+            tables[0] = (tables[0] + hue) % 180  # OpenCV hue is degrees / 2
+        hsv = cv2.LUT(hsv, np.stack([_to_uint8(table) for table in tables], axis=-1)[:, None, :])
+    work = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
     if contrast is not None and not contrast_first:
-        work *= contrast
-    return np.clip(work, 0, 255).astype(np.uint8)
+        work = cv2.LUT(work, _to_uint8(values * contrast))
+    return work
+
+
+def _to_uint8(table: np.ndarray) -> np.ndarray:
+    return np.clip(table, 0, 255).astype(np.uint8)
 
 
 def augment(

@@ -202,7 +202,8 @@ class WeakTrainingSet(Dataset):
         manifest = split.manifest
         rng = np.random.default_rng([self.seed, step, slot, 0])
         present = np.flatnonzero(split.image_labels("train")[index])
-        novel = [int(c) for c in present if c in set(manifest.novel_classes)] if self.maskless_novel else []
+        novel_classes = set(manifest.novel_classes)
+        novel = [int(c) for c in present if c in novel_classes] if self.maskless_novel else []
         if self.crop_label_reader is not None and novel:
             # The released code's labels: the novel classes with pixels inside the crop. The full
             # label rides along as a second channel, so the same draws cut both.
@@ -214,7 +215,7 @@ class WeakTrainingSet(Dataset):
         else:
             crop_image, label, pad = augment(image, label, self.augment_settings, rng, manifest.ignore_index)
         targets = targets_from_label_map(
-            torch.from_numpy(label.astype(np.int64)), torch.from_numpy(pad),
+            label, pad,
             base_classes=manifest.base_classes if self.maskless_novel else range(split.num_classes),
             maskless_classes=novel, ignore_index=manifest.ignore_index,
         )

@@ -38,10 +38,12 @@ def uncertain_points(
     num_maps = logits.shape[0]
     candidates = max(int(count * oversample_ratio), count)
     important = min(int(count * importance_ratio), count)
-    coords = torch.rand((num_maps, candidates, 2), generator=generator).to(logits.device)
+    # One draw for the candidates and the uniform points; the loss averages over points, so the
+    # kept candidates need no order (an unsorted top-k is half the work of a sorted one).
+    drawn = torch.rand((num_maps, candidates + count - important, 2), generator=generator).to(logits.device)
+    coords, uniform = drawn[:, :candidates], drawn[:, candidates:]
     with torch.no_grad():
         uncertainty = -point_sample(logits.detach(), coords).abs()  # (N, candidates)
-        chosen = uncertainty.topk(important, dim=1).indices
+        chosen = uncertainty.topk(important, dim=1, sorted=False).indices
     picked = torch.gather(coords, 1, chosen[..., None].expand(-1, -1, 2))
-    uniform = torch.rand((num_maps, count - important, 2), generator=generator).to(logits.device)
     return torch.cat((picked, uniform), dim=1)

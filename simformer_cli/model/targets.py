@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -64,41 +65,45 @@ class ImageTargets:
 
 
 def targets_from_label_map(
-    label_map: Tensor,
-    pad: Tensor,
+    label_map: Tensor | np.ndarray,
+    pad: Tensor | np.ndarray,
     *,
     base_classes: Iterable[int],
     maskless_classes: Iterable[int],
     ignore_index: int,
 ) -> ImageTargets:
-    """Targets of one crop from its label map (H, W) and pad map (H, W).
+    """Targets of one crop from its label map (H, W) and pad map (H, W), as CPU tensors.
 
     Every class with pixels in ``label_map`` becomes a target with a mask. Each class of
     ``maskless_classes`` without pixels becomes a target without a mask. Weak-shot training passes
     the weak label map (base pixels only; novel pixels are ``ignore_index``) and the image-level
     novel classes as ``maskless_classes``; retraining passes the pseudo-label map and no maskless
     classes. Base classes absent from the crop are simply absent: their pixels are known.
+
+    Built with numpy (a crop's few small array operations cost less there than as torch calls);
+    torch tensors are accepted and read on the CPU.
     """
-    label_map, pad = label_map.long(), pad.bool()
-    device = label_map.device
-    # Counting beats sorting (torch.unique) for the few hundred class ids a label map can hold.
-    counts = torch.bincount(label_map.flatten())
-    present = [c for c in counts.nonzero().flatten().tolist() if c != ignore_index]
-    maskless = sorted(set(int(c) for c in maskless_classes) - set(present))
-    classes = torch.tensor(present + maskless, dtype=torch.int64, device=device)
-    masks = torch.zeros((len(classes), *label_map.shape), dtype=torch.bool, device=device)
-    if present:
-        masks[: len(present)] = label_map[None] == classes[: len(present), None, None]
-    has_mask = torch.arange(len(classes), device=device) < len(present)
-    is_base = torch.zeros(len(counts), dtype=torch.bool, device=device)
-    is_base[[c for c in set(int(c) for c in base_classes) if c < len(counts)]] = True
-    is_base = is_base[label_map] & ~pad
-    base_label = torch.where(is_base, label_map, torch.full_like(label_map, NOT_BASE))
+    label = label_map.cpu().numpy() if isinstance(label_map, Tensor) else np.asarray(label_map)
+    pad = pad.cpu().numpy() if isinstance(pad, Tensor) else np.asarray(pad)
+    pad = pad.astype(bool, copy=False)  # the label keeps its integer dtype: comparisons are cheaper on uint8
+    # Counting beats sorting (np.unique) for the few hundred class ids a label map can hold.
+    counts = np.bincount(label.ravel())
+    present = np.flatnonzero(counts)
+    present = present[present != ignore_index]
+    maskless = sorted(set(int(c) for c in maskless_classes) - set(present.tolist()))
+    classes = np.concatenate((present, np.asarray(maskless, dtype=np.int64)))
+    masks = np.zeros((len(classes), *label.shape), dtype=bool)
+    masks[: len(present)] = label[None] == present[:, None, None]
+    base_of = np.full(len(counts), NOT_BASE, dtype=np.int64)  # class id -> itself if base, else NOT_BASE
+    base = [c for c in set(int(c) for c in base_classes) if c < len(counts)]
+    base_of[base] = base
+    base_label = base_of[label]
+    base_label[pad] = NOT_BASE
     return ImageTargets(
-        classes=classes,
-        masks=masks,
-        has_mask=has_mask,
-        base_label=base_label,
-        pad=pad,
-        image_classes=torch.unique(classes),
+        classes=torch.from_numpy(classes),
+        masks=torch.from_numpy(masks),
+        has_mask=torch.arange(len(classes)) < len(present),
+        base_label=torch.from_numpy(base_label),
+        pad=torch.from_numpy(pad.copy()),
+        image_classes=torch.from_numpy(np.unique(classes)),
     )
