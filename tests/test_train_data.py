@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from simformer_cli.data.augment import augment, tiny_augment
@@ -81,3 +82,33 @@ def test_augment_shapes_padding_and_labels() -> None:
     again = augment(image, label, settings, np.random.default_rng(4), 255)
     first = augment(image, label, settings, np.random.default_rng(4), 255)
     assert all(np.array_equal(a, b) for a, b in zip(again, first))
+
+
+def _jitter_per_pixel(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The colour jitter written out per pixel in float32, drawing in the same order."""
+    work = image.astype(np.float32)
+    if rng.random() < 0.5:
+        work += rng.uniform(-32, 32)
+    contrast_first = rng.random() < 0.5
+    contrast = rng.uniform(0.5, 1.5) if rng.random() < 0.5 else None
+    if contrast is not None and contrast_first:
+        work *= contrast
+    hsv = cv2.cvtColor(np.clip(work, 0, 255).astype(np.uint8), cv2.COLOR_RGB2HSV).astype(np.float32)
+    if rng.random() < 0.5:
+        hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(0.5, 1.5), 0, 255)
+    if rng.random() < 0.5:
+        hsv[..., 0] = (hsv[..., 0] + rng.integers(-9, 10)) % 180
+    work = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
+    if contrast is not None and not contrast_first:
+        work *= contrast
+    return np.clip(work, 0, 255).astype(np.uint8)
+
+
+def test_colour_jitter_tables_equal_the_per_pixel_arithmetic() -> None:
+    from simformer_cli.data.augment import _color_jitter
+
+    images = np.random.default_rng(0).integers(0, 256, (200, 9, 11, 3), dtype=np.uint8)
+    for seed, image in enumerate(images):
+        view = image[1:, 2:]  # crops reach the jitter as strided views
+        expected = _jitter_per_pixel(view, np.random.default_rng(seed))
+        np.testing.assert_array_equal(_color_jitter(view, np.random.default_rng(seed)), expected)
