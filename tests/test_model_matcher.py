@@ -148,3 +148,14 @@ def test_batch_wide_costs_equal_each_image_alone():
         assert batch[image].shape == (5, len(target.classes))
         torch.testing.assert_close(batch[image], alone)
     assert [len(q) for q, _ in matcher(class_logits, mask_logits, targets)] == [3, 1, 0, 1]
+    # Several decoder layers at once: each layer's costs and matches are that layer's alone.
+    layer_logits = torch.randn(3, 4, 5, NUM_CLASSES + 1, generator=generator)
+    layer_masks = torch.randn(3, 4, 5, 4, 4, generator=generator)
+    costs = matcher.layer_cost_matrices(layer_logits, layer_masks, targets)
+    matches = matcher.match_layers(layer_logits, layer_masks, targets)
+    for layer in range(3):
+        for got, alone in zip(costs[layer], matcher.cost_matrices(layer_logits[layer], layer_masks[layer], targets)):
+            torch.testing.assert_close(got, alone)
+        for (queries, indices), (want_q, want_i) in zip(matches[layer], matcher(layer_logits[layer],
+                                                                                 layer_masks[layer], targets)):
+            assert torch.equal(queries, want_q) and torch.equal(indices, want_i)

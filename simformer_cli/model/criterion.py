@@ -104,7 +104,7 @@ class SetCriterion(nn.Module):
         # float32 whatever the autocast dtype: focal terms underflow in bfloat16.
         pred_logits = torch.stack([logits for logits, _ in layers]).float()  # (L, B, Q, K+1)
         pred_masks = torch.stack([masks for _, masks in layers]).float()  # (L, B, Q, h, w)
-        matches = [self.matcher(pred_logits[layer], pred_masks[layer], targets, small) for layer in range(len(layers))]
+        matches = self.matcher.match_layers(pred_logits, pred_masks, targets, small)  # each layer matched on its own
         terms = self.layer_terms(pred_logits, pred_masks, matches, targets, generator, num_masks)
         losses: dict[str, Tensor] = {}
         for index in range(len(layers)):

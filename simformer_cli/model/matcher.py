@@ -73,28 +73,39 @@ class HungarianMatcher:
         self, pred_logits: Tensor, pred_masks: Tensor, targets: Sequence[ImageTargets],
         small_masks: Tensor | None = None,
     ) -> list[Tensor]:
-        """Every image's cost (Q, T_b), computed batch-wide: the mask costs of all queries against
-        all masked targets of the batch are two matrix products, then cut per image.
+        """Every image's cost (Q, T_b) for pred_logits (B, Q, K+1) and pred_masks (B, Q, h, w)."""
+        return self.layer_cost_matrices(pred_logits[None], pred_masks[None], targets, small_masks)[0]
+
+    @torch.no_grad()
+    def layer_cost_matrices(
+        self, pred_logits: Tensor, pred_masks: Tensor, targets: Sequence[ImageTargets],
+        small_masks: Tensor | None = None,
+    ) -> list[list[Tensor]]:
+        """Per decoder layer, every image's cost (Q, T_b), for pred_logits (L, B, Q, K+1) and
+        pred_masks (L, B, Q, h, w). Computed batch-wide: the mask costs of all layers' queries
+        against all masked targets of the batch are two matrix products, then cut per image.
 
         ``small_masks`` (the masked targets at prediction resolution, see :func:`small_target_masks`)
-        can be passed in so that several decoder layers share one downsampling.
+        can be passed in when the caller has them already.
         """
-        batch, queries = pred_logits.shape[:2]
+        layers, batch, queries = pred_logits.shape[:3]
         class_probs = pred_logits.float().softmax(-1)
         if small_masks is None:
             small_masks = small_target_masks(targets, tuple(pred_masks.shape[-2:]))
         if len(small_masks):
-            logits = pred_masks.float().flatten(0, 1).flatten(1)  # (B*Q, P)
+            logits = pred_masks.float().flatten(0, 2).flatten(1)  # (L*B*Q, P)
             mask_cost = (self.focal_weight * pairwise_focal_cost(logits, small_masks, self.focal_alpha, self.focal_gamma)
-                         + self.dice_weight * pairwise_dice_cost(logits, small_masks)).view(batch, queries, -1)
-        costs, offset = [], 0
+                         + self.dice_weight * pairwise_dice_cost(logits, small_masks)).view(layers, batch, queries, -1)
+        costs: list[list[Tensor]] = [[] for _ in range(layers)]
+        offset = 0
         for image, target in enumerate(targets):
-            cost = -self.class_weight * class_probs[image][:, target.classes]
+            cost = -self.class_weight * class_probs[:, image][:, :, target.classes]  # (L, Q, T_b)
             with_mask = target.has_mask.nonzero().squeeze(1)
             if len(with_mask):
-                cost[:, with_mask] += mask_cost[image, :, offset: offset + len(with_mask)]
+                cost[:, :, with_mask] += mask_cost[:, image, :, offset: offset + len(with_mask)]
                 offset += len(with_mask)
-            costs.append(cost)
+            for layer in range(layers):
+                costs[layer].append(cost[layer])
         return costs
 
     @torch.no_grad()
@@ -107,19 +118,30 @@ class HungarianMatcher:
         Both index tensors are int64 of length min(Q, T) on the predictions' device, sorted by
         query; target_idx indexes the image's targets in their original order.
         """
-        costs = self.cost_matrices(pred_logits, pred_masks, targets, small_masks)
-        sizes = [cost.shape[1] for cost in costs]
+        return self.match_layers(pred_logits[None], pred_masks[None], targets, small_masks)[0]
+
+    @torch.no_grad()
+    def match_layers(
+        self, pred_logits: Tensor, pred_masks: Tensor, targets: Sequence[ImageTargets],
+        small_masks: Tensor | None = None,
+    ) -> list[list[tuple[Tensor, Tensor]]]:
+        """As :meth:`__call__` for every decoder layer at once: pred_logits (L, B, Q, K+1),
+        pred_masks (L, B, Q, h, w) -> per layer, per image (query_idx, target_idx). Each layer is
+        matched on its own; they only share the cost computation and one device-to-host copy."""
+        per_layer = self.layer_cost_matrices(pred_logits, pred_masks, targets, small_masks)
+        costs = [cost for layer in per_layer for cost in layer]
         flat = torch.cat(costs, dim=1).cpu().numpy() if costs else np.empty((0, 0))  # one device->host copy
         matches, offset = [], 0
-        for size in sizes:
-            cost = flat[:, offset: offset + size]
-            offset += size
+        for cost_t in costs:
+            cost = flat[:, offset: offset + cost_t.shape[1]]
+            offset += cost_t.shape[1]
             rows, cols = linear_sum_assignment(cost) if cost.size else (np.empty(0), np.empty(0))
             matches.append((
                 torch.as_tensor(rows, dtype=torch.int64, device=pred_logits.device),
                 torch.as_tensor(cols, dtype=torch.int64, device=pred_logits.device),
             ))
-        return matches
+        images = len(targets)
+        return [matches[layer * images: (layer + 1) * images] for layer in range(len(per_layer))]
 
 
 def small_target_masks(targets: Sequence[ImageTargets], size: tuple[int, int]) -> Tensor:
