@@ -159,3 +159,16 @@ def test_batch_wide_costs_equal_each_image_alone():
         for (queries, indices), (want_q, want_i) in zip(matches[layer], matcher(layer_logits[layer],
                                                                                  layer_masks[layer], targets)):
             assert torch.equal(queries, want_q) and torch.equal(indices, want_i)
+
+
+def test_nearest_downsample_picks_the_pixels_interpolate_picks():
+    import torch.nn.functional as F
+
+    from simformer_cli.model.targets import nearest_downsample
+
+    generator = torch.Generator().manual_seed(0)
+    for height, width, h, w in [(128, 128, 32, 32), (64, 96, 16, 24), (130, 70, 32, 17), (37, 41, 9, 10)]:
+        labels = torch.randint(-1, 300, (3, height, width), generator=generator)
+        for maps in (labels, labels > 100):  # label ids and bool masks keep their dtype
+            expected = F.interpolate(maps[:, None].float(), size=(h, w), mode="nearest")[:, 0].to(maps.dtype)
+            assert torch.equal(nearest_downsample(maps, (h, w)), expected)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from simformer_cli.model.targets import ImageTargets
+from simformer_cli.model.targets import ImageTargets, nearest_downsample
 
 
 def pairwise_focal_cost(mask_logits: Tensor, target_masks: Tensor, alpha: float, gamma: float) -> Tensor:
@@ -151,5 +151,4 @@ def small_target_masks(targets: Sequence[ImageTargets], size: tuple[int, int]) -
     masks = [m for m in masks if len(m)]
     if not masks:
         return torch.empty((0, size[0] * size[1]), device=targets[0].masks.device if targets else None)
-    stacked = torch.cat(masks)[None].float()
-    return F.interpolate(stacked, size=size, mode="nearest")[0].flatten(1)
+    return nearest_downsample(torch.cat(masks), size).flatten(1).float()

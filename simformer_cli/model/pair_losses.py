@@ -22,16 +22,13 @@ from torch import Tensor, nn
 from simformer_cli.model.losses import balanced_binary_cross_entropy, distillation_loss
 from simformer_cli.model.settings import LossSettings
 from simformer_cli.model.simnet import PairSimilarityNet
-from simformer_cli.model.targets import ImageTargets
+from simformer_cli.model.targets import ImageTargets, nearest_downsample
 
 
 def downsample_regions(targets: Sequence[ImageTargets], size: tuple[int, int]) -> tuple[Tensor, Tensor]:
     """Nearest-downsample base labels and pad maps to the mask-feature size -> (B, h, w) each."""
-    base = torch.stack([t.base_label for t in targets])[:, None].float()
-    pad = torch.stack([t.pad for t in targets])[:, None].float()
-    base = F.interpolate(base, size=size, mode="nearest")[:, 0].long()
-    pad = F.interpolate(pad, size=size, mode="nearest")[:, 0].bool()
-    return base, pad
+    base = nearest_downsample(torch.stack([t.base_label for t in targets]), size)
+    return base.contiguous(), nearest_downsample(torch.stack([t.pad for t in targets]), size).contiguous()
 
 
 def sample_points(regions: Sequence[Tensor], count: int, generator: torch.Generator) -> Tensor | None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 NOT_BASE = -1
@@ -107,3 +108,13 @@ def targets_from_label_map(
         pad=torch.from_numpy(pad.copy()),
         image_classes=torch.from_numpy(np.unique(classes)),
     )
+
+
+def nearest_downsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """maps (N, H, W) of any dtype -> (N, h, w) holding the pixels ``F.interpolate(mode="nearest")``
+    picks (source index floor(i * H / h)). When h and w divide H and W that is a strided slice of
+    the maps themselves, with no float copy; other sizes go through ``F.interpolate``."""
+    height, width = maps.shape[-2:]
+    if height % size[0] == 0 and width % size[1] == 0:
+        return maps[:, :: height // size[0], :: width // size[1]]
+    return F.interpolate(maps[:, None].float(), size=size, mode="nearest")[:, 0].to(maps.dtype)
