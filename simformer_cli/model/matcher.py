@@ -22,13 +22,15 @@ from torch import Tensor
 from simformer_cli.model.targets import ImageTargets, nearest_downsample
 
 
-def pairwise_focal_cost(mask_logits: Tensor, target_masks: Tensor, alpha: float, gamma: float) -> Tensor:
+def pairwise_focal_cost(mask_logits: Tensor, target_masks: Tensor, alpha: float, gamma: float,
+                        prob: Tensor | None = None) -> Tensor:
     """Mean-over-pixels sigmoid focal loss of every prediction against every target.
 
     mask_logits (Q, P), target_masks (T, P) in {0, 1} -> (Q, T). Linear in the target, so the
     positive and negative parts become two matrix products instead of a (Q, T, P) tensor.
+    ``prob``: ``mask_logits.sigmoid()`` when the caller has it already.
     """
-    prob = mask_logits.sigmoid()
+    prob = mask_logits.sigmoid() if prob is None else prob
     log_one_minus = F.softplus(mask_logits)  # -log(1 - p); -log p = softplus(-x) = softplus(x) - x
     negative = (1 - alpha) * prob**gamma * log_one_minus  # loss if the pixel is 0
     positive = alpha * (1 - prob) ** gamma * (log_one_minus - mask_logits)  # loss if the pixel is 1
@@ -37,9 +39,9 @@ def pairwise_focal_cost(mask_logits: Tensor, target_masks: Tensor, alpha: float,
     return cost / mask_logits.shape[1]
 
 
-def pairwise_dice_cost(mask_logits: Tensor, target_masks: Tensor) -> Tensor:
+def pairwise_dice_cost(mask_logits: Tensor, target_masks: Tensor, prob: Tensor | None = None) -> Tensor:
     """1 - (2 sum(sigma(m) M) + 1) / (sum sigma(m) + sum M + 1) for every pair: (Q, P), (T, P) -> (Q, T)."""
-    prob = mask_logits.sigmoid()
+    prob = mask_logits.sigmoid() if prob is None else prob
     numerator = 2 * prob @ target_masks.T
     denominator = prob.sum(-1)[:, None] + target_masks.sum(-1)[None, :]
     return 1 - (numerator + 1) / (denominator + 1)
@@ -94,8 +96,10 @@ class HungarianMatcher:
             small_masks = small_target_masks(targets, tuple(pred_masks.shape[-2:]))
         if len(small_masks):
             logits = pred_masks.float().flatten(0, 2).flatten(1)  # (L*B*Q, P)
-            mask_cost = (self.focal_weight * pairwise_focal_cost(logits, small_masks, self.focal_alpha, self.focal_gamma)
-                         + self.dice_weight * pairwise_dice_cost(logits, small_masks)).view(layers, batch, queries, -1)
+            prob = logits.sigmoid()
+            focal = pairwise_focal_cost(logits, small_masks, self.focal_alpha, self.focal_gamma, prob=prob)
+            dice = pairwise_dice_cost(logits, small_masks, prob=prob)
+            mask_cost = (self.focal_weight * focal + self.dice_weight * dice).view(layers, batch, queries, -1)
         costs: list[list[Tensor]] = [[] for _ in range(layers)]
         offset = 0
         for image, target in enumerate(targets):
