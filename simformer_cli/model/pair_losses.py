@@ -50,12 +50,13 @@ def balanced_accuracy(log_probs: Tensor, same: Tensor, valid: Tensor) -> float |
     """Mean of the similarity net's recall on same-class and on different-class valid pairs
     (0.5 = chance); None when either kind is missing. log_probs (N, 2) as in the base loss."""
     said_same = log_probs[:, 1] > log_probs[:, 0]
-    recalls = []
-    for kind in (same & valid, ~same & valid):
-        if not bool(kind.any()):
-            return None
-        recalls.append((said_same[kind] == same[kind]).float().mean())
-    return float(torch.stack(recalls).mean())
+    kinds = torch.stack((same & valid, ~same & valid))  # (2, N): valid same pairs, valid different pairs
+    right = torch.stack((said_same, ~said_same))
+    totals, hits = kinds.sum(1), (kinds & right).sum(1)
+    counts = torch.stack((totals, hits)).tolist()  # one read of four numbers
+    if min(counts[0]) == 0:
+        return None
+    return (counts[1][0] / counts[0][0] + counts[1][1] / counts[0][1]) / 2
 
 
 class ClassBalance(nn.Module):
@@ -120,7 +121,9 @@ class PairLosses(nn.Module):
 
     def _base_points(self, base: Tensor, pad: Tensor, a: int, b: int, generator: torch.Generator) -> list[Tensor]:
         """80 points on a base class both images show (any base pixel if none), 20 elsewhere."""
-        common = [c for c in torch.unique(base[a]).tolist() if c >= 0 and bool((base[b] == c).any())]
+        present = [torch.bincount(base[i][base[i] >= 0], minlength=1) > 0 for i in (a, b)]
+        shared = min(len(present[0]), len(present[1]))
+        common = (present[0][:shared] & present[1][:shared]).nonzero().flatten().tolist()  # ascending ids
         chosen = common[int(torch.randint(len(common), (), generator=generator))] if common else None
         positive_count = self.settings.base_positive_points
         other_count = self.settings.base_points - positive_count
