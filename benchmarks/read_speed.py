@@ -1,8 +1,9 @@
-"""Reading training samples from a split artifact on CPU: one image + label at a time, or a batch at once.
+"""Reading training samples from a split artifact on CPU: one image + label at a time, a batch at once, or by shards.
 
 Times ``SplitArtifact.image`` + ``label`` per index against ``read_many`` over batches of eight
-(what the training data path does), and the rest of making a training sample (augmentation and
-targets), on the synthetic default's training images. Usage::
+(what the training data path does when the data does not fit its cache), filling the sample cache
+by shards (``WeakTrainingSet.preload``, what it does when it fits), and the rest of making a
+training sample (augmentation and targets), on the synthetic default's training images. Usage::
 
     python benchmarks/read_speed.py --out BENCHMARKS.md [--images 400] [--batches 40]
 """
@@ -56,10 +57,21 @@ def main() -> None:
         for step, batch in enumerate(batches[2:]):
             dataset.__getitems__([(step, k, index) for k, index in enumerate(batch)])
         whole = (time.perf_counter() - started) / args.batches
+        cached = WeakTrainingSet(path, augment_settings=settings.augment, seed=0, cache_bytes=1 << 30)
+        started = time.perf_counter()
+        cached.preload()
+        fill = time.perf_counter() - started
+        started = time.perf_counter()
+        for step, batch in enumerate(batches[2:]):
+            cached.__getitems__([(step, k, index) for k, index in enumerate(batch)])
+        from_cache = (time.perf_counter() - started) / args.batches
+    per_batch = fill / args.images * BATCH
     rows = [
         ("image + label, one index at a time", single),
         ("image + label, the batch at once (`read_many`)", together),
         ("whole training samples (batch read, augmentation, targets)", whole),
+        (f"every image + label read by shards into the cache (`preload`, {fill:.2f} s for {args.images})", per_batch),
+        ("whole training samples from the cache (augmentation, targets)", from_cache),
     ]
     lines = [
         "## Reading training samples (synthetic data, CPU)",
