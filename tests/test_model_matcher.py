@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from simformer_cli.model import matcher as matcher_module
 from simformer_cli.model.losses import dice_loss, sigmoid_focal_loss
 from simformer_cli.model.matcher import HungarianMatcher, pairwise_dice_cost, pairwise_focal_cost
 from simformer_cli.model.targets import NOT_BASE, ImageTargets
@@ -153,9 +154,16 @@ def test_batch_wide_costs_equal_each_image_alone():
     layer_masks = torch.randn(3, 4, 5, 4, 4, generator=generator)
     costs = matcher.layer_cost_matrices(layer_logits, layer_masks, targets)
     matches = matcher.match_layers(layer_logits, layer_masks, targets)
+    matcher_module.COST_CHUNK, chunk = 1, matcher_module.COST_CHUNK  # one layer per chunk, as for the paper's sizes
+    try:
+        chunked = matcher.layer_cost_matrices(layer_logits, layer_masks, targets)
+    finally:
+        matcher_module.COST_CHUNK = chunk
     for layer in range(3):
-        for got, alone in zip(costs[layer], matcher.cost_matrices(layer_logits[layer], layer_masks[layer], targets)):
+        for got, alone, in_chunks in zip(costs[layer], matcher.cost_matrices(layer_logits[layer], layer_masks[layer],
+                                                                              targets), chunked[layer]):
             torch.testing.assert_close(got, alone)
+            torch.testing.assert_close(in_chunks, alone)
         for (queries, indices), (want_q, want_i) in zip(matches[layer], matcher(layer_logits[layer],
                                                                                  layer_masks[layer], targets)):
             assert torch.equal(queries, want_q) and torch.equal(indices, want_i)

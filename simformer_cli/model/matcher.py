@@ -47,6 +47,9 @@ def pairwise_dice_cost(mask_logits: Tensor, target_masks: Tensor, prob: Tensor |
     return 1 - (numerator + 1) / (denominator + 1)
 
 
+COST_CHUNK = 1 << 24  # per-pixel values of the mask costs held at once (64 MiB of float32 per temporary)
+
+
 class HungarianMatcher:
     """One-to-one assignment of queries to each image's targets, minimising the summed cost."""
 
@@ -96,10 +99,15 @@ class HungarianMatcher:
             small_masks = small_target_masks(targets, tuple(pred_masks.shape[-2:]))
         if len(small_masks):
             logits = pred_masks.float().flatten(0, 2).flatten(1)  # (L*B*Q, P)
-            prob = logits.sigmoid()
-            focal = pairwise_focal_cost(logits, small_masks, self.focal_alpha, self.focal_gamma, prob=prob)
-            dice = pairwise_dice_cost(logits, small_masks, prob=prob)
-            mask_cost = (self.focal_weight * focal + self.dice_weight * dice).view(layers, batch, queries, -1)
+            # Rows in chunks of whole layers, so the per-pixel temporaries stay near COST_CHUNK
+            # values (the paper's six layers of 8 x 100 queries at 128 x 128 would need ~1.5 GB).
+            rows = max(1, COST_CHUNK // max(1, batch * queries * logits.shape[1])) * batch * queries
+            chunks = []
+            for part in logits.split(rows):
+                prob = part.sigmoid()
+                focal = pairwise_focal_cost(part, small_masks, self.focal_alpha, self.focal_gamma, prob=prob)
+                chunks.append(self.focal_weight * focal + self.dice_weight * pairwise_dice_cost(part, small_masks, prob=prob))
+            mask_cost = torch.cat(chunks).view(layers, batch, queries, -1)
         costs: list[list[Tensor]] = [[] for _ in range(layers)]
         offset = 0
         for image, target in enumerate(targets):
