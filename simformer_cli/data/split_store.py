@@ -166,7 +166,6 @@ class SplitArtifact:
         read = [np.asarray(value) for value in sync(read_all())]
         return read[: len(selections)], read[len(selections):]
 
-
     def read_range(self, subset: str, start: int, stop: int, *, labels: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Images (and labels) ``start..stop-1`` in one read per array, each cut to its own size
         (copies, so the padded block is not kept alive). Cheapest when the range is whole shards
