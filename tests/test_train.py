@@ -323,3 +323,28 @@ def test_a_subset_that_fits_is_preloaded_by_shards_and_gives_the_same_samples(sy
     through_reader.__getitems__(keys)
     assert len(reads) == count
     assert pickle.loads(pickle.dumps(whole))._cache == {}  # each worker preloads for itself
+
+
+def test_a_loader_worker_gives_the_batches_of_the_main_process(synthetic_split: Path) -> None:
+    # On CUDA the loop reads through worker processes: each one unpickles the dataset with an
+    # empty cache, preloads the subset itself and sends whole batches back.
+    from torch.utils.data import DataLoader
+
+    from simformer_cli.data.augment import AugmentSettings
+    from simformer_cli.data.pairs import PartnerSampler
+    from simformer_cli.data.train_data import StepBatchSampler, StepPlan, WeakTrainingSet, collate
+
+    split = SplitArtifact(synthetic_split)
+    partners = PartnerSampler(split.image_labels("train"), split.manifest.novel_classes, split.manifest.base_classes)
+    plan = StepPlan(seed=0, num_images=split.count("train"), batch_size=4, pairs=True)
+    batches = {}
+    for workers in (0, 1):
+        dataset = WeakTrainingSet(synthetic_split, augment_settings=AugmentSettings(short_sides=(64,),
+                                  max_long_side=64, crop=32), seed=0, cache_bytes=1 << 30)
+        sampler = StepBatchSampler(plan, partners, start=0, stop=3, rank=0, world_size=1, accumulation=1)
+        batches[workers] = list(DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers))
+    assert len(batches[0]) == len(batches[1]) == 3
+    for here, there in zip(batches[0], batches[1]):
+        assert here.keys == there.keys and torch.equal(here.images, there.images)
+        for mine, theirs in zip(here.targets, there.targets):
+            assert all(torch.equal(getattr(mine, name), getattr(theirs, name)) for name in mine.__dataclass_fields__)
