@@ -78,6 +78,9 @@ def test_pseudolabels_report_quality_and_feed_retraining(cli, trained, tmp_path:
         assert np.array_equal(label[base], weak[base])
         allowed = set(np.flatnonzero(artifact.image_labels("train")[index])) & {3, 4}
         assert set(np.unique(label[~base])) <= allowed | {255}
+    count = artifact.count("train")  # the training cache's fill reads a range at once: the same labels
+    assert all(np.array_equal(got, PseudoLabelReader(out)(index))
+               for index, got in enumerate(PseudoLabelReader(out).read_range(1, count), start=1))
     retrained = cli("retrain", "--split", split, "--pseudolabels", out, "--out", tmp_path / "rt.zarr",
                     "--iters", "1", "--batch-size", "2", "--device", "cpu")
     assert retrained.code == 0, retrained.err

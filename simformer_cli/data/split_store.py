@@ -171,15 +171,21 @@ class SplitArtifact:
         (copies, so the padded block is not kept alive). Cheapest when the range is whole shards
         (:meth:`images_per_shard`). -> (images, labels or [])."""
         sizes = self.sizes(subset)[start:stop]
-        height, width = (int(v) for v in sizes.max(axis=0))
-        blocks = [np.asarray(self._array(f"{subset}/{name}")[start:stop, :height, :width])
-                  for name in (("images", "labels") if labels else ("images",))]
-        cut = [[block[n, :h, :w].copy() for n, (h, w) in enumerate(sizes)] for block in blocks]
+        cut = [read_cut(self._array(f"{subset}/{name}"), start, sizes)
+               for name in (("images", "labels") if labels else ("images",))]
         return cut[0], cut[1] if labels else []
 
     def images_per_shard(self, subset: str) -> int:
         array = self._array(f"{subset}/images")
         return int((array.shards or array.chunks)[0])
+
+
+def read_cut(array: zarr.Array, start: int, sizes: np.ndarray) -> list[np.ndarray]:
+    """Items ``start..start+len(sizes)-1`` of a padded (N, H, W[, C]) array in one read, each cut
+    to its (height, width) in ``sizes`` (copies, so the padded block is not kept alive)."""
+    height, width = (int(v) for v in sizes.max(axis=0))
+    block = np.asarray(array[start : start + len(sizes), :height, :width])
+    return [block[n, :h, :w].copy() for n, (h, w) in enumerate(sizes)]
 
 
 def read_audit_label(split: SplitArtifact, index: int) -> np.ndarray:

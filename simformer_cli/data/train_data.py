@@ -35,6 +35,9 @@ def _epoch_order(seed: int, epoch: int, count: int) -> np.ndarray:
 
 
 class LabelReader(Protocol):
+    """Label map of a training image by index. A reader may also offer ``read_range(start, stop)``
+    (the labels of ``start..stop-1`` in one read), which the cache fill then uses."""
+
     def __call__(self, index: int) -> np.ndarray: ...
 
 
@@ -147,15 +150,18 @@ class WeakTrainingSet(Dataset):
             return False
         count, step = len(self), split.images_per_shard("train")
         with_labels = self.label_reader is None
+        read_labels = getattr(self.label_reader, "read_range", None)  # a reader may read a range at once
         for start in range(0, count, step):
             todo = [index for index in range(start, min(start + step, count)) if index not in self._cache]
             if not todo:
                 continue
-            images, labels = split.read_range("train", todo[0], todo[-1] + 1, labels=with_labels)
+            first, stop = todo[0], todo[-1] + 1
+            images, labels = split.read_range("train", first, stop, labels=with_labels)
+            if not with_labels:
+                labels = (read_labels(first, stop) if read_labels is not None
+                          else [self.label_reader(index) for index in range(first, stop)])  # type: ignore[misc]
             for index in todo:
-                image = images[index - todo[0]]
-                label = labels[index - todo[0]] if with_labels else self.label_reader(index)  # type: ignore[misc]
-                self._keep(index, image, label)
+                self._keep(index, images[index - first], labels[index - first])
         return len(self._cache) == count
 
     def _keep(self, index: int, image: np.ndarray, label: np.ndarray) -> None:

@@ -25,7 +25,7 @@ from simformer_cli.artifacts.manifest import ArraySpec, ArtifactRef, Inputs, Pro
 from simformer_cli.artifacts.pseudolabels_manifest import PseudoLabelParams, PseudoLabelsManifest, PseudoLabelSummary
 from simformer_cli.artifacts.store import current_artifact, open_artifact, plan_key
 from simformer_cli.cam.pseudolabel import CamScorer
-from simformer_cli.data.split_store import SplitArtifact, read_audit_label
+from simformer_cli.data.split_store import SplitArtifact, read_audit_label, read_cut
 from simformer_cli.errors import UserError
 from simformer_cli.evaluation import ConfusionMatrix, compute_report
 from simformer_cli.inference.sharded import PredictionJob, run_prediction_job
@@ -192,10 +192,18 @@ class PseudoLabelReader:
     def __getstate__(self) -> dict:
         return {"path": self.path, "_group": None, "_sizes": None}
 
-    def __call__(self, index: int) -> np.ndarray:
+    def _open(self) -> np.ndarray:
         if self._group is None:
             _, _, self._group = open_artifact(self.path, PseudoLabelsManifest)
             self._sizes = np.asarray(self._group["sizes"][...])
             self._labels = self._group["labels"]
-        h, w = self._sizes[index]  # type: ignore[index]
+        return self._sizes  # type: ignore[return-value]
+
+    def __call__(self, index: int) -> np.ndarray:
+        h, w = self._open()[index]
         return np.asarray(self._labels[index, :h, :w])
+
+    def read_range(self, start: int, stop: int) -> list[np.ndarray]:
+        """Labels ``start..stop-1`` in one read (the training cache's fill)."""
+        sizes = self._open()[start:stop]
+        return read_cut(self._labels, start, sizes)
