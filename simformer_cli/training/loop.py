@@ -40,9 +40,10 @@ from simformer_cli.training.settings import TrainSettings
 
 LOG_FILE = "train_log.jsonl"
 CHECKPOINTS = "checkpoints"
-#: Decoded training images (and split labels) kept in memory by the data path, shared among the
+#: Decoded training images and their labels kept in memory by the data path, shared among the
 #: loader's worker processes: the synthetic default's 1500 training images take about 100 MB, so
-#: after its first epoch a tiny run reads nothing more; large datasets fill it and read the rest.
+#: a tiny run reads them once, by shards, before its first step (WeakTrainingSet.preload); large
+#: datasets fill it as they are read and read the rest each time.
 SAMPLE_CACHE_BYTES = 1 << 30
 
 
