@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import pickle
+from multiprocessing.reduction import ForkingPickler
+
 import cv2
 import numpy as np
+import torch
 
 from simformer_cli.data.augment import augment, tiny_augment
 from simformer_cli.data.pairs import PartnerSampler
-from simformer_cli.data.train_data import StepBatchSampler, StepPlan
+from simformer_cli.data.train_data import StepBatchSampler, StepPlan, TrainBatch
+from simformer_cli.model.targets import targets_from_label_map
 
 # Classes 0-3 base, 4-6 novel. Rows: images.
 LABELS = np.array([
@@ -112,3 +117,31 @@ def test_colour_jitter_tables_equal_the_per_pixel_arithmetic() -> None:
         view = image[1:, 2:]  # crops reach the jitter as strided views
         expected = _jitter_per_pixel(view, np.random.default_rng(seed))
         np.testing.assert_array_equal(_color_jitter(view, np.random.default_rng(seed)), expected)
+
+
+def test_a_batch_travels_between_processes_as_one_buffer() -> None:
+    """A loader worker sends a batch as one byte buffer: every tensor comes back equal (values,
+    dtype, shape), including an image without targets, and all are views of one storage."""
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 6, (24, 20)).astype(np.uint8)
+    pad = np.zeros((24, 20), dtype=bool)
+    pad[20:] = True
+    targets = [
+        targets_from_label_map(label, pad, base_classes=[1, 2, 3], maskless_classes=[9], ignore_index=255),
+        targets_from_label_map(np.full((24, 20), 255, np.uint8), pad, base_classes=[1], maskless_classes=[],
+                               ignore_index=255),
+    ]
+    batch = TrainBatch(images=torch.from_numpy(rng.integers(0, 256, (2, 3, 24, 20), dtype=np.uint8)),
+                       targets=targets, keys=[(3, 0, 7), (3, 1, 11)])
+    for payload in (pickle.dumps(batch), bytes(ForkingPickler.dumps(batch))):
+        back = pickle.loads(payload)
+        assert back.keys == batch.keys and torch.equal(back.images, batch.images)
+        storages = {back.images.untyped_storage().data_ptr()}
+        for sent, got in zip(batch.targets, back.targets):
+            for name in sent.__dataclass_fields__:
+                a, b = getattr(sent, name), getattr(got, name)
+                assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), name
+                storages.add(b.untyped_storage().data_ptr())
+            got.validate()
+        assert len(storages) == 1
+    assert back.targets[1].masks.shape == (0, 24, 20)

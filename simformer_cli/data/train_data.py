@@ -102,6 +102,46 @@ class TrainBatch:
     targets: list[ImageTargets]
     keys: list[SampleKey]
 
+    def __reduce__(self) -> tuple:
+        """Pickled (as a loader worker sends it) as one byte buffer holding every tensor.
+
+        A DataLoader worker hands each tensor over through its own shared-memory file; a batch
+        has six per image, and receiving that many cost more than building the batch in the
+        training process. One buffer is one file; the tensors come back as views into it.
+        """
+        tensors = [self.images] + [getattr(t, name) for t in self.targets for name in _TARGET_FIELDS]
+        buffer, layout = pack_tensors(tensors)
+        return _unpack_batch, (buffer, layout, self.keys)
+
+
+_TARGET_FIELDS = tuple(ImageTargets.__dataclass_fields__)
+_ALIGN = 64  # bytes between the packed tensors' starts: any dtype's view is aligned
+
+
+def pack_tensors(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int, torch.dtype, tuple[int, ...]]]]:
+    """CPU tensors -> one uint8 buffer holding their values, and (offset, bytes, dtype, shape) of each."""
+    layout, total = [], 0
+    for tensor in tensors:
+        size = tensor.numel() * tensor.element_size()
+        layout.append((total, size, tensor.dtype, tuple(tensor.shape)))
+        total += -(-size // _ALIGN) * _ALIGN
+    buffer = torch.empty(total, dtype=torch.uint8)
+    for tensor, view in zip(tensors, unpack_tensors(buffer, layout)):
+        view.copy_(tensor)
+    return buffer, layout
+
+
+def unpack_tensors(buffer: torch.Tensor, layout: Sequence[tuple[int, int, torch.dtype, tuple[int, ...]]]) -> list[torch.Tensor]:
+    """The tensors of :func:`pack_tensors`, as views into ``buffer`` (no copy)."""
+    return [buffer[offset : offset + size].view(dtype).view(shape) for offset, size, dtype, shape in layout]
+
+
+def _unpack_batch(buffer: torch.Tensor, layout: list, keys: list[SampleKey]) -> TrainBatch:
+    tensors = unpack_tensors(buffer, layout)
+    fields = len(_TARGET_FIELDS)
+    targets = [ImageTargets(*tensors[1 + i * fields : 1 + (i + 1) * fields]) for i in range(len(keys))]
+    return TrainBatch(images=tensors[0], targets=targets, keys=keys)
+
 
 class WeakTrainingSet(Dataset):
     """(augmented image, targets) for a sample key. Opens the split lazily in each worker."""
