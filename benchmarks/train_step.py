@@ -34,7 +34,7 @@ from simformer_cli.model import build_criterion, build_model, normalize_images, 
 from simformer_cli.pipeline.split import run_split  # noqa: E402
 from simformer_cli.pipeline.train import apply_overrides, default_workers, resolve_settings  # noqa: E402
 from simformer_cli.training.loop import SAMPLE_CACHE_BYTES  # noqa: E402
-from simformer_cli.training.optim import build_optimizer  # noqa: E402
+from simformer_cli.training.optim import build_optimizer, clear_gradients  # noqa: E402
 from simformer_cli.training.settings import TrainSettings  # noqa: E402
 
 
@@ -125,7 +125,7 @@ def main() -> None:
             if settings.optim.grad_clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(module.parameters(), settings.optim.grad_clip_norm)
             optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            clear_gradients(optimizer)
             marks.append(time.perf_counter())
             if step >= warmup:
                 for name, begin, end in zip(parts, marks, marks[1:]):

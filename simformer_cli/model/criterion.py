@@ -94,8 +94,10 @@ class SetCriterion(nn.Module):
             raise ValueError(f"{len(targets)} targets for a batch of {outputs['pred_logits'].shape[0]} images")
         for target in targets:
             target.validate()
-            if len(target.classes) and int(target.classes.max()) >= self.num_classes:
-                raise ValueError(f"target class {int(target.classes.max())} >= num_classes {self.num_classes}")
+        classes = torch.cat([target.classes for target in targets])
+        largest = int(classes.max()) if len(classes) else -1
+        if largest >= self.num_classes:
+            raise ValueError(f"target class {largest} >= num_classes {self.num_classes}")
         # Every layer is matched against the same targets at the same size: downsample them once.
         small = small_target_masks(targets, tuple(outputs["pred_masks"].shape[-2:]))
         layers = [(outputs["pred_logits"], outputs["pred_masks"])]

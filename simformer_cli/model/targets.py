@@ -44,25 +44,29 @@ class ImageTargets:
         return ImageTargets(**{name: getattr(self, name).to(device) for name in self.__dataclass_fields__})
 
     def validate(self) -> None:
-        """Raise ValueError when shapes or dtypes break the format above."""
+        """Raise ValueError when shapes or dtypes break the format above. Runs on every image of
+        every training step, so each message is only built for a target that fails."""
         count = self.classes.shape[0]
         size = tuple(self.base_label.shape)
-        checks = [
-            (self.classes.dtype == torch.int64 and self.classes.dim() == 1, "classes must be int64 (T,)"),
-            (self.masks.dtype == torch.bool and tuple(self.masks.shape) == (count, *size),
-             f"masks must be bool (T, H, W) = ({count}, {size[0]}, {size[1]})"),
-            (self.has_mask.dtype == torch.bool and tuple(self.has_mask.shape) == (count,),
-             "has_mask must be bool (T,)"),
-            (self.base_label.dtype == torch.int64 and self.base_label.dim() == 2, "base_label must be int64 (H, W)"),
-            (self.pad.dtype == torch.bool and tuple(self.pad.shape) == size, "pad must be bool (H, W)"),
-            (self.image_classes.dtype == torch.int64 and self.image_classes.dim() == 1,
-             "image_classes must be int64 (C,)"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"bad ImageTargets: {message}")
-        if bool(self.masks[~self.has_mask].any()):
-            raise ValueError("bad ImageTargets: a target with has_mask=False has mask pixels")
+        if not (self.classes.dtype == torch.int64 and self.classes.dim() == 1):
+            raise _bad("classes must be int64 (T,)")
+        if not (self.masks.dtype == torch.bool and tuple(self.masks.shape) == (count, *size)):
+            raise _bad(f"masks must be bool (T, H, W) = ({count}, {size[0]}, {size[1]})")
+        if not (self.has_mask.dtype == torch.bool and tuple(self.has_mask.shape) == (count,)):
+            raise _bad("has_mask must be bool (T,)")
+        if not (self.base_label.dtype == torch.int64 and self.base_label.dim() == 2):
+            raise _bad("base_label must be int64 (H, W)")
+        if not (self.pad.dtype == torch.bool and tuple(self.pad.shape) == size):
+            raise _bad("pad must be bool (H, W)")
+        if not (self.image_classes.dtype == torch.int64 and self.image_classes.dim() == 1):
+            raise _bad("image_classes must be int64 (C,)")
+        maskless = ~self.has_mask
+        if bool(maskless.any()) and bool(self.masks[maskless].any()):
+            raise _bad("a target with has_mask=False has mask pixels")
+
+
+def _bad(message: str) -> ValueError:
+    return ValueError(f"bad ImageTargets: {message}")
 
 
 def targets_from_label_map(

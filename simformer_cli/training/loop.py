@@ -35,7 +35,7 @@ from simformer_cli.model.targets import ImageTargets
 from simformer_cli.progress import Reporter
 from simformer_cli.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from simformer_cli.training.devices import Runtime, sum_over_processes
-from simformer_cli.training.optim import build_optimizer, poly_factor, set_learning_rate
+from simformer_cli.training.optim import build_optimizer, clear_gradients, poly_factor, set_learning_rate
 from simformer_cli.training.settings import TrainSettings
 
 LOG_FILE = "train_log.jsonl"
@@ -184,7 +184,7 @@ def train_loop(
             if settings.optim.grad_clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(module.parameters(), settings.optim.grad_clip_norm)
             optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            clear_gradients(optimizer)
             losses_mean = sums
             if runtime.is_main:
                 _log(work_dir / LOG_FILE, step, optimizer, sums,

@@ -40,6 +40,14 @@ def build_optimizer(module: nn.Module, settings: OptimSettings) -> torch.optim.A
     return torch.optim.AdamW(parameter_groups(module, settings), lr=settings.lr, fused=fused or None)
 
 
+def clear_gradients(optimizer: torch.optim.Optimizer) -> None:
+    """What ``optimizer.zero_grad(set_to_none=True)`` does, without its per-call bookkeeping
+    (a tenth of its time over the tiny preset's 163 tensors, run every step)."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            param.grad = None
+
+
 def poly_factor(step: int, total: int, power: float) -> float:
     """Learning-rate factor at ``step`` (0-based) of ``total``: (1 - step/total) ** power."""
     return max(0.0, 1.0 - step / total) ** power
