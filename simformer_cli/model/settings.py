@@ -112,11 +112,8 @@ class LossSettings(BaseModel):
 def tiny_model_settings(num_classes: int) -> ModelSettings:
     """A MaskFormer small enough for a training step well under a second on two CPU cores.
 
-    Batch 8 at 128x128: a 4-stage conv backbone (32/64/128/256 channels), 64-d features,
+    Batch 8 at 128x128: a 4-stage conv backbone (16/32/64/128 channels), 64-d features,
     3 decoder layers and 16 queries. Dropout is off because tiny runs are too short to need it.
-    The backbone had half these widths until the sixth round of the quality table: the wider
-    one makes a training step about a fifth slower on two CPU cores, and every row of the table
-    gained, the fully supervised oracle most (novel mIoU 46 -> 79; BENCHMARKS.md, "Quality").
     The queries attend to the stride-4 pixel embeddings with masked attention: with the paper's
     res5 memory (4x4 cells at 128 pixels) masks were learnt but 55% of the segments were named
     wrongly after 1600 steps (BENCHMARKS.md, "Quality", what was tried).
@@ -124,7 +121,7 @@ def tiny_model_settings(num_classes: int) -> ModelSettings:
     return ModelSettings(
         num_classes=num_classes,
         backbone="tiny",
-        tiny_channels=(32, 64, 128, 256),
+        tiny_channels=(16, 32, 64, 128),
         conv_dim=64,
         mask_dim=64,
         norm_groups=8,
