@@ -94,7 +94,7 @@ class SetCriterion(nn.Module):
             raise ValueError(f"{len(targets)} targets for a batch of {outputs['pred_logits'].shape[0]} images")
         for target in targets:
             target.validate()
-        classes = torch.cat([target.classes for target in targets])
+        classes = torch.cat([target.classes for target in targets]) if targets else torch.empty(0)
         largest = int(classes.max()) if len(classes) else -1
         if largest >= self.num_classes:
             raise ValueError(f"target class {largest} >= num_classes {self.num_classes}")
