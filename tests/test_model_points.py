@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from simformer_cli.model.criterion import SetCriterion, total_loss
-from simformer_cli.model.points import point_sample, uncertain_points
+from simformer_cli.model.points import point_sample, shared_uncertain_points, uncertain_points
 from simformer_cli.model.settings import LossSettings
 from tests.test_model_criterion import NOVEL, NUM_CLASSES, _hand_outputs, weak_targets
 
@@ -36,6 +36,24 @@ def test_uncertain_points_prefer_logits_near_zero_and_repeat_with_the_generator(
     again = uncertain_points(logits, 40, oversample_ratio=3.0, importance_ratio=0.75,
                              generator=torch.Generator().manual_seed(0))
     assert torch.equal(coords, again)
+
+
+def test_maps_sharing_a_draw_set_share_its_points_but_keep_their_own_uncertain_ones():
+    columns = (torch.arange(16.0) + 0.5) / 16
+    logits = torch.stack([20 * (columns - 0.5), 20 * (columns - 0.2), 20 * (columns - 0.5)])[:, None, :].expand(3, 16, 16)
+    draw_of = torch.tensor([0, 0, 1])  # maps 0 and 1 predict one target, map 2 another
+    points = shared_uncertain_points(logits, draw_of, 2, 40, oversample_ratio=3.0, importance_ratio=0.75,
+                                     generator=torch.Generator().manual_seed(0))
+    assert points.drawn.shape == (2, 120 + 10, 2) and points.coords.shape == (3, 40, 2)
+    uniform = points.coords[:, 30:]
+    assert torch.equal(uniform[0], uniform[1]) and not torch.equal(uniform[0], uniform[2])
+    # Each map keeps the candidates where it is itself unsure: x near 0.5 for map 0, near 0.2 for map 1.
+    assert float((points.coords[0, :30, 0] - 0.5).abs().mean()) < 0.1
+    assert float((points.coords[1, :30, 0] - 0.2).abs().mean()) < 0.1
+    # Reading every point of each set once gives each map the values at its own points.
+    maps = torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(points.read(point_sample(maps, points.drawn), draw_of),
+                               point_sample(maps[draw_of], points.coords))
 
 
 def _criterion(**overrides) -> SetCriterion:

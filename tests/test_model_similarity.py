@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from simformer_cli.model.pair_losses import ClassBalance, PairLosses, sample_points
+from simformer_cli.model.pair_losses import ClassBalance, PairLosses, sample_regions
 from simformer_cli.model.settings import LossSettings
 from simformer_cli.model.simnet import PairSimilarityNet
 from simformer_cli.model.targets import NOT_BASE, ImageTargets
@@ -41,20 +41,28 @@ def test_simnet_equals_the_mlp_on_concatenated_pairs():
     assert not torch.allclose(swapped, net(first, second))  # order-sensitive, hence both orders
 
 
-def test_sample_points_draws_inside_the_first_non_empty_region():
-    generator = torch.Generator().manual_seed(0)
+def test_sample_regions_draws_inside_the_first_non_empty_region_of_each_row():
     large = torch.zeros(100, dtype=torch.bool)
     large[10:60] = True
-    points = sample_points([large], 20, generator)
-    assert len(set(points.tolist())) == 20 and bool(large[points].all())  # without replacement
     small = torch.zeros(100, dtype=torch.bool)
     small[[3, 7]] = True
-    points = sample_points([small], 20, generator)
-    assert len(points) == 20 and set(points.tolist()) <= {3, 7}  # with replacement
-    fallback = sample_points([torch.zeros(100, dtype=torch.bool), small], 5, generator)
-    assert set(fallback.tolist()) <= {3, 7}
-    assert sample_points([torch.zeros(100, dtype=torch.bool)], 5, generator) is None
-    again = [sample_points([large], 10, torch.Generator().manual_seed(7)) for _ in range(2)]
+    empty = torch.zeros(100, dtype=torch.bool)
+    regions = torch.stack([
+        torch.stack([large, small]),  # large is tried first
+        torch.stack([small, large]),  # small is not empty, so it is used: with replacement
+        torch.stack([empty, small]),  # falls back to small
+        torch.stack([empty, empty]),  # nothing to draw from
+    ])
+    points = sample_regions(regions, 20, torch.Generator().manual_seed(0))
+    assert points.shape == (4, 20) and points.dtype == torch.int64
+    assert len(set(points[0].tolist())) == 20 and bool(large[points[0]].all())  # without replacement
+    assert set(points[1].tolist()) == {3, 7} and set(points[2].tolist()) <= {3, 7}
+    assert points[3].tolist() == [-1] * 20
+    # Uniform over the region: each of its 50 pixels is drawn about as often.
+    many = sample_regions(large[None, None].expand(2000, 1, -1), 5, torch.Generator().manual_seed(1))
+    counts = torch.bincount(many.flatten(), minlength=100)[10:60].float()
+    assert float(counts.min()) > 0.6 * 200 and float(counts.max()) < 1.4 * 200
+    again = [sample_regions(regions, 10, torch.Generator().manual_seed(7)) for _ in range(2)]
     assert torch.equal(again[0], again[1])
 
 

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from simformer_cli.model.losses import complementary_terms, dice_loss, sigmoid_focal_loss
 from simformer_cli.model.matcher import HungarianMatcher, small_target_masks
 from simformer_cli.model.pair_losses import PairLosses
-from simformer_cli.model.points import point_sample, uncertain_points
+from simformer_cli.model.points import point_sample, shared_uncertain_points
 from simformer_cli.model.settings import LossSettings, ModelSettings
 from simformer_cli.model.targets import ImageTargets
 
@@ -169,23 +169,25 @@ class SetCriterion(nn.Module):
         masked = rows.has_mask
         if not bool(masked.any()):
             return zero, zero
-        layer = rows.layer[masked]
+        layer, target = rows.layer[masked], rows.target[masked]
         predicted = pred_masks[layer, rows.image[masked], rows.query[masked]]  # (N, h, w)
-        wanted = rows.target_masks[rows.target[masked]].float()  # (N, H, W)
-        predicted_t, wanted_t = self._compare(predicted, wanted, generator)
-        alpha, gamma = self.settings.focal_alpha, self.settings.focal_gamma
-        focal = zero.index_add(0, layer, sigmoid_focal_loss(predicted_t, wanted_t, alpha, gamma))
-        return focal / num_masks, zero.index_add(0, layer, dice_loss(predicted_t, wanted_t)) / num_masks
-
-    def _compare(self, logits: Tensor, wanted: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """Mask logits (N, h, w) and targets (N, H, W) -> the values the losses compare, (N, P) each:
-        every pixel at the targets' resolution, or ``mask_points`` sampled points per mask."""
         settings = self.settings
         if settings.mask_points is None:
-            return _upsample(logits, tuple(wanted.shape[-2:])).flatten(1), wanted.flatten(1)
-        coords = uncertain_points(logits, settings.mask_points, oversample_ratio=settings.point_oversample_ratio,
-                                  importance_ratio=settings.point_importance_ratio, generator=generator)
-        return point_sample(logits, coords), point_sample(wanted, coords)
+            wanted = rows.target_masks[target].float()  # (N, H, W)
+            predicted_t = _upsample(predicted, tuple(wanted.shape[-2:])).flatten(1)
+            wanted_t = wanted.flatten(1)
+        else:
+            # A target's matches in every decoder layer share its random points (each keeps the
+            # candidates where it is itself least certain), so each target mask is read once.
+            kept, draw_of = torch.unique(target, return_inverse=True)
+            points = shared_uncertain_points(predicted, draw_of, len(kept), settings.mask_points,
+                                             oversample_ratio=settings.point_oversample_ratio,
+                                             importance_ratio=settings.point_importance_ratio, generator=generator)
+            predicted_t = point_sample(predicted, points.coords)
+            wanted_t = points.read(point_sample(rows.target_masks[kept].float(), points.drawn), draw_of)
+        alpha, gamma = settings.focal_alpha, settings.focal_gamma
+        focal = zero.index_add(0, layer, sigmoid_focal_loss(predicted_t, wanted_t, alpha, gamma))
+        return focal / num_masks, zero.index_add(0, layer, dice_loss(predicted_t, wanted_t)) / num_masks
 
     def _complementary(
         self, pred_masks: Tensor, rows: _MatchedRows, targets: Sequence[ImageTargets], generator: torch.Generator,
@@ -204,15 +206,17 @@ class SetCriterion(nn.Module):
         group_of = torch.full((layers, batch), -1, dtype=torch.int64)
         group_of[:, unknown] = torch.arange(layers * len(unknown)).view(layers, len(unknown))
         group_layer = torch.arange(layers).repeat_interleave(len(unknown))
-        group_image = torch.tensor(unknown).repeat(layers)
         novel = ~rows.has_mask
         novel_layer, novel_image, novel_query = rows.layer[novel].cpu(), rows.image[novel].cpu(), rows.query[novel]
         novel_group = group_of[novel_layer, novel_image]
         table = _union_table(novel_group, len(group_layer))
         device = pred_masks.device
-        table, group_image_d = table.to(device), group_image.to(device)
+        table = table.to(device)
+        # Group g covers image unknown[g % U]; the groups of one image (one per layer) share its
+        # random points, so its non-base map is read once.
+        group_unknown = torch.arange(len(unknown), device=device).repeat(layers)
         novel_masks = pred_masks[novel_layer.to(device), novel_image.to(device), novel_query]  # (n, h, w)
-        non_base = torch.stack([(t.base_label < 0) & ~t.pad for t in targets]).float()  # (B, H, W)
+        non_base = torch.stack([(targets[i].base_label < 0) & ~targets[i].pad for i in unknown]).float()  # (U, H, W)
         floor = settings.complementary_floor_logit
 
         def union(values: Tensor) -> Tensor:  # (n, P) -> (G, P)
@@ -220,15 +224,16 @@ class SetCriterion(nn.Module):
 
         if settings.mask_points is None:
             values = _upsample(novel_masks, tuple(non_base.shape[-2:])).flatten(1)
-            wanted = non_base[group_image_d].flatten(1)
+            wanted = non_base[group_unknown].flatten(1)
         else:
             # Points where each union (with its floor) is least certain; each novel mask is read
             # there, and the union taken of the point values as of the upsampled maps.
             coarse = union(novel_masks.flatten(1)).view(len(group_layer), *pred_masks.shape[-2:])
-            coords = uncertain_points(coarse, settings.mask_points, oversample_ratio=settings.point_oversample_ratio,
-                                      importance_ratio=settings.point_importance_ratio, generator=generator)
-            wanted = point_sample(non_base[group_image_d], coords)
-            values = point_sample(novel_masks, coords[novel_group.to(device)])
+            points = shared_uncertain_points(coarse, group_unknown, len(unknown), settings.mask_points,
+                                             oversample_ratio=settings.point_oversample_ratio,
+                                             importance_ratio=settings.point_importance_ratio, generator=generator)
+            wanted = points.read(point_sample(non_base, points.drawn), group_unknown)
+            values = point_sample(novel_masks, points.coords[novel_group.to(device)])
         per_group = complementary_terms(union(values), wanted, focal_weight=settings.mask_focal_weight,
                                         dice_weight=settings.dice_weight, alpha=settings.focal_alpha,
                                         gamma=settings.focal_gamma)
@@ -265,19 +270,15 @@ class _MatchedRows:
     @classmethod
     def gather(cls, matches: Sequence[Sequence[tuple[Tensor, Tensor]]], targets: Sequence[ImageTargets]) -> _MatchedRows:
         device = targets[0].classes.device
-        sizes = [len(t.classes) for t in targets]
-        offsets = torch.tensor([0, *sizes[:-1]], device=device).cumsum(0)
-        layer, image, query, target = [], [], [], []
-        for index, layer_matches in enumerate(matches):
-            for number, (queries, indices) in enumerate(layer_matches):
-                layer.append(torch.full_like(queries, index))
-                image.append(torch.full_like(queries, number))
-                query.append(queries)
-                target.append(indices + offsets[number])
-        flat = torch.cat(target)
+        pairs = [pair for layer_matches in matches for pair in layer_matches]  # layer-major, then image
+        counts = torch.tensor([len(queries) for queries, _ in pairs], device=device)
+        which = torch.repeat_interleave(torch.arange(len(pairs), device=device), counts)  # layer * B + image
+        layer, image = which // len(targets), which % len(targets)
+        sizes = torch.tensor([len(t.classes) for t in targets], device=device)
+        flat = torch.cat([indices for _, indices in pairs]) + (torch.cumsum(sizes, 0) - sizes)[image]
         classes = torch.cat([t.classes for t in targets])[flat]
         has_mask = torch.cat([t.has_mask for t in targets])[flat]
-        return cls(torch.cat(layer), torch.cat(image), torch.cat(query), flat, classes, has_mask,
+        return cls(layer, image, torch.cat([queries for queries, _ in pairs]), flat, classes, has_mask,
                    torch.cat([t.masks for t in targets]))
 
 

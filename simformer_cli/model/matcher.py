@@ -93,8 +93,29 @@ class HungarianMatcher:
         ``small_masks`` (the masked targets at prediction resolution, see :func:`small_target_masks`)
         can be passed in when the caller has them already.
         """
+        table, sizes = self.cost_table(pred_logits, pred_masks, targets, small_masks)
+        per_image = [cost.split(sizes, dim=1) for cost in table]
+        return [list(layer) for layer in per_image]
+
+    @torch.no_grad()
+    def cost_table(
+        self, pred_logits: Tensor, pred_masks: Tensor, targets: Sequence[ImageTargets],
+        small_masks: Tensor | None = None,
+    ) -> tuple[Tensor, list[int]]:
+        """Every layer's costs against the whole batch's targets, one image's targets after
+        another: (L, Q, sum of T_b), and the T_b. Image b's cost matrix in layer l is the block of
+        columns b of ``table[l]``; the blocks of other images are never used."""
         layers, batch, queries = pred_logits.shape[:3]
+        sizes = [len(target.classes) for target in targets]
+        device = pred_logits.device
+        if not sum(sizes):
+            return pred_logits.new_zeros((layers, queries, 0)), sizes
         class_probs = pred_logits.float().softmax(-1)
+        classes = torch.cat([target.classes for target in targets])
+        has_mask = torch.cat([target.has_mask for target in targets])
+        image_of = torch.repeat_interleave(torch.arange(batch, device=device), torch.tensor(sizes, device=device))
+        # -w_cls * p_q[c_j] of each query of the target's own image: (T, L, Q) -> (L, Q, T).
+        table = (-self.class_weight * class_probs[:, image_of, :, classes]).permute(1, 2, 0).contiguous()
         if small_masks is None:
             small_masks = small_target_masks(targets, tuple(pred_masks.shape[-2:]))
         if len(small_masks):
@@ -107,18 +128,11 @@ class HungarianMatcher:
                 prob = part.sigmoid()
                 focal = pairwise_focal_cost(part, small_masks, self.focal_alpha, self.focal_gamma, prob=prob)
                 chunks.append(self.focal_weight * focal + self.dice_weight * pairwise_dice_cost(part, small_masks, prob=prob))
-            mask_cost = torch.cat(chunks).view(layers, batch, queries, -1)
-        costs: list[list[Tensor]] = [[] for _ in range(layers)]
-        offset = 0
-        for image, target in enumerate(targets):
-            cost = -self.class_weight * class_probs[:, image][:, :, target.classes]  # (L, Q, T_b)
-            with_mask = target.has_mask.nonzero().squeeze(1)
-            if len(with_mask):
-                cost[:, :, with_mask] += mask_cost[:, image, :, offset: offset + len(with_mask)]
-                offset += len(with_mask)
-            for layer in range(layers):
-                costs[layer].append(cost[layer])
-        return costs
+            mask_cost = torch.cat(chunks).view(layers, batch, queries, -1)  # against every masked target
+            masked = has_mask.nonzero().squeeze(1)  # small_masks' targets, in the same order
+            own = mask_cost[:, image_of[masked], :, torch.arange(len(masked), device=device)]  # (Tm, L, Q)
+            table[:, :, masked] += own.permute(1, 2, 0)
+        return table, sizes
 
     @torch.no_grad()
     def __call__(
@@ -140,20 +154,21 @@ class HungarianMatcher:
         """As :meth:`__call__` for every decoder layer at once: pred_logits (L, B, Q, K+1),
         pred_masks (L, B, Q, h, w) -> per layer, per image (query_idx, target_idx). Each layer is
         matched on its own; they only share the cost computation and one device-to-host copy."""
-        per_layer = self.layer_cost_matrices(pred_logits, pred_masks, targets, small_masks)
-        costs = [cost for layer in per_layer for cost in layer]
-        flat = torch.cat(costs, dim=1).cpu().numpy() if costs else np.empty((0, 0))  # one device->host copy
-        matches, offset = [], 0
-        for cost_t in costs:
-            cost = flat[:, offset: offset + cost_t.shape[1]]
-            offset += cost_t.shape[1]
-            rows, cols = linear_sum_assignment(cost) if cost.size else (np.empty(0), np.empty(0))
-            matches.append((
-                torch.as_tensor(rows, dtype=torch.int64, device=pred_logits.device),
-                torch.as_tensor(cols, dtype=torch.int64, device=pred_logits.device),
-            ))
-        images = len(targets)
-        return [matches[layer * images: (layer + 1) * images] for layer in range(len(per_layer))]
+        table, sizes = self.cost_table(pred_logits, pred_masks, targets, small_masks)
+        flat = table.cpu().numpy()  # one device->host copy
+        matches = []
+        for layer_costs in flat:
+            layer_matches, offset = [], 0
+            for size in sizes:
+                cost = layer_costs[:, offset: offset + size]
+                offset += size
+                rows, cols = linear_sum_assignment(cost) if cost.size else (np.empty(0), np.empty(0))
+                layer_matches.append((
+                    torch.as_tensor(rows, dtype=torch.int64, device=pred_logits.device),
+                    torch.as_tensor(cols, dtype=torch.int64, device=pred_logits.device),
+                ))
+            matches.append(layer_matches)
+        return matches
 
 
 def small_target_masks(targets: Sequence[ImageTargets], size: tuple[int, int]) -> Tensor:

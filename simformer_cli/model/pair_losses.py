@@ -31,19 +31,28 @@ def downsample_regions(targets: Sequence[ImageTargets], size: tuple[int, int]) -
     return base.contiguous(), nearest_downsample(torch.stack([t.pad for t in targets]), size).contiguous()
 
 
-def sample_points(regions: Sequence[Tensor], count: int, generator: torch.Generator) -> Tensor | None:
-    """``count`` flat pixel indices drawn from the first non-empty region of ``regions``.
+def sample_regions(regions: Tensor, count: int, generator: torch.Generator) -> Tensor:
+    """``count`` flat pixel indices per row from the first non-empty of its fallback regions.
 
-    Each region is a flat bool map (P,). Draws without replacement when the region is large
-    enough, with replacement otherwise. None when every region is empty.
+    regions (R, F, P) bool: for each of R rows, F regions over P flat pixels, tried in order.
+    Draws without replacement when the region holds at least ``count`` pixels, with replacement
+    otherwise -> (R, count) int64; -1 throughout a row whose regions are all empty. All rows are
+    drawn at once: a random key per pixel, the region's pixels in key order (a uniform random
+    order), and positions past a small region's size filled by uniform draws among its pixels.
     """
-    for region in regions:
-        pixels = region.nonzero().squeeze(1)
-        if len(pixels) >= count:
-            return pixels[torch.randperm(len(pixels), generator=generator)[:count].to(pixels.device)]
-        if len(pixels):
-            return pixels[torch.randint(len(pixels), (count,), generator=generator).to(pixels.device)]
-    return None
+    rows, _, pixels = regions.shape
+    device = regions.device
+    sizes = regions.sum(2)  # (R, F)
+    first = (sizes > 0).int().argmax(1)  # the first non-empty region (0 when none is)
+    every = torch.arange(rows, device=device)
+    region, size = regions[every, first], sizes[every, first]  # (R, P), (R,)
+    keys = torch.rand((rows, pixels), generator=generator).to(device).masked_fill_(~region, 2.0)
+    ordered = keys.topk(min(count, pixels), dim=1, largest=False).indices  # the region's pixels come first
+    slot = torch.arange(count, device=device)
+    fill = torch.rand((rows, count), generator=generator).to(device) * size[:, None]
+    fill = torch.minimum(fill.long(), (size[:, None] - 1).clamp(min=0))  # uniform in [0, size)
+    points = ordered.gather(1, torch.where(slot < size[:, None], slot, fill))
+    return points.masked_fill_(size[:, None] == 0, -1)
 
 
 def balanced_accuracy(log_probs: Tensor, same: Tensor, valid: Tensor) -> float | None:
@@ -119,49 +128,43 @@ class PairLosses(nn.Module):
             )
         return losses
 
-    def _base_points(self, base: Tensor, pad: Tensor, a: int, b: int, generator: torch.Generator) -> list[Tensor]:
-        """80 points on a base class both images show (any base pixel if none), 20 elsewhere."""
-        present = [torch.bincount(base[i][base[i] >= 0], minlength=1) > 0 for i in (a, b)]
-        shared = min(len(present[0]), len(present[1]))
-        common = (present[0][:shared] & present[1][:shared]).nonzero().flatten().tolist()  # ascending ids
-        chosen = common[int(torch.randint(len(common), (), generator=generator))] if common else None
+    def _base_points(self, base: Tensor, pad: Tensor, generator: torch.Generator) -> Tensor:
+        """Per image, 80 points on a base class both images of its pair show (any base pixel if
+        none), 20 elsewhere -> (B, points) flat pixel indices. base, pad (B, P)."""
+        batch = base.shape[0]
+        present = torch.zeros((batch, max(int(base.max()), 0) + 2), dtype=torch.bool, device=base.device)
+        present.scatter_(1, base + 1, True)  # column 0: not base; column c + 1: base class c
+        common = present[0::2, 1:] & present[1::2, 1:]  # (pairs, classes) shown by both images
+        keys = torch.rand(common.shape, generator=generator).to(base.device).masked_fill_(~common, -1.0)
+        chosen = keys.argmax(1).repeat_interleave(2)[:, None]  # a shared class drawn uniformly, per image
+        shared = common.any(1).repeat_interleave(2)[:, None]
+        positive = torch.where(shared, base == chosen, base >= 0)
+        inside, anywhere = ~pad, torch.ones_like(pad)
+        regions = torch.stack((torch.stack((positive, inside, anywhere), 1),
+                               torch.stack((inside & ~positive, inside, anywhere), 1)), 1)  # (B, 2, 3, P)
         positive_count = self.settings.base_positive_points
         other_count = self.settings.base_points - positive_count
-        points = []
-        for image in (a, b):
-            positive = base[image] >= 0 if chosen is None else base[image] == chosen
-            inside, anywhere = ~pad[image], torch.ones_like(pad[image])
-            points.append(torch.cat((
-                sample_points([positive, inside, anywhere], positive_count, generator),
-                sample_points([inside & ~positive, inside, anywhere], other_count, generator),
-            )))
-        return points
+        # One draw for both kinds: the first ``other_count`` of a ``positive_count`` draw are a draw
+        # of their own (without replacement when the region is large enough, with it otherwise).
+        points = sample_regions(regions.flatten(0, 1), max(positive_count, other_count), generator).view(batch, 2, -1)
+        return torch.cat((points[:, 0, :positive_count], points[:, 1, :other_count]), dim=1)
 
     def _base_loss(self, features: Tensor, base: Tensor, pad: Tensor, generator: torch.Generator) -> Tensor:
-        firsts, seconds, same, valid = [], [], [], []
-        for a in range(0, features.shape[0], 2):
-            points = self._base_points(base, pad, a, a + 1, generator)
-            for x, y in ((0, 1), (1, 0)):  # both orders: the net is order-sensitive
-                firsts.append(features[a + x][:, points[x]].T)
-                seconds.append(features[a + y][:, points[y]].T)
-                labels_x = base[a + x, points[x]][:, None]  # (n, 1)
-                labels_y = base[a + y, points[y]][None, :]  # (1, n)
-                same.append((labels_x == labels_y) & (labels_x >= 0))
-                # A pair says something only if at least one pixel's class is known.
-                valid.append((labels_x >= 0) | (labels_y >= 0))
-        same_t, valid_t = torch.stack(same).flatten(), torch.stack(valid).flatten()
+        """Grid g = image g's points against its partner's (pairs [a0, b0, ...]: both orders)."""
+        points = self._base_points(base, pad, generator)  # (B, n)
+        partner = torch.arange(features.shape[0], device=features.device) ^ 1
+        at_points = _gather_points(features, points)  # (B, n, C)
+        labels = base.gather(1, points)  # (B, n)
+        labels_x, labels_y = labels[:, :, None], labels[partner][:, None, :]
+        same_t = ((labels_x == labels_y) & (labels_x >= 0)).flatten()
+        # A pair says something only if at least one pixel's class is known.
+        valid_t = ((labels_x >= 0) | (labels_y >= 0)).flatten()
         weight_same, weight_different = self.balance.update(
             int((same_t & valid_t).sum()), int((~same_t & valid_t).sum())
         )
-        log_probs = self.simnet(torch.stack(firsts), torch.stack(seconds)).log_softmax(dim=-1).flatten(0, 2)
+        log_probs = self.simnet(at_points, at_points[partner]).log_softmax(dim=-1).flatten(0, 2)
         self.accuracy = balanced_accuracy(log_probs.detach(), same_t, valid_t)
         return balanced_binary_cross_entropy(log_probs, same_t, valid_t, weight_same, weight_different)
-
-    def _novel_scores(self, pred_logits: Tensor, pred_masks: Tensor, image: int, points: Tensor) -> Tensor:
-        """Unit novel-class score vectors sum_q softmax(z_q)[novel] * sigmoid(m_q) -> (n, N_novel)."""
-        class_probs = pred_logits[image].softmax(-1)[:, self.novel_classes]  # (Q, N_novel)
-        scores = pred_masks[image][:, points].sigmoid().T @ class_probs  # (n, N_novel)
-        return F.normalize(scores, dim=1)
 
     def _distillation(
         self,
@@ -173,25 +176,34 @@ class PairLosses(nn.Module):
         targets: Sequence[ImageTargets],
         generator: torch.Generator,
     ) -> Tensor:
-        firsts, seconds, students = [], [], []
-        n = self.settings.novel_points
-        for a in range(0, features.shape[0], 2):
-            b = a + 1
-            shared = targets[a].image_classes[torch.isin(targets[a].image_classes, targets[b].image_classes)]
-            if not bool(torch.isin(shared, self.novel_classes).any()):
-                continue
-            points = [sample_points([(base[i] < 0) & ~pad[i]], n, generator) for i in (a, b)]
-            if points[0] is None or points[1] is None:
-                continue
-            scores = [self._novel_scores(pred_logits, pred_masks, i, p) for i, p in zip((a, b), points)]
-            for x, y in ((0, 1), (1, 0)):
-                firsts.append(features[a + x][:, points[x]].T)
-                seconds.append(features[a + y][:, points[y]].T)
-                # Released code: the student compares two points of the same image (bug 1).
-                partner = y if self.settings.distill_pairs == "cross_image" else x
-                students.append(F.relu(scores[x] @ scores[partner].T).flatten())
-        if not students:
+        """Pairs whose image-level labels share a novel class and whose images both have
+        non-base pixels: grid g = image g's points against its partner's, both orders."""
+        novel = torch.stack([torch.isin(self.novel_classes, t.image_classes) for t in targets])  # (B, N_novel)
+        pairs = (novel[0::2] & novel[1::2]).any(1).nonzero().flatten().tolist()
+        if not pairs:
             return pred_logits.new_zeros(())
+        images = torch.tensor([i for pair in pairs for i in (2 * pair, 2 * pair + 1)], device=features.device)
+        regions = ((base[images] < 0) & ~pad[images])[:, None]  # (D, 1, P)
+        points = sample_regions(regions, self.settings.novel_points, generator)
+        kept = (points[0::2, 0] >= 0) & (points[1::2, 0] >= 0)  # both images of the pair have some
+        if not bool(kept.all()):
+            if not bool(kept.any()):
+                return pred_logits.new_zeros(())
+            keep = kept.repeat_interleave(2)
+            images, points = images[keep], points[keep]
+        partner = torch.arange(len(images), device=features.device) ^ 1
+        # Unit novel-class score vectors sum_q softmax(z_q)[novel] * sigmoid(m_q) at the points.
+        class_probs = pred_logits[images].softmax(-1)[:, :, self.novel_classes]  # (D, Q, N_novel)
+        scores = F.normalize(_gather_points(pred_masks[images], points).sigmoid() @ class_probs, dim=2)  # (D, n, N_novel)
+        # Released code: the student compares two points of the same image (bug 1).
+        other = scores[partner] if self.settings.distill_pairs == "cross_image" else scores
+        students = F.relu(scores @ other.transpose(1, 2)).flatten()
+        at_points = _gather_points(features[images], points)
         with torch.no_grad():
-            teacher = self.simnet.same_probability(torch.stack(firsts), torch.stack(seconds)).flatten()
-        return distillation_loss(teacher, torch.cat(students), self.settings.distill_loss)
+            teacher = self.simnet.same_probability(at_points, at_points[partner]).flatten()
+        return distillation_loss(teacher, students, self.settings.distill_loss)
+
+
+def _gather_points(maps: Tensor, points: Tensor) -> Tensor:
+    """maps (B, C, P) read at points (B, n) flat indices -> (B, n, C)."""
+    return maps.gather(2, points[:, None, :].expand(-1, maps.shape[1], -1)).transpose(1, 2)

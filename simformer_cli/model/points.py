@@ -15,6 +15,8 @@ of points carries no gradient.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -35,15 +37,42 @@ def uncertain_points(
 ) -> Tensor:
     """Points for each of N logit maps (N, h, w): the least certain of the oversampled candidates
     plus uniform ones -> coords (N, count, 2) on ``logits``' device."""
-    num_maps = logits.shape[0]
+    draw_of = torch.arange(logits.shape[0], device=logits.device)
+    return shared_uncertain_points(logits, draw_of, logits.shape[0], count, oversample_ratio=oversample_ratio,
+                                   importance_ratio=importance_ratio, generator=generator).coords
+
+
+class SharedPoints(NamedTuple):
+    """Points of N maps drawn from S shared draw sets (see :func:`shared_uncertain_points`)."""
+
+    drawn: Tensor  #: (S, D, 2): each draw set's candidates, then its uniform points
+    picks: Tensor  #: (N, count): which of its set's D points each map uses
+    coords: Tensor  #: (N, count, 2): those points
+
+    def read(self, values: Tensor, draw_of: Tensor) -> Tensor:
+        """Per map, its points' values out of values (S, D) read at every point of each draw
+        set (e.g. ``point_sample(set_maps, drawn)``) -> (N, count)."""
+        return values.flatten()[draw_of[:, None] * values.shape[1] + self.picks]
+
+
+def shared_uncertain_points(
+    logits: Tensor, draw_of: Tensor, draws: int, count: int, *, oversample_ratio: float, importance_ratio: float,
+    generator: torch.Generator,
+) -> SharedPoints:
+    """As :func:`uncertain_points` for N logit maps (N, h, w) whose random points come from
+    ``draws`` draw sets: map i uses set ``draw_of[i]``. Maps that predict the same target (one
+    target's matches in every decoder layer) share its candidates and uniform points; each still
+    keeps the candidates where it is itself least certain. A set's points can then be read once in
+    the target and handed to each of its maps (:meth:`SharedPoints.read`)."""
     candidates = max(int(count * oversample_ratio), count)
     important = min(int(count * importance_ratio), count)
     # One draw for the candidates and the uniform points; the loss averages over points, so the
     # kept candidates need no order (an unsorted top-k is half the work of a sorted one).
-    drawn = torch.rand((num_maps, candidates + count - important, 2), generator=generator).to(logits.device)
-    coords, uniform = drawn[:, :candidates], drawn[:, candidates:]
+    drawn = torch.rand((draws, candidates + count - important, 2), generator=generator).to(logits.device)
     with torch.no_grad():
-        uncertainty = -point_sample(logits.detach(), coords).abs()  # (N, candidates)
+        uncertainty = -point_sample(logits.detach(), drawn[draw_of, :candidates]).abs()  # (N, candidates)
         chosen = uncertainty.topk(important, dim=1, sorted=False).indices
-    picked = torch.gather(coords, 1, chosen[..., None].expand(-1, -1, 2))
-    return torch.cat((picked, uniform), dim=1)
+    uniform = torch.arange(candidates, drawn.shape[1], device=logits.device).expand(len(draw_of), -1)
+    picks = torch.cat((chosen, uniform), dim=1)
+    coords = drawn.flatten(0, 1)[draw_of[:, None] * drawn.shape[1] + picks]
+    return SharedPoints(drawn, picks, coords)
