@@ -212,7 +212,7 @@ def test_batch_of_eight_at_128_trains_and_the_loss_falls():
     targets = [weak_targets(i, 128, [4, 5] if i % 4 < 2 else [5]) for i in range(8)]
     images = torch.randn(8, 3, 128, 128)
     history = []
-    for _ in range(3):
+    for _ in range(5):
         # The same sampled points every step, so only the weights change the loss.
         losses = criterion(model(images), targets, torch.Generator().manual_seed(0))
         loss = total_loss(losses)
@@ -221,7 +221,9 @@ def test_batch_of_eight_at_128_trains_and_the_loss_falls():
         optimizer.step()
         history.append(loss.item())
     assert all(math.isfinite(value) for value in history)
-    assert history[0] > history[1] > history[2]
+    # Over a few steps, not step by step: a step can move a match and lift the loss for a step
+    # (16.0, 13.8, 14.1, 13.8, 13.4 with the preset's backbone when this was written).
+    assert history[-1] < 0.95 * history[0] and max(history[1:]) < history[0]
 
 
 def test_mask_terms_of_micro_batches_add_up_to_the_whole_batch():
