@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from simformer_cli.model.criterion import SetCriterion, total_loss
-from simformer_cli.model.points import point_sample, shared_uncertain_points, uncertain_points
+from simformer_cli.model.points import point_sample, shared_uncertain_points
 from simformer_cli.model.settings import LossSettings
 from tests.test_model_criterion import NOVEL, NUM_CLASSES, _hand_outputs, weak_targets
 
@@ -28,13 +28,13 @@ def test_point_sample_reads_pixel_centres_and_upsampled_values():
 def test_uncertain_points_prefer_logits_near_zero_and_repeat_with_the_generator():
     columns = (torch.arange(16.0) + 0.5) / 16
     logits = (20 * (columns - 0.5)).expand(3, 16, 16)  # sure at the sides, unsure in the middle
-    coords = uncertain_points(logits, 40, oversample_ratio=3.0, importance_ratio=0.75,
-                              generator=torch.Generator().manual_seed(0))
+    coords = shared_uncertain_points(logits, torch.arange(3), 3, 40, oversample_ratio=3.0, importance_ratio=0.75,
+                                     generator=torch.Generator().manual_seed(0)).coords
     assert coords.shape == (3, 40, 2) and bool(((coords >= 0) & (coords <= 1)).all())
     distance = (coords[..., 0] - 0.5).abs()  # uniform points: 0.25 on average
     assert float(distance[:, :30].mean()) < 0.1 and float(distance[:, 30:].mean()) > 0.1
-    again = uncertain_points(logits, 40, oversample_ratio=3.0, importance_ratio=0.75,
-                             generator=torch.Generator().manual_seed(0))
+    again = shared_uncertain_points(logits, torch.arange(3), 3, 40, oversample_ratio=3.0, importance_ratio=0.75,
+                                    generator=torch.Generator().manual_seed(0)).coords
     assert torch.equal(coords, again)
 
 
@@ -52,7 +52,7 @@ def test_maps_sharing_a_draw_set_share_its_points_but_keep_their_own_uncertain_o
     assert float((points.coords[1, :30, 0] - 0.2).abs().mean()) < 0.1
     # Reading every point of each set once gives each map the values at its own points.
     maps = torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(1))
-    torch.testing.assert_close(points.read(point_sample(maps, points.drawn), draw_of),
+    torch.testing.assert_close(points.read(point_sample(maps, points.drawn)),
                                point_sample(maps[draw_of], points.coords))
 
 

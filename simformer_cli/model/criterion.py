@@ -184,7 +184,7 @@ class SetCriterion(nn.Module):
                                              oversample_ratio=settings.point_oversample_ratio,
                                              importance_ratio=settings.point_importance_ratio, generator=generator)
             predicted_t = point_sample(predicted, points.coords)
-            wanted_t = points.read(point_sample(rows.target_masks[kept].float(), points.drawn), draw_of)
+            wanted_t = points.read(point_sample(rows.target_masks[kept].float(), points.drawn))
         alpha, gamma = settings.focal_alpha, settings.focal_gamma
         focal = zero.index_add(0, layer, sigmoid_focal_loss(predicted_t, wanted_t, alpha, gamma))
         return focal / num_masks, zero.index_add(0, layer, dice_loss(predicted_t, wanted_t)) / num_masks
@@ -232,7 +232,7 @@ class SetCriterion(nn.Module):
             points = shared_uncertain_points(coarse, group_unknown, len(unknown), settings.mask_points,
                                              oversample_ratio=settings.point_oversample_ratio,
                                              importance_ratio=settings.point_importance_ratio, generator=generator)
-            wanted = points.read(point_sample(non_base, points.drawn), group_unknown)
+            wanted = points.read(point_sample(non_base, points.drawn))
             values = point_sample(novel_masks, points.coords[novel_group.to(device)])
         per_group = complementary_terms(union(values), wanted, focal_weight=settings.mask_focal_weight,
                                         dice_weight=settings.dice_weight, alpha=settings.focal_alpha,

@@ -32,35 +32,27 @@ def point_sample(maps: Tensor, coords: Tensor) -> Tensor:
     return F.grid_sample(maps[:, None], grid, mode="bilinear", align_corners=False)[:, 0, :, 0]
 
 
-def uncertain_points(
-    logits: Tensor, count: int, *, oversample_ratio: float, importance_ratio: float, generator: torch.Generator
-) -> Tensor:
-    """Points for each of N logit maps (N, h, w): the least certain of the oversampled candidates
-    plus uniform ones -> coords (N, count, 2) on ``logits``' device."""
-    draw_of = torch.arange(logits.shape[0], device=logits.device)
-    return shared_uncertain_points(logits, draw_of, logits.shape[0], count, oversample_ratio=oversample_ratio,
-                                   importance_ratio=importance_ratio, generator=generator).coords
-
-
 class SharedPoints(NamedTuple):
     """Points of N maps drawn from S shared draw sets (see :func:`shared_uncertain_points`)."""
 
     drawn: Tensor  #: (S, D, 2): each draw set's candidates, then its uniform points
+    draw_of: Tensor  #: (N,): the draw set of each map
     picks: Tensor  #: (N, count): which of its set's D points each map uses
     coords: Tensor  #: (N, count, 2): those points
 
-    def read(self, values: Tensor, draw_of: Tensor) -> Tensor:
+    def read(self, values: Tensor) -> Tensor:
         """Per map, its points' values out of values (S, D) read at every point of each draw
         set (e.g. ``point_sample(set_maps, drawn)``) -> (N, count)."""
-        return values.flatten()[draw_of[:, None] * values.shape[1] + self.picks]
+        return values.flatten()[self.draw_of[:, None] * values.shape[1] + self.picks]
 
 
 def shared_uncertain_points(
     logits: Tensor, draw_of: Tensor, draws: int, count: int, *, oversample_ratio: float, importance_ratio: float,
     generator: torch.Generator,
 ) -> SharedPoints:
-    """As :func:`uncertain_points` for N logit maps (N, h, w) whose random points come from
-    ``draws`` draw sets: map i uses set ``draw_of[i]``. Maps that predict the same target (one
+    """Points for N logit maps (N, h, w): the least certain of the oversampled candidates plus
+    uniform ones, ``count`` per map, drawn from ``draws`` draw sets: map i uses set ``draw_of[i]``
+    (``torch.arange(N)`` for a set of its own per map). Maps that predict the same target (one
     target's matches in every decoder layer) share its candidates and uniform points; each still
     keeps the candidates where it is itself least certain. A set's points can then be read once in
     the target and handed to each of its maps (:meth:`SharedPoints.read`)."""
@@ -75,4 +67,4 @@ def shared_uncertain_points(
     uniform = torch.arange(candidates, drawn.shape[1], device=logits.device).expand(len(draw_of), -1)
     picks = torch.cat((chosen, uniform), dim=1)
     coords = drawn.flatten(0, 1)[draw_of[:, None] * drawn.shape[1] + picks]
-    return SharedPoints(drawn, picks, coords)
+    return SharedPoints(drawn, draw_of, picks, coords)
