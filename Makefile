@@ -1,5 +1,9 @@
 # Set-up and everyday commands. `make demo` is the main job, `make test` the test suite.
-PY ?= python3
+# Everything runs in the project's own virtual environment (.venv, made on first use), so nothing
+# installed by hand elsewhere on the machine can stand in for a missing dependency.
+SYSTEM_PY ?= python3
+VENV ?= .venv
+PY = $(VENV)/bin/python
 PIP = $(PY) -m pip install --quiet --disable-pip-version-check
 # torch is installed first: the CPU build 2.13.0 where no NVIDIA GPU is visible (it avoids
 # gigabytes of CUDA wheels), the normal (CUDA) build from PyPI where `nvidia-smi` works.
@@ -7,9 +11,12 @@ TORCH_CPU = torch==2.13.0
 
 .PHONY: install test demo schema bench clean
 
-install:
+$(PY):
+	$(SYSTEM_PY) -m venv $(VENV)
+
+install: $(PY)
 	@if $(PY) -c "import torch" 2>/dev/null; then \
-	  echo "torch $$($(PY) -c 'import torch; print(torch.__version__)') already installed"; \
+	  echo "torch $$($(PY) -c 'import torch; print(torch.__version__)') already in $(VENV)"; \
 	elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
 	  $(PIP) torch; \
 	else \
@@ -21,10 +28,10 @@ test: install
 	$(PY) -m pytest -q
 
 demo: install
-	simformer pipeline --workdir runs/syn
+	$(VENV)/bin/simformer pipeline --workdir runs/syn
 
 schema: install
-	simformer schema --out manifests
+	$(VENV)/bin/simformer schema --out manifests
 
 bench: install
 	$(PY) benchmarks/split_ingest.py --out BENCHMARKS.md

@@ -14,7 +14,6 @@ import traceback
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 
 from simformer_cli import __version__
@@ -389,17 +388,21 @@ def _error_line(message: str) -> None:
 
 
 def _click_classes(name: str) -> tuple[type[BaseException], ...]:
-    """``click.NAME`` and, where typer vendors its own copy of click (typer >= 0.2x), typer's too."""
-    found: list[type[BaseException]] = [getattr(click, name)]
-    for cls in (*typer.BadParameter.__mro__, *typer.Abort.__mro__):
-        if cls.__name__ == name and cls not in found:
-            found.append(cls)
-    return tuple(found)
+    """The click exception class called NAME as Typer raises it.
+
+    Older Typer re-exports click's classes; Typer 0.29 and later vendors its own copy of click and
+    no longer installs click, so the classes are found through Typer's own exceptions, never by
+    importing click.
+    """
+    found = tuple(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == name)
+    if not found:
+        raise ImportError(f"this version of typer has no {name} exception; install typer>=0.12")
+    return found
 
 
 _CLICK_ERRORS = _click_classes("ClickException")
 _USAGE_ERRORS = _click_classes("UsageError")
-_ABORTS = _click_classes("Abort")
+_ABORTS = (typer.Abort,)  # click.exceptions.Abort in older Typer, its own class since 0.29
 
 
 def _interrupted_hint(args: list[str]) -> str:
