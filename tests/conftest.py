@@ -83,3 +83,12 @@ def synthetic_split(tmp_path_factory) -> Path:  # noqa: ANN001
     settings = SyntheticSettings(train_images=48, val_images=12, image_size=64)
     run_split(dataset="synthetic", out=out, synthetic=settings, workers=1)
     return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _bad_inputs_doc():  # noqa: ANN202
+    """With SIMFORMER_WRITE_BAD_INPUTS_DOC=1, write the messages the bad-input cases captured."""
+    yield
+    from refusals import write_doc
+
+    write_doc()
