@@ -37,5 +37,7 @@ class ModelManifest(ManifestBase):
     base_classes: list[int]
     novel_classes: list[int]
     ignore_index: int
+    label_sources: list[str] = Field(min_length=1, description="the labels this training read, e.g. the split's "
+                                     "weak train labels and image-level labels, its full labels (oracle), pseudo labels")
     weights_file: Literal["weights.safetensors"] = WEIGHTS_FILE
     weights_sha256: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")

@@ -107,6 +107,9 @@ def run_pseudolabel(
         trained_on = model_manifest.inputs.artifacts.get("split")
         if trained_on is None or trained_on.digest != split_artifact.digest:
             raise UserError(f"--split {split}: the model {model} was trained on another split; use that split")
+        if model_manifest.params.settings.method == "oracle":
+            raise UserError(f"--model {model}: trained on the full labels (--method oracle), novel pixels included; "
+                            "pseudo labels come from a weak-shot model (train without --method oracle)")
         inputs = Inputs(artifacts={
             "model": ArtifactRef(path=str(Path(model).absolute()), kind="model", digest=model_digest),
             "split": ArtifactRef(path=str(Path(split).absolute()), kind="split", digest=split_artifact.digest),

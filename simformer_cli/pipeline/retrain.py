@@ -13,7 +13,6 @@ from simformer_cli.artifacts.pseudolabels_manifest import PseudoLabelsManifest
 from simformer_cli.artifacts.store import read_manifest
 from simformer_cli.data.split_store import SplitArtifact
 from simformer_cli.errors import UserError
-from simformer_cli.pipeline.pseudolabel import PseudoLabelReader
 from simformer_cli.pipeline.train import TrainResult, run_train
 
 
@@ -42,7 +41,7 @@ def run_retrain(*, split: Path, pseudolabels: Path, out: Path | None = None, ini
     return run_train(
         split=split, out=out if out is not None else Path(split).parent / "model-retrained.zarr",
         method="supervised", stage="retrain", extra_inputs=extra_inputs, init_weights=init_weights,
-        label_reader=PseudoLabelReader(Path(pseudolabels)), **training,
+        pseudolabels=Path(pseudolabels), **training,
     )
 
 
@@ -54,6 +53,9 @@ def _initial_model(path: Path, split: SplitArtifact) -> tuple[ArtifactRef, tuple
     settings = manifest.params.settings
     if settings.method == "cam":
         raise UserError(f"--init-from {path}: a CAM classifier cannot start a segmenter; give a model from train")
+    if settings.method == "oracle":
+        raise UserError(f"--init-from {path}: trained on the full labels (--method oracle), novel pixels included; "
+                        "a weak-shot retrain starts from a weak-shot model (train without --method oracle)")
     trained_on = manifest.inputs.artifacts.get("split")
     if trained_on is None or trained_on.digest != split.digest:
         raise UserError(f"--init-from {path}: trained on another split; use a model trained on this split")

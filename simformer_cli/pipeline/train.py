@@ -27,6 +27,7 @@ from simformer_cli.data.split_store import AUDIT_LABELS, AuditLabelReader, Split
 from simformer_cli.data.train_data import LabelReader
 from simformer_cli.errors import UserError
 from simformer_cli.model.settings import ModelSettings
+from simformer_cli.pipeline.pseudolabel import PseudoLabelReader
 from simformer_cli.progress import Reporter, SilentReporter
 from simformer_cli.training.checkpoint import latest_checkpoint
 from simformer_cli.training.devices import DeviceChoice, broadcast_object, start_runtime, stop_runtime
@@ -35,6 +36,44 @@ from simformer_cli.training.model_artifact import file_sha256, write_weights
 from simformer_cli.training.settings import Method, PresetName, TrainSettings, preset_settings
 
 RESUME_KEY_FILE = ".resume-key"
+
+#: What a training run may read as labels, as the model manifest records it (``label_sources``).
+WEAK_LABELS = "split:train/labels (weak: novel pixels ignored)"
+IMAGE_LABELS = "split:train/image_labels"
+FULL_LABELS = "split:audit/train_labels (full: novel pixels included)"
+CROP_LABELS = "split:audit/train_labels (only which novel classes are inside each crop)"
+PSEUDO_LABELS = "pseudolabels:labels (base ground truth + predicted novel pixels)"
+
+
+@dataclass(frozen=True)
+class TrainingLabels:
+    """Where one run's labels come from: decided once, from the fully resolved settings."""
+
+    reader: LabelReader | None  # None: the split's weak train labels
+    crop_reader: LabelReader | None  # image_labels=crop: the full labels the crops' classes are read from
+    sources: tuple[str, ...]
+
+
+def training_labels(settings: TrainSettings, split: SplitArtifact, pseudolabels: Path | None) -> TrainingLabels:
+    """The labels ``settings`` train on. Only ``method`` (and ``image_labels``) of the resolved settings
+    decide, so no option can make a run read other labels than its manifest says it did."""
+    has_full = AUDIT_LABELS in split.manifest.arrays
+    if settings.method == "supervised" or pseudolabels is not None:
+        if settings.method != "supervised" or pseudolabels is None:
+            raise UserError(f"method {settings.method}: pseudo labels are trained on by `simformer retrain` "
+                            "(method supervised) only")
+        return TrainingLabels(PseudoLabelReader(Path(pseudolabels)), None, (PSEUDO_LABELS,))
+    if settings.method == "oracle":
+        if not has_full:
+            raise UserError(f"--method oracle: {split.path} has no full train labels; "
+                            "make the split with --keep-train-labels")
+        return TrainingLabels(AuditLabelReader(split.path), None, (FULL_LABELS,))
+    if settings.image_labels == "crop":
+        if not has_full:
+            raise UserError(f"--set image_labels=crop: {split.path} has no full train labels to read the crops' "
+                            "classes from; make the split with --keep-train-labels")
+        return TrainingLabels(None, AuditLabelReader(split.path), (WEAK_LABELS, IMAGE_LABELS, CROP_LABELS))
+    return TrainingLabels(None, None, (WEAK_LABELS, IMAGE_LABELS))
 
 
 @dataclass(frozen=True)
@@ -56,6 +95,13 @@ def resolve_settings(
                                image_size=short_side, method=method)
     if seed is not None and seed < 0:
         raise UserError(f"--seed {seed}: expected a non-negative integer")
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key == "preset":
+            raise UserError(f"--set {item}: choose the preset with --preset")
+        if key == "method":  # it decides the preset's losses and which labels training reads: one place only
+            raise UserError(f"--set {item}: choose the method with `train --method` "
+                            "(retrain always trains on pseudo labels)")
     data = apply_overrides(settings.model_dump(), overrides)
     for key, value in (("iters", iters), ("batch_size", batch_size), ("seed", seed)):
         if value is not None:
@@ -195,7 +241,7 @@ def run_train(
     reporter: Reporter | None = None,
     stage: Literal["train", "retrain"] = "train",
     extra_inputs: dict[str, ArtifactRef] | None = None,
-    label_reader: LabelReader | None = None,
+    pseudolabels: Path | None = None,
     init_weights: tuple[Path, ModelSettings] | None = None,
     on_step=None,  # noqa: ANN001 - test hook: called with the number of finished steps
 ) -> TrainResult:
@@ -209,17 +255,7 @@ def run_train(
         if init_weights is not None and init_weights[1] != settings.model:
             raise UserError("--init-from: that model's network differs from this run's "
                             "(another preset or --set model.*); use the same network settings")
-        if method == "oracle":
-            if AUDIT_LABELS not in split_artifact.manifest.arrays:
-                raise UserError(f"--method oracle: {split} has no full train labels; "
-                                "make the split with --keep-train-labels")
-            label_reader = AuditLabelReader(Path(split))
-        crop_label_reader = None
-        if settings.image_labels == "crop":
-            if AUDIT_LABELS not in split_artifact.manifest.arrays:
-                raise UserError(f"--set image_labels=crop: {split} has no full train labels to read the crops' "
-                                "classes from; make the split with --keep-train-labels")
-            crop_label_reader = AuditLabelReader(Path(split))
+        labels = training_labels(settings, split_artifact, pseudolabels)
         if backbone_weights is not None and not Path(backbone_weights).is_file():
             raise UserError(f"--backbone-weights {backbone_weights}: no such file")
         if backbone_weights is not None:
@@ -241,7 +277,7 @@ def run_train(
             _check_resume(out, key)
         common = dict(settings=settings, split_path=Path(split), runtime=runtime, resume=resume,
                       checkpoint_every=checkpoint_every, workers=workers, reporter=reporter,
-                      label_reader=label_reader, crop_label_reader=crop_label_reader,
+                      label_reader=labels.reader, crop_label_reader=labels.crop_reader,
                       backbone_weights=backbone_weights, init_weights=init_weights[0] if init_weights else None,
                       on_step=on_step)
         if not runtime.is_main:
@@ -273,6 +309,7 @@ def run_train(
                 base_classes=split_artifact.manifest.base_classes,
                 novel_classes=split_artifact.manifest.novel_classes,
                 ignore_index=split_artifact.manifest.ignore_index,
+                label_sources=list(labels.sources),
                 weights_sha256=write_weights(staging, result.model_state),
             )
             digest = commit(staging, out, manifest)
