@@ -38,7 +38,7 @@ class OtherManifest(ManifestBase):
 
 
 def write_toy(out: Path, size: int = 4) -> str:
-    with staged_artifact(out) as staging:
+    with staged_artifact(out, kind="metrics") as staging:
         group = zarr.open_group(store=str(staging), mode="w")
         group.create_array(name="values", shape=(size,), dtype="int32", chunks=(size,))
         manifest = ToyManifest(params=ToyParams(size=size), arrays={"values": ArraySpec(shape=[size], dtype="int32")})
@@ -64,7 +64,7 @@ def test_digest_ignores_created_at_only() -> None:
 def test_failure_inside_staging_leaves_nothing(tmp_path: Path) -> None:
     out = tmp_path / "toy.zarr"
     with pytest.raises(RuntimeError):
-        with staged_artifact(out) as staging:
+        with staged_artifact(out, kind="metrics") as staging:
             (staging / "half").write_text("x")
             raise RuntimeError("crash")
     assert not out.exists()
@@ -156,7 +156,7 @@ def test_output_that_is_not_an_artifact_is_refused(tmp_path: Path) -> None:
 
 
 def _hold_lock(out: str, ready, release) -> None:  # noqa: ANN001
-    with staged_artifact(Path(out)):
+    with staged_artifact(Path(out), kind="metrics"):
         ready.set()
         release.wait(10)
 

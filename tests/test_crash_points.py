@@ -32,7 +32,7 @@ class ToyManifest(ManifestBase):
 
 
 def write_toy(out: Path, size: int, crash_at: int | None = None, monkeypatch=None) -> None:  # noqa: ANN001
-    with staged_artifact(out) as staging:
+    with staged_artifact(out, kind="metrics") as staging:
         group = zarr.open_group(store=str(staging), mode="w")
         group.create_array(name="values", shape=(size,), dtype="int32", chunks=(size,))
         group["values"][...] = np.arange(size, dtype=np.int32)

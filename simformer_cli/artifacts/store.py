@@ -23,7 +23,7 @@ import zarr
 from pydantic import ValidationError
 
 from simformer_cli.artifacts.digest import canonical_json, manifest_digest
-from simformer_cli.artifacts.manifest import ManifestBase
+from simformer_cli.artifacts.manifest import Inputs, ManifestBase
 from simformer_cli.errors import ArtifactError, UserError
 
 MANIFEST_FILE = "manifest.json"
@@ -74,6 +74,12 @@ def _write_file_atomically(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _real_target(out: Path) -> Path:
+    """Where an output really goes: ``out`` made absolute, symbolic links followed (a link to an
+    artifact then keeps pointing at the rebuilt artifact, and nothing is left beside the link)."""
+    return Path(os.path.realpath(Path(out).absolute()))
+
+
 def is_artifact(path: Path) -> bool:
     return (path / MANIFEST_FILE).is_file()
 
@@ -100,25 +106,63 @@ def _exclusive_lock(out: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def check_output_path(out: Path) -> None:
-    """Refuse to overwrite something that is not an artifact (an empty folder is fine)."""
+#: How a stage names each of its input artifacts on the command line.
+INPUT_OPTIONS = {"init": "--init-from"}
+
+
+def _kind_on_disk(path: Path) -> str | None:
+    """The ``kind`` an artifact's manifest.json states (digest not checked), or None if unreadable."""
+    try:
+        body = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8")).get("manifest", {})
+        return body.get("kind") if isinstance(body, dict) else None
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return None
+
+
+def _same_place(a: Path, b: Path) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_output_path(out: Path, kind: str | None = None, inputs: Inputs | None = None) -> None:
+    """Refuse an ``--out`` whose writing would destroy something: anything but an empty folder or an
+    artifact of the same ``kind``, an input of the same command, or a place inside an artifact."""
+    out = Path(out).absolute()
+    for name, ref in (inputs.artifacts.items() if inputs is not None else ()):
+        if _same_place(out, Path(ref.path)):
+            option = INPUT_OPTIONS.get(name, f"--{name}")
+            raise UserError(f"{out}: is this command's {option} input; writing the output there would destroy it. "
+                            "Choose another --out")
+    for parent in out.parents:
+        if is_artifact(parent):
+            raise UserError(f"{out}: is inside the artifact {parent}; choose an --out outside it")
     if out.exists() and not (out.is_dir() and (is_artifact(out) or not any(out.iterdir()))):
         raise UserError(
             f"{out}: exists and is not a simformer artifact; refusing to overwrite it. "
             "Choose another --out or remove it yourself"
         )
+    if kind is not None and out.is_dir() and is_artifact(out):
+        there = _kind_on_disk(out)
+        if there != kind:
+            what = f"a {there!r} artifact" if there else "an artifact with an unreadable manifest"
+            raise UserError(f"{out}: is {what}; this command writes a {kind!r} artifact and replaces only one of "
+                            "that kind. Choose another --out or remove it yourself")
 
 
 @contextlib.contextmanager
-def staged_artifact(out: Path, *, resume_key: str | None = None) -> Iterator[Path]:
+def staged_artifact(out: Path, *, kind: str, inputs: Inputs | None = None,
+                    resume_key: str | None = None) -> Iterator[Path]:
     """Yield a private directory to build the artifact in; :func:`commit` publishes it.
+
+    ``out`` is checked first (:func:`check_output_path`): only an artifact of ``kind`` that is not
+    one of ``inputs`` is ever replaced. A symbolic link is followed: the artifact it points to is
+    replaced and the link kept.
 
     Without ``resume_key`` the staging directory is fresh and removed on failure. With one, it is
     ``.NAME.partial`` and kept on failure, so a rerun with the same key can continue from the
     pieces already there (a different key starts over).
     """
-    out = out.absolute()
-    check_output_path(out)
+    out = _real_target(out)
+    check_output_path(out, kind, inputs)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -152,7 +196,7 @@ def staged_artifact(out: Path, *, resume_key: str | None = None) -> Iterator[Pat
 
 def commit(staging: Path, out: Path, manifest: ManifestBase) -> str:
     """Write the manifest last, then move the finished artifact into place. Returns its digest."""
-    out = out.absolute()
+    out = _real_target(out)
     if not (staging / "zarr.json").is_file():  # every artifact is a zarr group, arrays or not
         zarr.create_group(store=str(staging), zarr_format=3)
     (staging / ".resume-key").unlink(missing_ok=True)

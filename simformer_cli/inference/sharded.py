@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import zarr
 
-from simformer_cli.artifacts.manifest import ArraySpec, ManifestBase
-from simformer_cli.artifacts.store import commit, read_manifest, staged_artifact
+from simformer_cli.artifacts.manifest import ArraySpec, Frozen, Inputs, ManifestBase
+from simformer_cli.artifacts.store import commit, plan_key, read_manifest, staged_artifact
 from simformer_cli.cam.network import CamNet
 from simformer_cli.data.split_store import SubsetLayout, plan_layout, write_shard_block
 from simformer_cli.inference import predict
@@ -70,7 +70,7 @@ def argmax_rule(index: int, scores: torch.Tensor) -> np.ndarray:
 
 
 def run_prediction_job(
-    job: PredictionJob, *, out: Path, key: str, runtime: Runtime, reporter: Reporter, manifest_model: type[M],
+    job: PredictionJob, *, out: Path, inputs: Inputs, params: Frozen, runtime: Runtime, reporter: Reporter, manifest_model: type[M],
     make_manifest: Callable[[Path, dict[str, ArraySpec], float], M],
 ) -> tuple[M, str]:
     """Predict every image into ``out``; returns the committed (manifest, digest) on every rank.
@@ -86,7 +86,8 @@ def run_prediction_job(
         runtime.barrier()
         runtime.barrier()  # rank 0 has committed
         return read_manifest(out, manifest_model)
-    with staged_artifact(out, resume_key=key) as staging:
+    kind = manifest_model.model_fields["kind"].default
+    with staged_artifact(out, kind=kind, inputs=inputs, resume_key=plan_key(inputs, params)) as staging:
         specs = open_or_create_arrays(
             staging, count=len(job.source.names), canvas=layout.canvas, chunk=layout.chunk,
             shard_images=layout.shard_images, label_dtype=job.label_dtype, ignore_index=job.ignore_index,

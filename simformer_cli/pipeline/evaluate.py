@@ -77,7 +77,7 @@ def run_eval(
         "predictions": ArtifactRef(path=str(Path(predictions).absolute()), kind="predictions", digest=preds.digest),
         "split": ArtifactRef(path=str(Path(split).absolute()), kind="split", digest=split_artifact.digest),
     })
-    with staged_artifact(out) as staging:
+    with staged_artifact(out, kind="metrics", inputs=inputs) as staging:
         import zarr
 
         group = zarr.open_group(store=str(staging), mode="w", zarr_format=3)

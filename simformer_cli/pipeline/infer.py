@@ -17,7 +17,7 @@ from simformer_cli.artifacts.digest import files_fingerprint
 from simformer_cli.artifacts.manifest import ArraySpec, ArtifactRef, DatasetFingerprint, Inputs, Provenance
 from simformer_cli.artifacts.model_manifest import ModelManifest
 from simformer_cli.artifacts.predictions_manifest import InferParams, InferSummary, PredictionsManifest
-from simformer_cli.artifacts.store import current_artifact, plan_key
+from simformer_cli.artifacts.store import current_artifact
 from simformer_cli.data.folder import IMAGE_SUFFIXES
 from simformer_cli.data.ingest import _file_digest, _image_size
 from simformer_cli.data.source import decode_image, read_bytes
@@ -125,7 +125,6 @@ def run_infer(
         if current is not None:
             reporter.info(f"{out}: up to date (same model, images and settings), skipping; pass --force to redo")
             return InferResult(*current, out, True)
-        key = plan_key(inputs, params)
         job = PredictionJob(network=network, source=source, test_time=params.test_time,
                             num_classes=len(model_manifest.class_names), ignore_index=model_manifest.ignore_index,
                             label_rule=argmax_rule, save_scores=save_scores)
@@ -142,7 +141,7 @@ def run_infer(
                 label_dtype=job.label_dtype,  # type: ignore[arg-type]
             )
 
-        manifest, digest = run_prediction_job(job, out=out, key=key, runtime=runtime, reporter=reporter,
+        manifest, digest = run_prediction_job(job, out=out, inputs=inputs, params=params, runtime=runtime, reporter=reporter,
                                               make_manifest=make_manifest, manifest_model=PredictionsManifest)
         return InferResult(manifest, digest, out, False)
     finally:

@@ -23,7 +23,7 @@ import torch
 
 from simformer_cli.artifacts.manifest import ArraySpec, ArtifactRef, Inputs, Provenance
 from simformer_cli.artifacts.pseudolabels_manifest import PseudoLabelParams, PseudoLabelsManifest, PseudoLabelSummary
-from simformer_cli.artifacts.store import current_artifact, open_artifact, plan_key
+from simformer_cli.artifacts.store import current_artifact, open_artifact
 from simformer_cli.cam.pseudolabel import CamScorer
 from simformer_cli.data.split_store import SplitArtifact, read_audit_label, read_cut
 from simformer_cli.errors import UserError
@@ -130,7 +130,6 @@ def run_pseudolabel(
                             label_rule=PseudoLabelRule(split_artifact, min_score, among),
                             scorer=None if cam is None else CamScorer(network, split_artifact, cam,  # type: ignore[arg-type]
                                                                       params.test_time, runtime))
-        key = plan_key(inputs, params)
 
         def make_manifest(staging: Path, arrays: dict[str, ArraySpec], seconds: float) -> PseudoLabelsManifest:
             summary = _quality(staging, split_artifact, seconds, reporter)
@@ -142,7 +141,7 @@ def run_pseudolabel(
                 label_dtype=job.label_dtype,  # type: ignore[arg-type]
             )
 
-        manifest, digest = run_prediction_job(job, out=out, key=key, runtime=runtime, reporter=reporter,
+        manifest, digest = run_prediction_job(job, out=out, inputs=inputs, params=params, runtime=runtime, reporter=reporter,
                                               make_manifest=make_manifest, manifest_model=PseudoLabelsManifest)
         return PseudoLabelResult(manifest, digest, out, False)
     finally:

@@ -138,7 +138,7 @@ def run_split(
             reporter.info(f"{out}: up to date (same settings), skipping; pass --force to rebuild")
             return SplitResult(existing, read_manifest(out, SplitManifest)[1], out, True)
         source = out.absolute().parent / f".{out.name}.synthetic-source"
-        check_output_path(out.absolute())  # refuse before generating, not after
+        check_output_path(out, "split")  # refuse before generating, not after
         try:
             shutil.rmtree(source, ignore_errors=True)
             source.mkdir(parents=True)
@@ -194,7 +194,7 @@ def _build(
             return SplitResult(existing, read_manifest(out, SplitManifest)[1], out, True)
         if existing is not None and not force:
             reporter.info(f"{out}: settings or dataset files changed, rebuilding")
-        with staged_artifact(out) as staging:
+        with staged_artifact(out, kind="split") as staging:
             manifest = _ingest(raw, params, novel, base, sizes, inputs, staging, pool, reporter, dataset_root)
             digest = commit(staging, out, manifest)
     return SplitResult(manifest, digest, out, False)

@@ -285,7 +285,7 @@ def run_train(
             train_loop(work_dir=Path(work_dir), **common)  # type: ignore[arg-type]
             runtime.barrier()
             return TrainResult(*read_manifest(out, ModelManifest), out, False)  # type: ignore[misc]
-        with staged_artifact(out, resume_key=key) as staging:
+        with staged_artifact(out, kind="model", inputs=inputs, resume_key=key) as staging:
             if backbone_weights is None and settings.model.backbone != "tiny" and settings.model.backbone_norm == "frozen_bn":
                 # only once the inputs are accepted, so that a refusal stays one line
                 reporter.info("warning: training a ResNet with frozen batch norm from random weights; "
