@@ -61,9 +61,12 @@ def split(
     novel_classes: Annotated[Optional[str], typer.Option(help="Comma-separated novel class names or ids.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output artifact (default runs/DATASET-SPLIT/split.zarr).")] = None,
     keep_train_labels: Annotated[bool, typer.Option(help="Keep full train labels in an audit group (never read by training).")] = True,
+    holdout: Annotated[int, typer.Option(help="Hold out this many training images (with full labels) as a 'holdout' "
+                                              "subset for tuning, where val is the reported set.")] = 0,
     synthetic_train: Annotated[Optional[int], typer.Option(help="Synthetic data: training images.")] = None,
     synthetic_val: Annotated[Optional[int], typer.Option(help="Synthetic data: validation images.")] = None,
     synthetic_size: Annotated[Optional[int], typer.Option(help="Synthetic data: image side in pixels.")] = None,
+    synthetic_test: Annotated[Optional[int], typer.Option(help="Synthetic data: held-out test images (0: none).")] = None,
     synthetic_seed: Annotated[Optional[int], typer.Option(help="Synthetic data: generator seed.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Worker processes (default: all cores, at most 8).")] = None,
     force: ForceOption = False,
@@ -74,11 +77,11 @@ def split(
     from simformer_cli.report import print_split_summary
 
     _choice("--dataset", dataset, ("synthetic", "ade20k", "coco-stuff-10k", "folder"))
-    synthetic = _synthetic_settings(synthetic_train, synthetic_val, synthetic_size, synthetic_seed)
+    synthetic = _synthetic_settings(synthetic_train, synthetic_val, synthetic_size, synthetic_seed, synthetic_test)
     result = run_split(
         dataset=dataset,  # type: ignore[arg-type]
         root=root, out=out, ratio=ratio, seed=seed, official_split=official_split, novel_classes=novel_classes,
-        keep_train_labels=keep_train_labels, synthetic=synthetic, force=force,
+        keep_train_labels=keep_train_labels, synthetic=synthetic, holdout=holdout, force=force,
         workers=None if workers is None else _non_negative("--workers", workers),
         reporter=RichReporter(),
     )
@@ -87,10 +90,11 @@ def split(
         print_json(result.manifest.model_dump(mode="json"))
 
 
-def _synthetic_settings(train: int | None, val: int | None, size: int | None, seed: int | None):  # noqa: ANN202
+def _synthetic_settings(train: int | None, val: int | None, size: int | None, seed: int | None,  # noqa: ANN202
+                        test: int | None = None):
     from simformer_cli.data.synthetic import SyntheticSettings
 
-    overrides = {key: value for key, value in (("train_images", train), ("val_images", val),
+    overrides = {key: value for key, value in (("train_images", train), ("val_images", val), ("test_images", test),
                                                ("image_size", size), ("seed", seed)) if value is not None}
     try:
         return SyntheticSettings(**overrides)
@@ -141,7 +145,7 @@ def train(
 def infer(
     model: Annotated[Path, typer.Option(help="Model artifact.")],
     split: Annotated[Optional[Path], typer.Option(help="Split artifact whose images to segment.")] = None,
-    subset: Annotated[str, typer.Option(help="val | train (with --split).")] = "val",
+    subset: Annotated[str, typer.Option(help="val | train | test | holdout (with --split; test and holdout where the split has them).")] = "val",
     images: Annotated[Optional[Path], typer.Option(help="Instead of a split: a folder of .jpg/.png images.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output predictions artifact (default: beside the model).")] = None,
     scales: Annotated[str, typer.Option(help="Test-time scale factors, e.g. 0.75,1,1.25 (scores averaged).")] = "1",
@@ -155,7 +159,7 @@ def infer(
     from simformer_cli.pipeline.infer import run_infer
 
     result = run_infer(
-        model=model, split=split, subset=_choice("--subset", subset, ("val", "train")), images=images, out=out,
+        model=model, split=split, subset=_choice("--subset", subset, ("val", "train", "test", "holdout")), images=images, out=out,
         scales=_floats("--scales", scales), flip=flip, save_scores=save_scores,
         device=_choice("--device", device, ("auto", "cpu", "cuda")), force=force, reporter=RichReporter(),
     )

@@ -147,3 +147,38 @@ def test_default_root_from_environment(cli, tmp_path: Path, monkeypatch) -> None
     assert result.code == 0, result.err
     assert (tmp_path / "runs" / "ade20k-r3-1-s2" / "split.zarr" / "manifest.json").is_file()
     assert len(json.loads(result.out)["novel_classes"]) == 38
+
+
+def test_a_test_subset_and_held_out_training_images(cli, tmp_path: Path) -> None:
+    """A folder dataset's images/test become the test subset; --holdout moves training images, chosen
+    by name whatever the class split, to a holdout subset with full labels; both can be segmented
+    and scored like val."""
+    sizes = {"train": [(24, 32), (30, 20), (16, 16), (40, 28), (20, 20), (24, 24)], "val": [(20, 36), (32, 32)],
+             "test": [(28, 28), (16, 24), (20, 20)]}
+    root = make_folder_dataset(tmp_path / "d", sizes=sizes)
+    held = {}
+    for seed in (0, 3):
+        out = tmp_path / f"s{seed}.zarr"
+        assert cli("split", "--dataset", "folder", "--root", root, "--seed", seed, "--holdout", "2", "--out", out,
+                   "--workers", "1").code == 0
+        split = SplitArtifact(out)
+        counts = {name: subset.images for name, subset in split.manifest.summary.subsets.items()}
+        assert counts == {"train": 4, "val": 2, "test": 3, "holdout": 2}
+        assert split.manifest.params.holdout == 2
+        held[seed] = split.names("holdout")
+        assert not set(held[seed]) & set(split.names("train"))
+        for index in range(2):  # full labels, novel pixels included, as the dataset has them
+            name = held[seed][index]
+            expected = np.asarray(Image.open(root / "labels" / "train" / f"{name}.png"))
+            assert np.array_equal(split.label("holdout", index), expected)
+    assert held[0] == held[3]
+    out = tmp_path / "s0.zarr"
+    model, predictions = tmp_path / "m.zarr", tmp_path / "p.zarr"
+    assert cli("train", "--split", out, "--out", model, "--iters", "1", "--batch-size", "2", "--device", "cpu").code == 0
+    for subset in ("test", "holdout"):
+        assert cli("infer", "--model", model, "--split", out, "--subset", subset, "--out", predictions,
+                   "--device", "cpu").code == 0
+        result = cli("eval", "--predictions", predictions, "--split", out, "--json")
+        assert result.code == 0 and json.loads(result.out)["num_images"] == {"test": 3, "holdout": 2}[subset]
+    refused = cli("split", "--dataset", "folder", "--root", root, "--holdout", "5", "--out", tmp_path / "x.zarr")
+    assert refused.code == 2 and "--holdout 5" in refused.err and len(refused.err.strip().splitlines()) == 1

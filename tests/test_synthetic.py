@@ -26,7 +26,7 @@ from simformer_cli.data.synthetic import (
 )
 from simformer_cli.errors import UserError
 
-SMALL = SyntheticSettings(train_images=60, val_images=20, image_size=64)
+SMALL = SyntheticSettings(train_images=60, val_images=20, test_images=12, image_size=64)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_folder_layout(small_dataset: Path) -> None:
     names = classes["classes"]
     assert len(names) == 16 and names[0] == "background" and len(set(names)) == 16
     assert all(n == n.lower() and "," not in n and " " not in n for n in names)
-    for subset, count in (("train", 60), ("val", 20)):
+    for subset, count in (("train", 60), ("val", 20), ("test", 12)):
         images = sorted(p.name for p in (small_dataset / "images" / subset).iterdir())
         labels = sorted(p.name for p in (small_dataset / "labels" / subset).iterdir())
         assert images == labels == [f"{i:06d}.png" for i in range(count)]
@@ -64,7 +64,8 @@ def test_folder_layout(small_dataset: Path) -> None:
     with Image.open(small_dataset / "labels" / "val" / "000019.png") as label:
         assert (label.mode, label.size) == ("L", (64, 64))
     raw = load_folder(small_dataset)  # the documented folder reader takes it as it is
-    assert raw.class_names == tuple(names) and {k: len(v) for k, v in raw.subsets.items()} == {"train": 60, "val": 20}
+    assert raw.class_names == tuple(names) and {k: len(v) for k, v in raw.subsets.items()} == {"train": 60, "val": 20,
+                                                                                            "test": 12}
     described = json.loads((small_dataset / "synthetic.json").read_text())
     assert described["generator_version"] == GENERATOR_VERSION
     assert SyntheticSettings(**described["settings"]) == SMALL
@@ -75,7 +76,20 @@ def test_same_settings_same_bytes_whatever_the_workers(small_dataset: Path, tmp_
     finished: list[int] = []
     generate_synthetic(again, SMALL, progress=finished.append, workers=2)
     assert all_files(again) == all_files(small_dataset)
-    assert finished == sorted(finished) and finished[-1] == 80
+    assert finished == sorted(finished) and finished[-1] == 92
+
+
+def test_test_images_are_their_own_and_do_not_move_with_the_other_subsets(small_dataset: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    generate_synthetic(other, SyntheticSettings(train_images=7, val_images=3, test_images=12, image_size=64), workers=0)
+    files = all_files(small_dataset)
+    test_files = {name: data for name, data in all_files(other).items() if "/test/" in name}
+    assert len(test_files) == 24 and all(files[name] == data for name, data in test_files.items())
+    train_and_val = {data for name, data in files.items() if name.startswith("images/") and "/test/" not in name}
+    assert not train_and_val & set(test_files.values())
+    none = tmp_path / "none"
+    generate_synthetic(none, SyntheticSettings(train_images=4, val_images=2, test_images=0, image_size=64), workers=0)
+    assert sorted(p.name for p in (none / "images").iterdir()) == ["train", "val"]
 
 
 def test_other_seed_other_bytes(small_dataset: Path, tmp_path: Path) -> None:
@@ -84,7 +98,7 @@ def test_other_seed_other_bytes(small_dataset: Path, tmp_path: Path) -> None:
     first, second = all_files(small_dataset), all_files(other)
     assert first.keys() == second.keys()
     differing = [name for name in first if name.endswith(".png") and first[name] != second[name]]
-    assert len(differing) == 160
+    assert len(differing) == 184  # (60 + 20 + 12) images and labels
 
 
 def test_labels_are_class_ids_or_ignore_and_mostly_labelled(small_dataset: Path) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Literal
 
 from simformer_cli.artifacts.manifest import Frozen, ManifestBase
+from simformer_cli.artifacts.split_manifest import SubsetName
 from simformer_cli.evaluation.metrics import EvalReport
 
 
 class EvalParams(Frozen):
-    subset: Literal["train", "val"]
+    subset: SubsetName
 
 
 class MetricsManifest(ManifestBase):

@@ -7,12 +7,13 @@ from typing import Literal
 from pydantic import Field
 
 from simformer_cli.artifacts.manifest import Frozen, ManifestBase
+from simformer_cli.artifacts.split_manifest import SubsetName
 from simformer_cli.inference.predict import TestTimeSettings
 
 
 class InferParams(Frozen):
     source: Literal["split", "images"]
-    subset: Literal["train", "val"] | None = None
+    subset: SubsetName | None = None
     test_time: TestTimeSettings
     save_scores: bool = False
 

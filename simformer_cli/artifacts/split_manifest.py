@@ -10,6 +10,9 @@ from simformer_cli.artifacts.manifest import Frozen, ManifestBase
 from simformer_cli.data.synthetic import SyntheticSettings
 
 DatasetName = Literal["synthetic", "ade20k", "coco-stuff-10k", "folder"]
+#: train: weak labels; val: the usual validation images; test: held out for reporting (synthetic, or a
+#: folder dataset with images/test); holdout: training images held out for tuning (split --holdout).
+SubsetName = Literal["train", "val", "test", "holdout"]
 
 
 class SplitParams(Frozen):
@@ -22,6 +25,9 @@ class SplitParams(Frozen):
     official_split: int | None = None
     requested_novel: list[str] | None = None
     keep_train_labels: bool = True
+    # Training images moved to the ``holdout`` subset (full labels, like val) for tuning, where the
+    # val images are the reported set; chosen by name hash, whatever the class split.
+    holdout: int = Field(0, ge=0)
     synthetic: SyntheticSettings | None = None
     synthetic_generator_version: int | None = None
 

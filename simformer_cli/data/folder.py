@@ -25,6 +25,8 @@ from simformer_cli.errors import DataError, UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SUBSETS = ("train", "val")
+#: Subsets a folder dataset may add: test, held out for reporting (never used for any decision).
+OPTIONAL_SUBSETS = ("test",)
 
 
 def _read_classes(path: Path) -> tuple[tuple[str, ...], int, tuple[str, ...]]:
@@ -98,7 +100,8 @@ def load_folder(root: Path) -> RawDataset:
     lut[: len(names)] = np.arange(len(names))
     lut[file_ignore] = ignore
     subsets = {
-        subset: pair_by_stem(root, root / "images" / subset, root / "labels" / subset, subset) for subset in SUBSETS
+        subset: pair_by_stem(root, root / "images" / subset, root / "labels" / subset, subset)
+        for subset in (*SUBSETS, *(s for s in OPTIONAL_SUBSETS if (root / "images" / s).is_dir()))
     }
     return RawDataset(
         name="folder",

@@ -169,7 +169,8 @@ class RawDataset:
     """A dataset on disk: class names, ignore value, and the samples of each subset.
 
     ``lut`` maps every raw label value to a contiguous class id, the ignore value, or INVALID.
-    ``subsets`` holds ``"train"`` and ``"val"`` (either may be empty only if the caller allows it).
+    ``subsets`` holds ``"train"`` and ``"val"`` (either may be empty only if the caller allows it),
+    and ``"test"`` where the dataset has a held-out test subset.
     ``always_base`` lists class ids a random split never makes novel (e.g. a background class).
     """
 

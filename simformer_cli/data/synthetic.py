@@ -34,9 +34,9 @@ from simformer_cli.data.png import encode_png
 from simformer_cli.errors import UserError
 
 #: Bump whenever the bytes written for some settings change.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4  # 4: a test subset
 IGNORE_INDEX = 255
-SUBSETS = ("train", "val")
+SUBSETS = ("train", "val", "test")
 
 #: Colour factor: name and light tone; the dark tone of a pattern is DARK_TONE times the light one.
 COLOURS: tuple[tuple[str, tuple[int, int, int]], ...] = (
@@ -75,6 +75,9 @@ class SyntheticSettings(BaseModel):
     num_classes: int = Field(16, ge=2, le=MAX_CLASSES)
     train_images: int = Field(1500, ge=1, le=999_999)
     val_images: int = Field(300, ge=1, le=999_999)
+    # Held out for reporting: its images come from their own random streams (subset 2), so they
+    # never change with the train/val counts and nothing tuned on val has seen them.
+    test_images: int = Field(300, ge=0, le=999_999)
     image_size: int = Field(128, ge=32, le=1024)
     min_regions: int = Field(2, ge=1, le=16)
     max_regions: int = Field(6, ge=1, le=16)
@@ -124,9 +127,10 @@ def generate_synthetic(
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"{out_dir}: folder is not empty; choose a new folder or delete it")
-    for subset in SUBSETS:
-        (out_dir / "images" / subset).mkdir(parents=True, exist_ok=True)
-        (out_dir / "labels" / subset).mkdir(parents=True, exist_ok=True)
+    for subset, count in zip(SUBSETS, (settings.train_images, settings.val_images, settings.test_images)):
+        if count:  # no test folder at all when test_images is 0
+            (out_dir / "images" / subset).mkdir(parents=True, exist_ok=True)
+            (out_dir / "labels" / subset).mkdir(parents=True, exist_ok=True)
     chunks = list(_chunks(settings))
     done = 0
     if workers > 0 and len(chunks) > 1:
@@ -168,7 +172,7 @@ def _keep_freed_memory() -> None:
 
 
 def _chunks(settings: SyntheticSettings, size: int = 60) -> Iterator[tuple[int, int, int]]:
-    for subset_index, count in enumerate((settings.train_images, settings.val_images)):
+    for subset_index, count in enumerate((settings.train_images, settings.val_images, settings.test_images)):
         for start in range(0, count, size):
             yield subset_index, start, min(start + size, count)
 

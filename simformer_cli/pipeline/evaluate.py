@@ -34,9 +34,9 @@ class EvalResult:
 
 
 def ground_truth_reader(split: SplitArtifact, subset: str):  # noqa: ANN201
-    """Full labels: val labels, or the audit copy of the train labels (train labels are weak)."""
-    if subset == "val":
-        return lambda index: split.label("val", index)
+    """Full labels: a labelled subset's own, or the audit copy of the train labels (train labels are weak)."""
+    if subset != "train":
+        return lambda index: split.label(subset, index)
     if "audit/train_labels" not in split.manifest.arrays:
         raise UserError("eval on train predictions needs the full train labels; rebuild the split with --keep-train-labels")
     return lambda index: read_audit_label(split, index)

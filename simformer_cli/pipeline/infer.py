@@ -9,14 +9,24 @@ import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
 from simformer_cli.artifacts.digest import files_fingerprint
-from simformer_cli.artifacts.manifest import ArraySpec, ArtifactRef, DatasetFingerprint, Inputs, Provenance
+from simformer_cli.artifacts.manifest import (
+    ArraySpec,
+    ArtifactRef,
+    DatasetFingerprint,
+    Inputs,
+    Provenance,
+)
 from simformer_cli.artifacts.model_manifest import ModelManifest
-from simformer_cli.artifacts.predictions_manifest import InferParams, InferSummary, PredictionsManifest
+from simformer_cli.artifacts.predictions_manifest import (
+    InferParams,
+    InferSummary,
+    PredictionsManifest,
+)
+from simformer_cli.artifacts.split_manifest import SubsetName
 from simformer_cli.artifacts.store import current_artifact
 from simformer_cli.data.folder import IMAGE_SUFFIXES
 from simformer_cli.data.ingest import _file_digest, _image_size
@@ -24,7 +34,11 @@ from simformer_cli.data.source import decode_image, read_bytes
 from simformer_cli.data.split_store import SplitArtifact
 from simformer_cli.errors import UserError
 from simformer_cli.inference.predict import TestTimeSettings
-from simformer_cli.inference.sharded import PredictionJob, argmax_rule, run_prediction_job
+from simformer_cli.inference.sharded import (
+    PredictionJob,
+    argmax_rule,
+    run_prediction_job,
+)
 from simformer_cli.progress import Reporter, SilentReporter
 from simformer_cli.training.devices import DeviceChoice, start_runtime, stop_runtime
 from simformer_cli.training.model_artifact import load_model
@@ -80,7 +94,7 @@ def run_infer(
     *,
     model: Path,
     split: Path | None = None,
-    subset: Literal["train", "val"] = "val",
+    subset: SubsetName = "val",
     images: Path | None = None,
     out: Path | None = None,
     scales: tuple[float, ...] = (1.0,),
@@ -104,6 +118,9 @@ def run_infer(
         refs = {"model": ArtifactRef(path=str(Path(model).absolute()), kind="model", digest=model_digest)}
         if split is not None:
             split_artifact = SplitArtifact(split)
+            if subset not in split_artifact.manifest.summary.subsets:
+                raise UserError(f"--subset {subset}: {split} has no {subset} subset (it has "
+                                f"{', '.join(split_artifact.manifest.summary.subsets)})")
             trained_on = model_manifest.inputs.artifacts.get("split")
             if trained_on is None or trained_on.digest != split_artifact.digest:
                 raise UserError(f"--split {split}: the model {model} was trained on another split; "

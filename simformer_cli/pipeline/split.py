@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import shutil
 import socket
 import sys
@@ -41,7 +43,29 @@ from simformer_cli.data.synthetic import GENERATOR_VERSION, SyntheticSettings, g
 from simformer_cli.errors import ArtifactError, UserError
 from simformer_cli.progress import Reporter, SilentReporter
 
-SUBSETS = ("train", "val")
+#: Subsets in the order they are stored: test where the dataset has one, holdout with --holdout.
+SUBSET_ORDER = ("train", "val", "test", "holdout")
+
+
+def hold_out(raw: RawDataset, count: int) -> RawDataset:
+    """Move ``count`` training images to a ``holdout`` subset (kept with full labels, for tuning):
+    those whose names have the smallest ``sha256("simformer-holdout:NAME")``, so the choice does not
+    depend on the class split, the order of files or the machine."""
+    if count == 0:
+        return raw
+    train = raw.subsets["train"]
+    if count > len(train) - 2:
+        raise UserError(f"--holdout {count}: the dataset has {len(train)} training images; "
+                        "hold out fewer, leaving at least 2 to train on")
+    ranked = sorted(train, key=lambda sample: hashlib.sha256(f"simformer-holdout:{sample.name}".encode()).digest())
+    held = {sample.name for sample in ranked[:count]}
+    subsets = dict(raw.subsets, train=tuple(s for s in train if s.name not in held),
+                   holdout=tuple(s for s in train if s.name in held))
+    return dataclasses.replace(raw, subsets=subsets)
+
+
+def subsets_of(raw: RawDataset) -> tuple[str, ...]:
+    return tuple(subset for subset in SUBSET_ORDER if subset in raw.subsets)
 
 
 @dataclass(frozen=True)
@@ -71,6 +95,7 @@ def plan_params(
     novel_classes: str | None,
     keep_train_labels: bool,
     synthetic: SyntheticSettings | None,
+    holdout: int = 0,
 ) -> SplitParams:
     """Check the class-selection options and fill in defaults (3:1, seed 0)."""
     chosen = [name for name, value in (("--ratio/--seed", ratio is not None or seed is not None),
@@ -79,7 +104,9 @@ def plan_params(
     if len(chosen) > 1:
         raise UserError(f"{' and '.join(chosen)} both choose the novel classes; pass only one of them")
     is_synthetic = dataset == "synthetic"
-    common = {"dataset": dataset, "keep_train_labels": keep_train_labels,
+    if holdout < 0:
+        raise UserError(f"--holdout {holdout}: expected 0 or more training images to hold out")
+    common = {"dataset": dataset, "keep_train_labels": keep_train_labels, "holdout": holdout,
               "synthetic": (synthetic or SyntheticSettings()) if is_synthetic else None,
               "synthetic_generator_version": GENERATOR_VERSION if is_synthetic else None}
     if official_split is not None:
@@ -121,6 +148,7 @@ def run_split(
     novel_classes: str | None = None,
     keep_train_labels: bool = True,
     synthetic: SyntheticSettings | None = None,
+    holdout: int = 0,
     force: bool = False,
     workers: int | None = None,
     reporter: Reporter | None = None,
@@ -128,7 +156,8 @@ def run_split(
     """Make (or confirm up to date) the split artifact at ``out``."""
     reporter = reporter or SilentReporter()
     params = plan_params(dataset=dataset, ratio=ratio, seed=seed, official_split=official_split,
-                         novel_classes=novel_classes, keep_train_labels=keep_train_labels, synthetic=synthetic)
+                         novel_classes=novel_classes, keep_train_labels=keep_train_labels, synthetic=synthetic,
+                         holdout=holdout)
     out = Path(out) if out is not None else default_split_out(dataset, params)
     existing = _existing(out)
     workers = workers or default_workers()
@@ -177,14 +206,15 @@ def _build(
     reporter: Reporter,
     dataset_root: str | None,
 ) -> SplitResult:
+    raw = hold_out(raw, params.holdout)
     novel = choose_novel(params, raw)
     base = tuple(c for c in range(raw.num_classes) if c not in novel)
     with WorkerPool(workers) as pool:
         sizes: dict[str, np.ndarray] = {}
         digests: list[tuple[str, str]] = []
-        total = sum(len(raw.subsets[s]) for s in SUBSETS)
+        total = sum(len(raw.subsets[s]) for s in subsets_of(raw))
         with reporter.task("hashing dataset files", total) as advance:
-            for subset in SUBSETS:
+            for subset in subsets_of(raw):
                 sizes[subset], subset_digests = scan(pool, raw.root, raw.subsets[subset], advance)
                 digests.extend(subset_digests)
         inputs = Inputs(dataset=DatasetFingerprint(
@@ -216,7 +246,7 @@ def _ingest(
     label_dtype = str(label_dtype_for(num_classes))
     group = zarr.open_group(store=str(staging), mode="w", zarr_format=3)
     arrays: dict[str, ArraySpec] = {}
-    layouts = {subset: plan_layout(subset, sizes[subset]) for subset in SUBSETS}
+    layouts = {subset: plan_layout(subset, sizes[subset]) for subset in subsets_of(raw)}
     for subset, layout in layouts.items():
         specs = create_arrays(group, layout, num_classes=num_classes, label_dtype=label_dtype, ignore_index=ignore,
                               audit=subset == "train" and params.keep_train_labels)
@@ -249,7 +279,7 @@ def _ingest(
         )
         if subset == "train":
             image_counts = image_labels.sum(axis=0)
-        else:
+        elif subset == "val":
             val_pixels = pixel_counts[:num_classes]
     return SplitManifest(
         inputs=inputs,
