@@ -1,35 +1,50 @@
-"""The quality benchmark: the method's parts, an oracle and a CAM baseline, side by side.
+"""The quality benchmark: the method's parts, an oracle and a CAM baseline, side by side, under a
+protocol that keeps the figures honest.
 
-On the synthetic default data, for each class split (``split --ratio 3:1 --seed S``), every row is
-trained with the same budget (``--iters`` steps, default 1200, of the tiny preset, batch 8) and scored on the
-validation images::
+Two protocols, never mixed:
 
-    oracle                every class pixel-labelled (train --method oracle): the upper bound
-    weak-shot MaskFormer  proposal-pixel transfer only (no complementary loss, no similarity)
-    + complementary loss
-    SimFormer one-stage   + pixel-pixel similarity distillation (the method's train stage)
-    + retraining          pseudolabel from the one-stage model, then retrain --init-from it
-    CAM baseline          train --method cam, pseudolabel, retrain
-    (on request: oracle with twice the steps; retraining from scratch as the paper does)
+    tuning   split seeds 0 1, one training seed, scored on the tuning images (synthetic: val;
+             CamVid: training images held out with ``split --holdout``). Settings are chosen here.
+    report   split seeds 2 3 4, training seeds 0 1 2, scored on held-out images nothing was chosen
+             on (synthetic: the generator's test subset; CamVid: its val images). Run once, after
+             the settings are fixed.
+
+Rows, each trained with the same budget (``--iters``, default the tiny preset's 1000 steps)::
+
+    oracle                every class pixel-labelled (train --method oracle), same budget
+    oracle-conv           the same, trained to convergence (--oracle-iters, chosen from --curve)
+    wsmf                  weak-shot MaskFormer: proposal-pixel transfer only
+    comp                  + complementary loss
+    simformer             SimFormer one-stage: + pixel-pixel similarity distillation
+    finetune              SimFormer + retraining (pseudolabel, retrain --init-from the one-stage model)
+    cam                   CAM baseline (train --method cam, pseudolabel, retrain)
+
+Every row is reported as mean ± standard deviation over all its runs (split seeds x training
+seeds); a difference between two rows is called an effect only when the 95% confidence interval
+of their paired differences (same split, same training seed) excludes zero.
+
+``--curve 500 1000 2000 4000`` instead trains the oracle at each budget (a full poly schedule
+each) on the tuning splits and writes its learning curve: the budget where it stops improving
+is the converged oracle's ``--oracle-iters``.
 
 Rows run as CLI commands, ``--parallel`` chains at a time, each with its share of the cores as
-torch threads. Usage (the table in BENCHMARKS.md)::
+torch threads. Artifacts stay in ``--workdir`` (default ``runs/bench/quality-SETTING-PROTOCOL``)
+and every stage skips what is already there, so an interrupted table continues where it stopped.
 
-    python benchmarks/quality.py --out BENCHMARKS.md
-
-``--set KEY=VALUE`` is passed to every training command (for tuning experiments); ``--rows``
-limits the rows; ``--workdir`` keeps the artifacts (by default a temporary folder).
+    python benchmarks/quality.py --protocol tuning --out BENCHMARKS.md
+    python benchmarks/quality.py --protocol report --out BENCHMARKS.md
+    python benchmarks/quality.py --curve 500 1000 2000 4000 --out BENCHMARKS.md
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -38,35 +53,66 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _tables import machine_line, publish  # noqa: E402
 
-
+REPO = Path(__file__).resolve().parents[1]
 ROWS = {
-    "oracle": "oracle (full labels)",
-    "oracle2x": "oracle, twice the steps (the retraining routes' total)",
+    "oracle": "oracle (full labels), same budget",
+    "oracle-conv": "oracle (full labels), converged",
     "wsmf": "weak-shot MaskFormer",
     "comp": "+ complementary loss",
     "simformer": "SimFormer one-stage",
-    "finetune": "SimFormer + retraining (from the one-stage weights)",
-    "retrain": "SimFormer + retraining from scratch (the paper's)",
+    "finetune": "SimFormer + retraining",
     "cam": "CAM baseline (+ retraining)",
 }
-#: The rows of a default run: the issue's six, with retraining as the tool recommends it. oracle2x
-#: (the retraining routes' total compute) and retrain (from the preset's initialisation, as the
-#: paper retrains) are there on request: --rows ... oracle2x retrain.
-DEFAULT_ROWS = ["oracle", "wsmf", "comp", "simformer", "finetune", "cam"]
-#: Steps of every training: more than the preset's 1000, which left the fully supervised runs
-#: (oracle, retraining from scratch) far from converged (BENCHMARKS.md, "Quality: what was tried"),
-#: and few enough for the whole benchmark to run in about 45 minutes on two cores.
-ITERS = 1200
-PSEUDO_SOURCES = {"retrain": "SimFormer one-stage model", "cam": "CAM baseline's classifier"}
+DEFAULT_ROWS = ["oracle", "oracle-conv", "wsmf", "comp", "simformer", "finetune", "cam"]
 NO_SIMILARITY = ["--set", "loss.similarity=false", "--set", "loss.distillation=false"]
 TRAIN_FLAGS = {
     "oracle": ["--method", "oracle"],
-    "oracle2x": ["--method", "oracle"],
+    "oracle-conv": ["--method", "oracle"],
     "wsmf": ["--set", "loss.complementary=false", *NO_SIMILARITY],
     "comp": NO_SIMILARITY,
     "simformer": [],
     "cam": ["--method", "cam"],
 }
+#: Pairs whose paired difference the table reports: each is a claim the README or a note makes.
+COMPARISONS = [("comp", "wsmf"), ("simformer", "comp"), ("finetune", "simformer"), ("simformer", "cam"),
+               ("finetune", "cam")]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    split_seeds: tuple[int, ...]
+    train_seeds: tuple[int, ...]
+    kind: str  # "tuning" or "report"
+
+
+PROTOCOLS = {
+    "tuning": Protocol((0, 1), (0,), "tuning"),
+    "report": Protocol((2, 3, 4), (0, 1, 2), "report"),
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Where the data comes from and which subset each protocol scores on."""
+
+    description: str
+    split_args: tuple[str, ...]
+    subsets: dict[str, str]  # protocol kind -> subset scored
+    seeded: bool = True  # False: the novel classes are fixed, so split seeds do not change the split
+
+
+def settings(camvid_root: Path) -> dict[str, Setting]:
+    return {
+        "independent": Setting(
+            "synthetic default data (1500 train / 300 val / 300 test images of 128x128, 16 classes, "
+            "`split --ratio 3:1 --seed S`)", ("--dataset", "synthetic", "--ratio", "3:1"),
+            {"tuning": "val", "report": "test"}),
+        "camvid": Setting(
+            f"CamVid street scenes ({camvid_root}; 367 train images, 60 of them held out for tuning with "
+            "`--holdout 60`, 101 val images; novel classes tree, car, pedestrian)",
+            ("--dataset", "folder", "--root", str(camvid_root), "--novel-classes", "tree,car,pedestrian",
+             "--holdout", "60"), {"tuning": "holdout", "report": "val"}, seeded=False),
+    }
 
 
 @dataclass
@@ -85,48 +131,48 @@ def simformer(*args: object) -> list[str]:
     return [sys.executable, "-m", "simformer_cli", *map(str, args)]
 
 
-def score(model: Path, split: Path, tag: str, folder: Path) -> tuple[list[list[str]], Path]:
-    predictions, metrics = folder / f"{tag}-pred.zarr", folder / f"{tag}-metrics.json"
+def score(model: Path, split: Path, subset: str, tag: str, folder: Path) -> tuple[list[list[str]], Path]:
+    predictions, metrics = folder / f"{tag}-pred-{subset}.zarr", folder / f"{tag}-metrics-{subset}.json"
     return [
-        simformer("infer", "--model", model, "--split", split, "--out", predictions, "--device", "cpu"),
-        simformer("eval", "--predictions", predictions, "--split", split, "--out", folder / f"{tag}-metrics.zarr",
-                  "--no-chart", "--json", ">", metrics),
+        simformer("infer", "--model", model, "--split", split, "--subset", subset, "--out", predictions,
+                  "--device", "cpu"),
+        simformer("eval", "--predictions", predictions, "--split", split, "--out",
+                  folder / f"{tag}-metrics-{subset}.zarr", "--no-chart", "--json", ">", metrics),
     ], metrics
 
 
-def chains_for(seed: int, split: Path, folder: Path, rows: list[str], train_args: list[str],
-               pseudo_among: str = "image", iters: int = 1000) -> list[Chain]:
-    common = ["--split", split, "--seed", seed, "--device", "cpu", "--checkpoint-every", 100_000, *train_args]
+def chains_for(unit: str, split: Path, folder: Path, rows: list[str], subset: str, *, seed: int, iters: int,
+               oracle_iters: int, retrain_iters: int, overrides: list[str]) -> list[Chain]:
+    """The chains of one unit (a split and a training seed): one per row, retraining rows inside
+    the chain of the model they start from."""
+    common = ["--split", split, "--seed", seed, "--device", "cpu", "--checkpoint-every", 100_000,
+              *[part for item in overrides for part in ("--set", item)]]
     chains = []
     for row in rows:
-        if row in ("retrain", "finetune") and ("simformer" in rows or (row == "finetune" and "retrain" in rows)):
-            continue  # made by the chain that trains the model they start from
-        source = "simformer" if row in ("retrain", "finetune") else row
+        if row == "finetune" and "simformer" in rows:
+            continue  # made by the chain that trains the one-stage model
+        source = "simformer" if row == "finetune" else row
         model = folder / f"{source}.zarr"
-        steps = ["--iters", 2 * iters] if row == "oracle2x" else []  # the last --iters counts
-        chain = Chain(f"{row}/seed {seed}", [simformer("train", "--out", model, *TRAIN_FLAGS[source], *common, *steps)],
-                      2 if row == "oracle2x" else 1)
-        if row not in ("cam", "retrain", "finetune"):  # those rows score the retrained model only
-            commands, chain.scores[row] = score(model, split, row, folder)
+        steps = oracle_iters if row == "oracle-conv" else iters
+        chain = Chain(f"{row}/{unit}", [simformer("train", "--out", model, *TRAIN_FLAGS[source], *common,
+                                                  "--iters", steps)], 1)
+        if row not in ("cam", "finetune"):  # those rows score the retrained model only
+            commands, chain.scores[row] = score(model, split, subset, row, folder)
             chain.commands += commands
-        if row in ("simformer", "retrain", "finetune", "cam"):
-            target = "cam" if row == "cam" else "retrain"
-            wanted = [t for t in ((target, "finetune") if target == "retrain" else (target,)) if t in rows]
+        if row == "cam" or "finetune" in rows and source == "simformer":
+            target = "cam" if row == "cam" else "finetune"
             labels = folder / f"{target}-pseudolabels.zarr"
-            if wanted:
-                chain.commands.append(simformer("pseudolabel", "--model", model, "--split", split, "--out", labels,
-                                                "--among", pseudo_among, "--device", "cpu", "--json", ">",
-                                                folder / f"{target}-pseudolabels.json"))
-                chain.extras[target] = folder / f"{target}-pseudolabels.json"
-            for tag in wanted:
-                retrained = folder / f"{tag}-retrained.zarr"
-                init = ["--init-from", model] if tag == "finetune" else []
-                chain.commands.append(simformer("retrain", "--split", split, "--pseudolabels", labels, "--out", retrained,
-                                                *init, "--seed", seed, "--device", "cpu", "--checkpoint-every", 100_000,
-                                                *train_args))
-                commands, chain.scores[tag] = score(retrained, split, tag, folder)
-                chain.commands += commands
-                chain.trainings += 1
+            chain.commands.append(simformer("pseudolabel", "--model", model, "--split", split, "--out", labels,
+                                            "--among", "image", "--device", "cpu", "--json", ">",
+                                            folder / f"{target}-pseudolabels.json"))
+            chain.extras[target] = folder / f"{target}-pseudolabels.json"
+            retrained = folder / f"{target}-retrained.zarr"
+            init = ["--init-from", model] if target == "finetune" else []
+            chain.commands.append(simformer("retrain", "--split", split, "--pseudolabels", labels, "--out", retrained,
+                                            *init, *common, "--iters", retrain_iters))
+            commands, chain.scores[target] = score(retrained, split, subset, target, folder)
+            chain.commands += commands
+            chain.trainings += 1
         chains.append(chain)
     return chains
 
@@ -137,16 +183,19 @@ def training_outputs(chains: list[Chain]) -> list[Path]:
 
 
 def run_command(command: list[str], env: dict[str, str], log: Path) -> None:
-    """Run one command (a trailing ``> FILE`` sends stdout there); stop the benchmark on failure."""
+    """Run one command (a trailing ``> FILE`` sends stdout there, written only when it succeeds);
+    stop the benchmark on failure."""
     stdout_path = None
     if len(command) > 2 and command[-2] == ">":
         command, stdout_path = command[:-2], Path(command[-1])
-    with open(log, "a") as err, open(stdout_path or os.devnull, "w") as out:
+    with open(log, "a") as err:
         err.write("$ " + " ".join(command) + "\n")
         err.flush()
-        done = subprocess.run(command, env=env, stdout=out, stderr=err)
+        done = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
     if done.returncode != 0:
         raise SystemExit(f"failed ({done.returncode}): {' '.join(command)}; see {log}")
+    if stdout_path is not None:
+        stdout_path.write_text(done.stdout)
 
 
 def run_chains(chains: list[Chain], parallel: int, threads: int, log: Path) -> None:
@@ -181,110 +230,216 @@ def run_chains(chains: list[Chain], parallel: int, threads: int, log: Path) -> N
         raise failures[0]
 
 
-def similarity_accuracy(model: Path, last: int = 100) -> float | None:
-    """Mean balanced accuracy of the similarity net on base pixel pairs over the last training steps
-    (the ``sim_accuracy`` of the model's train_log.jsonl); None if the log has none."""
-    log = model / "train_log.jsonl"
-    if not log.is_file():
-        return None
-    values = [record["sim_accuracy"] for record in map(json.loads, log.read_text().splitlines()[-last:])
-              if "sim_accuracy" in record]
-    return statistics.fmean(values) if values else None
-
-
 def spread(values: list[float]) -> str:
     mean = statistics.fmean(values)
-    return f"{mean:.1f} ± {statistics.pstdev(values):.1f}" if len(values) > 1 else f"{mean:.1f}"
+    return f"{mean:.1f} ± {statistics.stdev(values):.1f}" if len(values) > 1 else f"{mean:.1f}"
 
 
-def table(results: dict[str, list[dict]], rows: list[str], seeds: list[int]) -> list[str]:
-    """Mean ± standard deviation over the splits; "% of oracle" columns are ratios of the means."""
-    references = [row for row in ("oracle", "oracle2x") if results.get(row)]
-    lines = ["| model | mIoU | base | novel | hIoU | " + "".join(f"novel % of {r} | " for r in references)
-             + "novel per split (" + " / ".join(f"seed {s}" for s in seeds) + ") |",
-             "|---|---|---|---|---|" + "---|" * len(references) + "---|"]
+def paired(a: dict[tuple, float], b: dict[tuple, float]) -> str:
+    """Mean paired difference a - b over the units both have, with a 95% t interval; "effect" when
+    the interval excludes zero."""
+    from scipy import stats
+
+    units = sorted(set(a) & set(b))
+    differences = [a[u] - b[u] for u in units]
+    if len(differences) < 2:
+        return "n/a (fewer than two paired runs)"
+    mean, sd = statistics.fmean(differences), statistics.stdev(differences)
+    half = stats.t.ppf(0.975, len(differences) - 1) * sd / math.sqrt(len(differences))
+    verdict = "effect" if abs(mean) > half else "no effect beyond noise"
+    return f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}] over {len(differences)} pairs: {verdict}"
+
+
+def table(runs: dict[str, dict[tuple, dict]], rows: list[str], split_seeds: list[int]) -> list[str]:
+    """Mean ± sd over all runs; "% of" columns are ratios of the means' novel mIoU."""
+    references = [row for row in ("oracle-conv", "oracle") if runs.get(row)]
+    lines = ["| model | runs | mIoU | base | novel | hIoU | " + "".join(f"novel % of {r} | " for r in references)
+             + "novel, mean per split (" + " / ".join(f"split {s}" for s in split_seeds) + ") |",
+             "|---|---|---|---|---|---|" + "---|" * len(references) + "---|"]
     for row in rows:
-        runs = results.get(row)
-        if not runs:
+        results = runs.get(row)
+        if not results:
             continue
-        cells = [spread([r[key] for r in runs]) for key in ("miou", "base_miou", "novel_miou", "hiou")]
-        mean = statistics.fmean(r["novel_miou"] for r in runs)
+        values = list(results.values())
+        cells = [str(len(values))] + [spread([r[key] for r in values]) for key in ("miou", "base_miou", "novel_miou", "hiou")]
+        mean = statistics.fmean(r["novel_miou"] for r in values)
         for reference in references:
-            bound = statistics.fmean(o["novel_miou"] for o in results[reference])
+            bound = statistics.fmean(r["novel_miou"] for r in runs[reference].values())
             cells.append(f"{100 * mean / max(bound, 1e-9):.0f}%")
-        cells.append(" / ".join(f"{r['novel_miou']:.1f}" for r in runs))
+        per_split = []
+        for seed in split_seeds:
+            mine = [r["novel_miou"] for (split_seed, _), r in results.items() if split_seed == seed]
+            per_split.append(f"{statistics.fmean(mine):.1f}" if mine else "-")
+        cells.append(" / ".join(per_split))
         lines.append(f"| {ROWS[row]} | " + " | ".join(cells) + " |")
     return lines
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="class-split (and training) seeds")
-    parser.add_argument("--iters", type=int, default=ITERS, help="training steps of every row")
-    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=DEFAULT_ROWS)
-    parser.add_argument("--parallel", type=int, default=2, help="chains run at once")
-    parser.add_argument("--among", choices=["image", "all"], default="image",
-                        help="pseudolabel --among for the retraining rows (image: the synthetic data has 3%% unlabelled pixels)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE for every training")
-    parser.add_argument("--workdir", type=Path, default=None, help="keep the artifacts here")
-    parser.add_argument("--out", type=Path, default=None, help="write the table into this BENCHMARKS.md")
-    args = parser.parse_args()
+def run_units(args: argparse.Namespace, setting: Setting, kind: str, split_seeds: list[int], train_seeds: list[int],
+              rows: list[str], work: Path, log: Path, *, oracle_iters: int,
+              iters_of: list[int] | None = None) -> list[Chain]:
+    """Make the splits, then build and run every chain of these units (``iters_of``: one unit per
+    budget, for the learning curve)."""
+    chains: list[Chain] = []
+    subset = setting.subsets[kind]
+    for split_seed in split_seeds:
+        split = work / f"split{split_seed}" / "split.zarr"
+        seed_args = ["--seed", split_seed] if setting.seeded else []
+        run_command(simformer("split", *setting.split_args, *seed_args, "--out", split), dict(os.environ), log)
+        for train_seed in train_seeds:
+            for iters in (iters_of or [args.iters]):
+                folder = split.parent / (f"train{train_seed}" if iters_of is None else f"oracle-{iters}")
+                folder.mkdir(parents=True, exist_ok=True)
+                unit = f"split {split_seed}, seed {train_seed}" + ("" if iters_of is None else f", {iters} steps")
+                chains += chains_for(unit, split, folder, rows, subset, seed=train_seed, iters=iters,
+                                     oracle_iters=oracle_iters, retrain_iters=args.retrain_iters or iters,
+                                     overrides=args.overrides)
     cores = len(os.sched_getaffinity(0))
     threads = max(1, cores // args.parallel)
-    iters = args.iters
-    train_args = ["--iters", iters, *[part for item in args.overrides for part in ("--set", item)]]
-    with tempfile.TemporaryDirectory() as tmp:
-        work = args.workdir or Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        log = work / "quality.log"
-        began = time.perf_counter()
-        chains = []
-        for seed in args.seeds:
-            folder = work / f"seed{seed}"
-            split = folder / "split.zarr"
-            run_command(simformer("split", "--ratio", "3:1", "--seed", seed, "--out", split), dict(os.environ), log)
-            chains += chains_for(seed, split, folder, args.rows, train_args, args.among, iters)
-        existing = sum((out / "manifest.json").is_file() for out in training_outputs(chains))
-        print(f"{len(chains)} chains, {args.parallel} at a time, {threads} torch thread(s) each; log {log}",
-              file=sys.stderr)
-        run_chains(chains, args.parallel, threads, log)
-        minutes = (time.perf_counter() - began) / 60
-        trainings = training_outputs(chains)
-        results: dict[str, list[dict]] = {row: [] for row in ROWS}
-        pseudo: dict[str, list[float]] = {"retrain": [], "cam": []}
-        accuracies = [a for seed in args.seeds if "simformer" in args.rows
-                      for a in [similarity_accuracy(work / f"seed{seed}" / "simformer.zarr")] if a is not None]
-        for chain in chains:
-            for row, path in chain.scores.items():
-                results[row].append(json.loads(path.read_text()))
-            for row, path in chain.extras.items():
-                summary = json.loads(path.read_text())["summary"]
-                if summary.get("novel_miou_vs_audit") is not None:
-                    pseudo[row].append(summary["novel_miou_vs_audit"])
-    command = "python benchmarks/quality.py" + "".join(
-        f" --{name} {' '.join(map(str, value)) if isinstance(value, list) else value}"
-        for name, value in (("seeds", args.seeds), ("iters", args.iters), ("rows", args.rows), ("among", args.among))
-        if value is not None and value != parser.get_default(name)) + "".join(f" --set {o}" for o in args.overrides)
+    print(f"{len(chains)} chains, {args.parallel} at a time, {threads} torch thread(s) each; log {log}",
+          file=sys.stderr)
+    run_chains(chains, args.parallel, threads, log)
+    return chains
+
+
+def collect(chains: list[Chain]) -> tuple[dict[str, dict[tuple, dict]], dict[str, list[float]]]:
+    runs: dict[str, dict[tuple, dict]] = {}
+    pseudo: dict[str, list[float]] = {}
+    for chain in chains:
+        split_seed, train_seed = unit_of(chain)
+        for row, path in chain.scores.items():
+            runs.setdefault(row, {})[(split_seed, train_seed)] = json.loads(path.read_text())
+        for row, path in chain.extras.items():
+            summary = json.loads(path.read_text())["summary"]
+            if summary.get("novel_miou_vs_audit") is not None:
+                pseudo.setdefault(row, []).append(summary["novel_miou_vs_audit"])
+    return runs, pseudo
+
+
+def unit_of(chain: Chain) -> tuple[int, int]:
+    """(split seed, training seed) from a chain's name ``row/split S, seed T[, N steps]``."""
+    _, _, unit = chain.name.partition("/")
+    parts = [part.strip() for part in unit.split(",")]
+    return int(parts[0].split()[1]), int(parts[1].split()[1])
+
+
+def command_line(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
+    shown = []
+    for name, value in vars(args).items():
+        if name in ("out", "workdir") or value is None or value == parser.get_default(name):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if name == "overrides":
+            shown += [f"--set {item}" for item in value]
+        elif isinstance(value, list):
+            shown.append(f"{flag} {' '.join(map(str, value))}")
+        else:
+            shown.append(f"{flag} {value}")
+    return "python benchmarks/quality.py" + "".join(f" {part}" for part in shown)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--setting", choices=["independent", "camvid"], default="independent")
+    parser.add_argument("--protocol", choices=list(PROTOCOLS), default="tuning")
+    parser.add_argument("--split-seeds", type=int, nargs="+", default=None, help="instead of the protocol's")
+    parser.add_argument("--train-seeds", type=int, nargs="+", default=None, help="instead of the protocol's")
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=DEFAULT_ROWS)
+    parser.add_argument("--iters", type=int, default=1000, help="training steps of every row (the tiny preset's)")
+    parser.add_argument("--retrain-iters", type=int, default=None, help="steps of the retraining rows (default --iters)")
+    parser.add_argument("--oracle-iters", type=int, default=4000, help="steps of the converged oracle (from --curve)")
+    parser.add_argument("--oracle-seeds", type=int, nargs="+", default=[0],
+                        help="training seeds of the converged oracle (the most expensive row)")
+    parser.add_argument("--curve", type=int, nargs="+", default=None,
+                        help="instead of the table: the oracle's learning curve at these budgets (tuning splits)")
+    parser.add_argument("--parallel", type=int, default=2, help="chains run at once")
+    parser.add_argument("--camvid-root", type=Path, default=REPO.parent / "shared" / "data" / "camvid")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE for every training")
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="write the table into this BENCHMARKS.md")
+    args = parser.parse_args()
+    setting = settings(args.camvid_root)[args.setting]
+    if args.setting == "camvid" and not (args.camvid_root / "classes.json").is_file():
+        print(f"skipped: no CamVid folder at {args.camvid_root} (pass --camvid-root)", file=sys.stderr)
+        return
+    protocol = PROTOCOLS["tuning" if args.curve else args.protocol]
+    split_seeds = args.split_seeds or list(protocol.split_seeds if setting.seeded else protocol.split_seeds[:1])
+    train_seeds = args.train_seeds or list(protocol.train_seeds)
+    name = f"{args.setting}-{'curve' if args.curve else protocol.kind}"
+    work = args.workdir or REPO / "runs" / "bench" / f"quality-{name}"
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "quality.log"
+    began = time.perf_counter()
+    command = command_line(args, parser)
+    subset = setting.subsets[protocol.kind]
+    if args.curve:
+        chains = run_units(args, setting, "tuning", split_seeds, train_seeds, ["oracle"], work, log,
+                           oracle_iters=args.oracle_iters, iters_of=args.curve)
+        publish(curve_section(chains, args, setting, subset, command, began), args.out, f"quality-{name}")
+        return
+    rows = [row for row in args.rows if row != "oracle-conv"]
+    chains = run_units(args, setting, protocol.kind, split_seeds, train_seeds, rows, work, log,
+                       oracle_iters=args.oracle_iters)
+    if "oracle-conv" in args.rows:
+        chains += run_units(args, setting, protocol.kind, split_seeds, args.oracle_seeds, ["oracle-conv"], work, log,
+                            oracle_iters=args.oracle_iters)
+    runs, pseudo = collect(chains)
+    minutes = (time.perf_counter() - began) / 60
+    trainings = training_outputs(chains)
     lines = [
-        "## Quality: the method's parts, an oracle and a CAM baseline (synthetic data, tiny preset, CPU)",
+        f"## Quality, {args.setting} data: {'REPORTED (held-out images)' if protocol.kind == 'report' else 'tuning'}",
         "",
         f"Command: `{command} --out BENCHMARKS.md`  ",
-        f"Machine: {machine_line()}; {minutes:.1f} minutes in all"
-        + (f" ({existing} of {len(trainings)} trainings were reused from an earlier identical run in the same "
-           "--workdir: stages skip up-to-date artifacts)" if existing else f" ({len(trainings)} trainings)") + ".  ",
-        f"Class splits: `split --ratio 3:1 --seed S` for S in {', '.join(map(str, args.seeds))} on the synthetic default "
-        f"(1500 train / 300 val images of 128x128, 16 classes); every training: "
-        f"{iters} steps, batch 8. Mean ± standard deviation over the splits.",
+        f"Machine: {machine_line()}; {minutes:.1f} minutes for this run of the command "
+        f"({len(trainings)} trainings; those already in the workdir were reused).  ",
+        f"Data: {setting.description}. Split seeds {', '.join(map(str, split_seeds))}; training seeds "
+        f"{', '.join(map(str, train_seeds))} (converged oracle: {', '.join(map(str, args.oracle_seeds))}, "
+        f"{args.oracle_iters} steps). Scored on the **{subset}** images"
+        + (" (held out: never used to choose a setting)." if protocol.kind == "report"
+           else " (used to choose settings: not a figure to report).") + "  ",
+        f"Every other training: {args.iters} steps of the tiny preset, batch 8; retraining "
+        f"{args.retrain_iters or args.iters} steps from the one-stage weights. Mean ± sd over the runs.",
         "",
-        *table(results, [row for row in ROWS if row in args.rows], args.seeds),
+        *table(runs, [row for row in ROWS if row in args.rows], split_seeds),
         "",
-        "Pseudo labels on the training images, novel mIoU against the full labels: " + "; ".join(
-            f"from the {PSEUDO_SOURCES[row]} {spread(values)}" for row, values in pseudo.items() if values) + ".",
+        "Paired differences of novel mIoU (same split and training seed), mean and 95% interval:",
+        "",
+        *[f"- {ROWS[a]} vs {ROWS[b]}: {paired(novel(runs, a), novel(runs, b))}"
+          for a, b in COMPARISONS if runs.get(a) and runs.get(b)],
     ]
-    if accuracies:
-        lines += ["", "Similarity net of the one-stage training, balanced accuracy on its base pixel pairs over the "
-                  f"last 100 steps (0.5 = chance): {spread([100 * a for a in accuracies])}%."]
-    publish(lines, args.out, "quality")
+    if pseudo:
+        lines += ["", "Pseudo labels on the training images, novel mIoU against the full labels: " + "; ".join(
+            f"{row} {spread(values)}" for row, values in sorted(pseudo.items())) + "."]
+    publish(lines, args.out, f"quality-{name}")
+
+
+def novel(runs: dict[str, dict[tuple, dict]], row: str) -> dict[tuple, float]:
+    return {unit: result["novel_miou"] for unit, result in runs[row].items()}
+
+
+def curve_section(chains: list[Chain], args: argparse.Namespace, setting: Setting, subset: str, command: str,
+                  began: float) -> list[str]:
+    points: dict[int, list[dict]] = {}
+    for chain in chains:
+        steps = int(chain.name.rsplit(",", 1)[1].split()[0])
+        for path in chain.scores.values():
+            points.setdefault(steps, []).append(json.loads(path.read_text()))
+    lines = [
+        f"## Quality, {args.setting} data: the oracle's learning curve (tuning)",
+        "",
+        f"Command: `{command} --out BENCHMARKS.md`  ",
+        f"Machine: {machine_line()}; {(time.perf_counter() - began) / 60:.1f} minutes for this run of the command.  ",
+        f"Data: {setting.description}; scored on the {subset} images (tuning). Each budget is a separate "
+        "run with its own poly schedule, over the tuning splits and training seed 0.",
+        "",
+        "| steps | runs | mIoU | base | novel |",
+        "|---|---|---|---|---|",
+    ]
+    for steps in sorted(points):
+        values = points[steps]
+        lines.append(f"| {steps} | {len(values)} | " + " | ".join(
+            spread([v[key] for v in values]) for key in ("miou", "base_miou", "novel_miou")) + " |")
+    return lines
 
 
 if __name__ == "__main__":
