@@ -239,3 +239,96 @@ def test_full_disk_keeps_an_earlier_export_whole(cli, shared, tmp_path: Path, mo
     result = cli(*export_args(shared["photo_predictions"], "png", out))
     assert result.code == 2 and "disk full" in result.err
     assert tree_state(out) == before
+
+
+# ---------------------------------------------------------------- images as cameras write them
+
+
+def gradient_16bit(height: int, width: int) -> np.ndarray:
+    """Every 16-bit grey level from 0 to 65535, spread over the image."""
+    return np.linspace(0, 65535, height * width).round().astype(np.uint16).reshape(height, width)
+
+
+def save_jpeg_with_orientation(path: Path, pixels: np.ndarray, orientation: int) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, format="JPEG", quality=95, exif=exif.tobytes())
+
+
+def upright(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+
+
+def test_sixteen_bit_images_keep_their_range(cli, shared, tmp_path: Path) -> None:  # noqa: ANN001
+    """A real 16-bit grey PNG (mode I;16) becomes its top 8 bits in split, infer --images and viz."""
+    root = make_folder_dataset(tmp_path / "d")
+    grey = gradient_16bit(16, 16)
+    path = root / "images" / "train" / "img002.png"  # a 16x16 image in the dataset
+    Image.fromarray(grey).save(path)
+    with Image.open(path) as im:
+        assert im.mode == "I;16"
+    expected = np.repeat((grey >> 8).astype(np.uint8)[:, :, None], 3, axis=2)
+    assert expected.min() == 0 and expected.max() == 255
+    split = tmp_path / "s.zarr"
+    assert cli(*split_args(root, split)).code == 0
+    assert np.array_equal(SplitArtifact(split).image("train", 2), expected)
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(path, photos / "grey.png")
+    assert np.array_equal(FolderImages(photos).image(0), expected)
+    predictions = tmp_path / "p.zarr"
+    assert cli("infer", "--model", shared["model"], "--images", photos, "--out", predictions, "--device", "cpu").code == 0
+    assert PredictionsArtifact(predictions).label(0).shape == (16, 16)
+    result = cli("viz", "--predictions", predictions, "--images", photos, "--out", tmp_path / "viz")
+    assert result.code == 0, result.err
+    overlay = np.asarray(Image.open(tmp_path / "viz" / "grey.png").convert("RGB"))
+    image_panel = _first_panel(overlay, 256)  # 16 px enlarged to viz's 256-px minimum height
+    assert abs(float(image_panel.mean()) - float(expected.mean())) < 8  # a clipped image would be ~255
+
+
+def _first_panel(overlay: np.ndarray, side: int) -> np.ndarray:
+    """The image panel of a triptych: the top-left ``side`` x ``side`` block under the title row."""
+    from simformer_cli.evaluation.visualize import TEXT_ROW
+
+    return overlay[TEXT_ROW + 6 : TEXT_ROW + 6 + side, :side]
+
+
+def test_exif_orientation_is_applied(cli, shared, tmp_path: Path) -> None:  # noqa: ANN001
+    """A phone photo stored as 16 wide x 8 high, tagged "turn 90 degrees": it is 8 wide x 16 high, as displayed."""
+    root = make_folder_dataset(tmp_path / "d")
+    rng = np.random.default_rng(3)
+    stored = rng.integers(0, 255, (8, 16, 3)).astype(np.uint8)
+    (root / "images" / "train" / "img002.png").unlink()
+    image_path = root / "images" / "train" / "img002.jpg"
+    save_jpeg_with_orientation(image_path, stored, 6)
+    shown = upright(image_path)
+    assert shown.shape == (16, 8, 3)
+    label = np.zeros((16, 8), np.uint8)
+    label[:8] = 2
+    Image.fromarray(label).save(root / "labels" / "train" / "img002.png")  # the size of the displayed image
+    split = tmp_path / "s.zarr"
+    result = cli(*split_args(root, split))
+    assert result.code == 0, result.err
+    artifact = SplitArtifact(split)
+    assert artifact.sizes("train")[2].tolist() == [16, 8]
+    assert np.array_equal(artifact.image("train", 2), shown)
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(image_path, photos / "phone.jpg")
+    predictions = tmp_path / "p.zarr"
+    assert cli("infer", "--model", shared["model"], "--images", photos, "--out", predictions, "--device", "cpu").code == 0
+    assert PredictionsArtifact(predictions).label(0).shape == (16, 8)
+    assert np.array_equal(FolderImages(photos).image(0), shown)
+    assert cli("viz", "--predictions", predictions, "--images", photos, "--out", tmp_path / "viz").code == 0
+
+
+def test_label_of_the_unrotated_image(refusals: Refusals, tmp_path: Path) -> None:
+    root = make_folder_dataset(tmp_path / "d")
+    (root / "images" / "train" / "img002.png").unlink()
+    save_jpeg_with_orientation(root / "images" / "train" / "img002.jpg", np.zeros((8, 16, 3), np.uint8), 6)
+    Image.fromarray(np.zeros((8, 16), np.uint8)).save(root / "labels" / "train" / "img002.png")  # as stored
+    refusals.check("label-size-of-the-unrotated-image", "a label of a photo's stored size, where the photo's EXIF "
+                   "orientation turns it upright", split_args(root, tmp_path / "s.zarr"), "16x8", "8x16", "EXIF")
