@@ -332,3 +332,20 @@ def test_label_of_the_unrotated_image(refusals: Refusals, tmp_path: Path) -> Non
     Image.fromarray(np.zeros((8, 16), np.uint8)).save(root / "labels" / "train" / "img002.png")  # as stored
     refusals.check("label-size-of-the-unrotated-image", "a label of a photo's stored size, where the photo's EXIF "
                    "orientation turns it upright", split_args(root, tmp_path / "s.zarr"), "16x8", "8x16", "EXIF")
+
+
+# ---------------------------------------------------------------- class choices that cannot work
+
+
+def test_novel_class_without_training_pixels_warns(cli, tmp_path: Path) -> None:
+    root = make_folder_dataset(tmp_path / "d")
+    for path in (root / "labels" / "train").glob("*.png"):
+        label = np.asarray(Image.open(path)).copy()
+        label[label == 4] = 0  # no person in any training image
+        Image.fromarray(label).save(path)
+    result = cli(*split_args(root, tmp_path / "s.zarr", "--novel-classes", "car,person"))
+    assert result.code == 0, result.err
+    warnings = [line for line in result.err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "person" in warnings[0] and "car" not in warnings[0], result.err
+    assert "cannot learn it from image-level labels" in warnings[0]
+    assert SplitArtifact(tmp_path / "s.zarr").manifest.novel_classes == [3, 4]
