@@ -126,8 +126,8 @@ def test_export_png_replaces_only_its_own_export(cli, shared, tmp_path: Path) ->
 
 def test_viz_out_is_a_file(refusals: Refusals, shared, tmp_path: Path) -> None:  # noqa: ANN001
     (tmp_path / "overlay.png").write_bytes(b"not ours")
-    refusals.check("viz-out-is-a-file", "`viz --out` names an existing file", viz_args(shared, tmp_path / "overlay.png"),
-                   "not a folder")
+    refusals.check("viz-out-is-a-file", "`viz --out` names an existing file",
+                   viz_args(shared, tmp_path / "overlay.png"), "not a folder")
 
 
 def test_viz_into_a_folder_of_other_files(refusals: Refusals, shared, tmp_path: Path) -> None:  # noqa: ANN001
@@ -279,7 +279,8 @@ def test_sixteen_bit_images_keep_their_range(cli, shared, tmp_path: Path) -> Non
     shutil.copy(path, photos / "grey.png")
     assert np.array_equal(FolderImages(photos).image(0), expected)
     predictions = tmp_path / "p.zarr"
-    assert cli("infer", "--model", shared["model"], "--images", photos, "--out", predictions, "--device", "cpu").code == 0
+    assert cli("infer", "--model", shared["model"], "--images", photos, "--out", predictions,
+               "--device", "cpu").code == 0
     assert PredictionsArtifact(predictions).label(0).shape == (16, 16)
     result = cli("viz", "--predictions", predictions, "--images", photos, "--out", tmp_path / "viz")
     assert result.code == 0, result.err
@@ -319,7 +320,8 @@ def test_exif_orientation_is_applied(cli, shared, tmp_path: Path) -> None:  # no
     photos.mkdir()
     shutil.copy(image_path, photos / "phone.jpg")
     predictions = tmp_path / "p.zarr"
-    assert cli("infer", "--model", shared["model"], "--images", photos, "--out", predictions, "--device", "cpu").code == 0
+    assert cli("infer", "--model", shared["model"], "--images", photos, "--out", predictions,
+               "--device", "cpu").code == 0
     assert PredictionsArtifact(predictions).label(0).shape == (16, 8)
     assert np.array_equal(FolderImages(photos).image(0), shown)
     assert cli("viz", "--predictions", predictions, "--images", photos, "--out", tmp_path / "viz").code == 0

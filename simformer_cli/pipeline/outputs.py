@@ -66,7 +66,8 @@ def refuse_artifact(out: Path) -> None:
     artifact = enclosing_artifact(out.absolute())
     if artifact is None:
         return
-    where = "is the simformer artifact" if artifact == out.absolute() else f"is inside the simformer artifact {artifact}"
+    inside = artifact != out.absolute()
+    where = f"is inside the simformer artifact {artifact}" if inside else "is the simformer artifact"
     raise UserError(f"--out {out}: {where}; export and viz never write into artifacts. Choose an --out outside it")
 
 

@@ -209,7 +209,8 @@ def warn_unlearnable_novel(manifest: SplitManifest, reporter: Reporter) -> None:
         one = len(absent) == 1
         reporter.info(f"warning: novel class{'' if one else 'es'} {', '.join(absent)} "
                       f"{'has' if one else 'have'} no pixels in any training image; training cannot learn "
-                      f"{'it' if one else 'them'} from image-level labels (choose novel classes the training images show)")
+                      f"{'it' if one else 'them'} from image-level labels "
+                      "(choose novel classes the training images show)")
 
 
 def _ingest(
