@@ -58,7 +58,7 @@ def test_infer_on_a_folder_of_images_and_viz(cli, mixed, tmp_path: Path) -> None
     assert predictions.label(1).shape == np.asarray(Image.open(photos / "img001.png")).shape[:2]
     result = cli("viz", "--predictions", out, "--images", photos, "--out", tmp_path / "viz")
     assert result.code == 0, result.err
-    pictures = sorted((tmp_path / "viz").iterdir())
+    pictures = sorted((tmp_path / "viz").glob("*.png"))  # beside the hidden .simformer.json marker
     assert len(pictures) == 3 and Image.open(pictures[0]).mode == "RGB"
     refused = cli("eval", "--predictions", out, "--split", mixed[1])
     assert refused.code == 2 and "no ground truth" in refused.err
@@ -79,7 +79,7 @@ def test_eval_report_chart_and_refusals(cli, mixed, tmp_path: Path) -> None:
     wrong_kind = cli("eval", "--predictions", split, "--split", split)
     assert wrong_kind.code == 2 and "'split' artifact" in wrong_kind.err
     viz = cli("viz", "--predictions", predictions, "--split", split, "--out", tmp_path / "viz", "--limit", "2")
-    assert viz.code == 0 and len(list((tmp_path / "viz").iterdir())) == 2
+    assert viz.code == 0 and len(list((tmp_path / "viz").glob("*.png"))) == 2
 
 
 def test_infer_refuses_a_split_the_model_was_not_trained_on(cli, mixed, tmp_path: Path) -> None:

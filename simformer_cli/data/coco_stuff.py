@@ -47,11 +47,12 @@ from simformer_cli.data.ade20k import pair_images_with_labels
 from simformer_cli.data.class_names import COCO_STUFF_171_CLASSES, coco_stuff_raw_lut
 from simformer_cli.data.source import (
     INVALID,
+    QUARTER_TURNS,
     DecodedSample,
     RawDataset,
     apply_lut,
     cached_json,
-    decode_image,
+    decode_image_oriented,
     identity_lut,
     ignore_index_for,
     read_bytes,
@@ -224,13 +225,20 @@ class CocoJsonSample:
     def decode(self, root: Path, lut: np.ndarray, ignore_index: int) -> DecodedSample:
         image_path = Path(root) / self.image
         image_bytes = read_bytes(image_path)
-        image = decode_image(image_path, image_bytes)
+        image, orientation = decode_image_oriented(image_path, image_bytes)
         json_path = Path(root) / self.annotations
         index = _json_index(str(json_path))
         if self.image_id not in index.sizes:
             raise DataError(json_path, f"has no image with id {self.image_id} ({self.name})", "use the matching JSON")
         height, width = index.sizes[self.image_id]
         if image.shape[:2] != (height, width):
+            if orientation in QUARTER_TURNS and image.shape[1::-1] == (height, width):
+                raise DataError(
+                    image_path,
+                    f"image is {image.shape[1]}x{image.shape[0]} as displayed (its EXIF orientation {orientation} "
+                    f"turns the stored {width}x{height} pixels) but {json_path.name} says {width}x{height}",
+                    "its masks fit the stored pixels: remove the image's EXIF orientation tag",
+                )
             raise DataError(
                 image_path,
                 f"image is {image.shape[1]}x{image.shape[0]} but {json_path.name} says {width}x{height}",

@@ -25,7 +25,7 @@ import numpy as np
 import zarr
 from PIL import Image, UnidentifiedImageError
 
-from simformer_cli.data.source import Sample
+from simformer_cli.data.source import Sample, displayed_size
 from simformer_cli.data.split_store import AUDIT_LABELS, SubsetLayout, write_shard_block
 from simformer_cli.errors import DataError
 
@@ -53,7 +53,7 @@ def _file_digest(path: Path) -> str:
 def _image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
-            width, height = im.size
+            width, height = displayed_size(im)  # as decode_image turns it (EXIF orientation)
     except Image.DecompressionBombError as exc:
         raise DataError(path, f"image is too large to read safely ({str(exc).split(',')[0]})", "resize it or remove it") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:

@@ -9,7 +9,14 @@ from simformer_cli.evaluation.metrics import (
     format_report_rows,
     summary_line,
 )
-from simformer_cli.evaluation.visualize import colorize, iou_bar_chart, overlay_triptych, palette, write_png
+from simformer_cli.evaluation.visualize import (
+    colorize,
+    encode_png,
+    iou_bar_chart,
+    overlay_triptych,
+    palette,
+    write_png,
+)
 
 __all__ = [
     "REPORT_COLUMNS",
@@ -18,6 +25,7 @@ __all__ = [
     "EvalReport",
     "colorize",
     "compute_report",
+    "encode_png",
     "format_report_rows",
     "iou_bar_chart",
     "overlay_triptych",

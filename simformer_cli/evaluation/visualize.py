@@ -199,9 +199,8 @@ def iou_bar_chart(
     return chart
 
 
-def write_png(path: Path | str, image: np.ndarray) -> Path:
-    """Write an RGB (or grey) uint8 image as PNG, creating the folder; returns the path."""
-    path = Path(path)
+def encode_png(image: np.ndarray) -> bytes:
+    """An RGB (or grey) uint8 image as the bytes of a PNG file."""
     image = np.asarray(image)
     if image.dtype != np.uint8:
         raise ValueError(f"PNG images here are uint8, got {image.dtype}")
@@ -211,8 +210,15 @@ def write_png(path: Path | str, image: np.ndarray) -> Path:
         raise ValueError(f"expected an (H, W) or (H, W, 3) image, got shape {image.shape}")
     ok, encoded = cv2.imencode(".png", image)
     if not ok:
-        raise OSError(f"could not encode {path} as PNG")
+        raise OSError("could not encode the image as PNG")
+    return encoded.tobytes()
+
+
+def write_png(path: Path | str, image: np.ndarray) -> Path:
+    """Write an RGB (or grey) uint8 image as PNG, creating the folder; returns the path."""
+    path = Path(path)
+    data = encode_png(image)
     path.parent.mkdir(parents=True, exist_ok=True)
     # imencode + write_bytes rather than imwrite: imwrite fails silently on some paths.
-    path.write_bytes(encoded.tobytes())
+    path.write_bytes(data)
     return path

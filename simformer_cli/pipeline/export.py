@@ -3,14 +3,17 @@
 - ``coco``: one JSON file in the COCO results style used for semantic segmentation
   (``[{"image_id", "category_id", "segmentation": {"size": [h, w], "counts": "..."}}]``), one
   entry per image and predicted class, masks run-length encoded with pycocotools. ``image_id`` is
-  the image's name; ``category_id`` the class id (``categories`` gives the names).
+  the image's name; ``category_id`` the class id (``categories`` gives the names). ``info`` (first)
+  names simformer and the predictions' digest: that is how a later export knows the file is its own.
 - ``png``: one single-channel PNG per image, pixel value = class id, named after the image.
+
+Neither overwrites anything simformer did not write, nor leaves a half-written file: see
+:mod:`simformer_cli.pipeline.outputs`.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import io
 from pathlib import Path
 from typing import Literal
 
@@ -18,9 +21,11 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from simformer_cli.errors import UserError
 from simformer_cli.inference.store import PredictionsArtifact
+from simformer_cli.pipeline.outputs import FolderOutput, check_coco_out, coco_document, plain_file_name, write_file
 from simformer_cli.progress import Reporter, SilentReporter
+
+PNG_EXPORT = "export-png"
 
 
 def coco_entries(name: str, label: np.ndarray, num_classes: int) -> list[dict]:
@@ -34,33 +39,34 @@ def coco_entries(name: str, label: np.ndarray, num_classes: int) -> list[dict]:
     return entries
 
 
+def label_png(label: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(label).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def run_export(
     *, predictions: Path, out: Path, format: Literal["coco", "png"], reporter: Reporter | None = None
 ) -> Path:
     reporter = reporter or SilentReporter()
     preds = PredictionsArtifact(predictions)
     manifest = preds.manifest
-    names = preds.names()
+    names = [plain_file_name(name, Path(predictions)) for name in preds.names()]
     out = Path(out)
-    if format == "png" and out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a folder; PNG export writes one file per image into a folder")
-    if format == "coco" and out.is_dir():
-        raise UserError(f"--out {out}: is a folder; COCO export writes one JSON file, e.g. --out results.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    results: list[dict] = []
-    with reporter.task(f"exporting {format}", preds.count()) as advance:
-        for index, name in enumerate(names):
-            label = preds.label(index)
-            if format == "coco":
-                results.extend(coco_entries(name, label, len(manifest.class_names)))
-            else:
-                out.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(label).save(out / f"{name}.png")
-            advance(1)
     if format == "coco":
-        document = {"categories": [{"id": i, "name": n} for i, n in enumerate(manifest.class_names)],
-                    "annotations": results}
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(document))
-        os.replace(tmp, out)
+        check_coco_out(out)
+        results: list[dict] = []
+        with reporter.task("exporting coco", preds.count()) as advance:
+            for index, name in enumerate(names):
+                results.extend(coco_entries(name, preds.label(index), len(manifest.class_names)))
+                advance(1)
+        categories = [{"id": i, "name": n} for i, n in enumerate(manifest.class_names)]
+        write_file(out, coco_document(preds.digest, categories, results))
+        return out
+    target = FolderOutput(out, PNG_EXPORT, "simformer's own PNG export",
+                          what_out_holds="PNG export writes one file per image into a folder")
+    with target.writing(preds.digest) as staging, reporter.task("exporting png", preds.count()) as advance:
+        for index, name in enumerate(names):
+            staging.write(f"{name}.png", label_png(preds.label(index)))
+            advance(1)
     return out

@@ -226,8 +226,21 @@ def _build(
             reporter.info(f"{out}: settings or dataset files changed, rebuilding")
         with staged_artifact(out, kind="split") as staging:
             manifest = _ingest(raw, params, novel, base, sizes, inputs, staging, pool, reporter, dataset_root)
+            warn_unlearnable_novel(manifest, reporter)
             digest = commit(staging, out, manifest)
     return SplitResult(manifest, digest, out, False)
+
+
+def warn_unlearnable_novel(manifest: SplitManifest, reporter: Reporter) -> None:
+    """Say so when a novel class has no pixels in any training image: nothing names it there."""
+    counts = manifest.summary.train_images_per_class
+    absent = [manifest.class_names[c] for c in manifest.novel_classes if counts[c] == 0]
+    if absent:
+        one = len(absent) == 1
+        reporter.info(f"warning: novel class{'' if one else 'es'} {', '.join(absent)} "
+                      f"{'has' if one else 'have'} no pixels in any training image; training cannot learn "
+                      f"{'it' if one else 'them'} from image-level labels "
+                      "(choose novel classes the training images show)")
 
 
 def _ingest(

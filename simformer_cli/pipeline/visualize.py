@@ -1,4 +1,8 @@
-"""The ``viz`` command: overlays of predictions (and ground truth, where there is some) as PNGs."""
+"""The ``viz`` command: overlays of predictions (and ground truth, where there is some) as PNGs.
+
+The overlays go into a folder that is written whole or not at all, and only ever replaces an empty
+folder or earlier overlays of viz (see :mod:`simformer_cli.pipeline.outputs`).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,14 @@ from pathlib import Path
 
 from simformer_cli.data.split_store import SplitArtifact
 from simformer_cli.errors import UserError
-from simformer_cli.evaluation import overlay_triptych, palette, write_png
+from simformer_cli.evaluation import encode_png, overlay_triptych, palette
 from simformer_cli.inference.store import PredictionsArtifact
 from simformer_cli.pipeline.evaluate import check_predictions_match, ground_truth_reader
 from simformer_cli.pipeline.infer import FolderImages
+from simformer_cli.pipeline.outputs import FolderOutput, plain_file_name
 from simformer_cli.progress import Reporter, SilentReporter
+
+VIZ = "viz"
 
 
 def run_viz(
@@ -35,13 +42,19 @@ def run_viz(
             raise UserError(f"viz: {images} is not the folder (or no longer holds the files) these predictions were made on")
         read_image, truth = folder.image, None
     colours = palette(len(manifest.class_names))
-    names = preds.names()
+    names = [plain_file_name(name, Path(predictions)) for name in preds.names()]
     count = preds.count() if limit <= 0 else min(limit, preds.count())
-    written = []
-    with reporter.task("drawing overlays", count) as advance:
+    target = FolderOutput(Path(out), VIZ, "simformer's own viz overlays",
+                          what_out_holds="viz writes one PNG per image into a folder")
+    with target.writing(preds.digest) as staging, reporter.task("drawing overlays", count) as advance:
         for index in range(count):
-            picture = overlay_triptych(read_image(index), truth(index) if truth else None, preds.label(index),
+            image, prediction = read_image(index), preds.label(index)
+            if image.shape[:2] != prediction.shape:
+                raise UserError(f"viz: image {names[index]} is {image.shape[1]}x{image.shape[0]} but its prediction is "
+                                f"{prediction.shape[1]}x{prediction.shape[0]}; rerun infer (with --force) to predict "
+                                "on these images again")
+            picture = overlay_triptych(image, truth(index) if truth else None, prediction,
                                        manifest.class_names, colours, manifest.ignore_index)
-            written.append(write_png(Path(out) / f"{names[index]}.png", picture))
+            staging.write(f"{names[index]}.png", encode_png(picture))
             advance(1)
-    return written
+    return [Path(out) / f"{name}.png" for name in names[:count]]
