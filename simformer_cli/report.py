@@ -45,21 +45,36 @@ def print_eval_report(report, path: Path, max_rows: int = 40) -> None:  # noqa: 
     stderr.print(table)
     for warning in report.warnings:
         stderr.print(f"warning: {warning}", markup=False)
+    novel = report.novel
+    if novel is not None and len(novel.confusion) <= 12:
+        names = list(novel.confusion[0].as_novel)
+        table = Table(title="novel classes: share of each one's pixels predicted as (%)", title_justify="left")
+        for column in ("class", *names, "any base", "nothing"):
+            table.add_column(column, justify="left" if column == "class" else "right")
+        for row in novel.confusion:
+            table.add_row(row.name, *(f"{row.as_novel[name]:.1f}" for name in names), f"{row.as_base:.1f}",
+                          f"{row.as_nothing:.1f}")
+        stderr.print(table)
     stderr.print(summary_line(report), markup=False)
+    if novel is not None:
+        stderr.print(f"novel classes found (IoU of their union) {novel.union_iou:.2f}; novel mIoU under the best "
+                     f"renaming of predicted novel classes {novel.renamed_miou:.2f}", markup=False)
 
 
 def print_pipeline_table(one_stage, retrained, pseudo_novel_miou, workdir: Path) -> None:  # noqa: ANN001
     """One-stage vs retrained: all / base / novel mIoU and hIoU (SimFormer's convention)."""
     table = Table(title=f"pipeline {workdir} (val, %)", title_justify="left")
-    for column in ("model", "mIoU", "base", "novel", "hIoU", "mIoU present-only"):
+    for column in ("model", "mIoU", "base", "novel", "hIoU", "mIoU present-only", "novel found", "novel renamed"):
         table.add_column(column, justify="left" if column == "model" else "right")
 
     def cell(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.2f}"
 
     for name, report in (("SimFormer one-stage", one_stage), ("+ pseudo-label retraining", retrained)):
+        novel = report.novel
         table.add_row(name, cell(report.miou), cell(report.base_miou), cell(report.novel_miou), cell(report.hiou),
-                      cell(report.miou_present_only))
+                      cell(report.miou_present_only), cell(novel.union_iou if novel else None),
+                      cell(novel.renamed_miou if novel else None))
     stderr.print(table)
     if pseudo_novel_miou is not None:
         stderr.print(f"pseudo labels on train: novel mIoU {pseudo_novel_miou:.2f} against the full train labels",

@@ -339,3 +339,50 @@ def test_bar_chart_scales_to_150_classes(tmp_path):
     small = iou_bar_chart(hand_report())
     assert small.shape[0] < chart.shape[0]
     assert write_png(tmp_path / "bars.png", chart).stat().st_size > 0
+
+
+def _diagnostics(counts: list[list[int]], novel: list[int]):  # noqa: ANN202
+    """The report's novel diagnostics of a hand-built (K, K+1) table: rows ground truth, columns
+    prediction, last column "not a class"."""
+    table = np.asarray(counts, dtype=np.int64)
+    k = table.shape[0]
+    names = [f"c{i}" for i in range(k)]
+    report = compute_report(table, names, [c for c in range(k) if c not in novel], novel,
+                            num_images=1, ignored_pixels=0)
+    return report, report.novel
+
+
+def test_swapped_novel_names_are_found_but_not_named():
+    #            base  A    B    none
+    counts = [[100,   0,   0,   0],   # base
+              [0,     0,  50,   0],   # A, all predicted B
+              [0,    30,   0,   0]]   # B, all predicted A
+    report, novel = _diagnostics(counts, [1, 2])
+    assert report.novel_miou == 0.0
+    assert novel.union_iou == 100.0 and novel.renamed_miou == 100.0
+    assert novel.renaming == {"c2": "c1", "c1": "c2"}
+    rows = {row.name: row for row in novel.confusion}
+    assert rows["c1"].as_novel == {"c1": 0.0, "c2": 100.0} and rows["c1"].as_base == 0.0
+
+
+def test_one_novel_name_absorbing_the_others():
+    #            base  A    B    C   none
+    counts = [[90,   10,   0,   0,   0],   # base: 10 pixels predicted A
+              [5,    40,   0,   0,   5],   # A: 40 right, 5 as base, 5 as nothing
+              [0,    30,   0,   0,   0],   # B: all called A
+              [10,   10,   0,   0,   0]]   # C: half called A, half base
+    report, novel = _diagnostics(counts, [1, 2, 3])
+    # A: TP 40, gt 50, pred 10 + 40 + 30 + 10 = 90 -> 40 / 100; B and C: 0
+    assert report.novel_miou == pytest.approx(100 * (0.4 + 0 + 0) / 3, abs=1e-3)
+    # union: found 40 + 30 + 10 = 80 of gt 50 + 30 + 20 = 100 and pred 90 -> 80 / 110
+    assert novel.union_iou == pytest.approx(100 * 80 / 110, abs=1e-3)
+    # renaming cannot split one predicted class between three: A keeps its name, the best it can do
+    assert novel.renamed_miou == pytest.approx(report.novel_miou, abs=1e-3)
+    rows = {row.name: row for row in novel.confusion}
+    assert rows["c1"].as_base == 10.0 and rows["c1"].as_nothing == 10.0 and rows["c1"].as_novel["c1"] == 80.0
+    assert rows["c3"].as_base == 50.0 and rows["c3"].as_novel["c1"] == 50.0
+
+
+def test_no_novel_ground_truth_gives_no_diagnostics():
+    report, novel = _diagnostics([[10, 0, 0], [0, 0, 0]], [1])
+    assert novel is None and report.novel_miou is None

@@ -31,6 +31,17 @@ Means (all in percent, rounded to 4 decimals; computed from unrounded values):
 * ``pixel_accuracy`` = sum TP / sum gt_pixels; ``mean_accuracy`` = mean ``acc`` over classes with
   ground-truth pixels; ``fwiou`` = sum over those classes of gt_pixels / total * IoU.
 
+Finding and naming the novel classes apart (``novel``, None when no novel class has ground-truth
+pixels). A weak-shot model can find the novel regions yet give them the wrong novel names (novel
+classes that appear together in the same images have nearly the same image-level labels):
+
+* ``union_iou`` -- IoU of the union of the novel classes, whatever novel name a pixel got: found;
+* ``renamed_miou`` -- novel mIoU under the best one-to-one renaming of the predicted novel classes
+  (Hungarian assignment maximising the sum of IoUs; the novel_miou convention otherwise), so
+  ``renamed_miou - novel_miou`` is what the naming costs;
+* ``confusion`` -- per novel class with ground-truth pixels, the share (percent) of its pixels
+  predicted as each novel class, as any base class, and as nothing (not a class id).
+
 A table without any labelled pixel has nothing to evaluate and is refused with ``ValueError``.
 """
 
@@ -66,6 +77,27 @@ class ClassResult(BaseModel):
     split_role: Literal["base", "novel"]
 
 
+class NovelConfusion(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    gt_pixels: Count
+    as_novel: dict[str, Percent]
+    as_base: Percent
+    as_nothing: Percent
+
+
+class NovelDiagnostics(BaseModel):
+    """Finding the novel classes (their union) apart from naming them (see the module docstring)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    union_iou: Percent
+    renamed_miou: Percent
+    renaming: dict[str, str]
+    confusion: list[NovelConfusion]
+
+
 class EvalReport(BaseModel):
     """The eval stage's report; field names are fixed by the CLI contract."""
 
@@ -84,6 +116,7 @@ class EvalReport(BaseModel):
     evaluated_classes: Count
     ignored_pixels: Count
     warnings: list[str]
+    novel: NovelDiagnostics | None = None
 
 
 def _percent(value: float) -> float:
@@ -174,6 +207,47 @@ def compute_report(
         evaluated_classes=int(in_union.sum()),
         ignored_pixels=ignored_pixels,
         warnings=_warnings(table, in_union, in_gt, base_mask, total_gt, ignored_pixels),
+        novel=novel_diagnostics(table, class_names, novel_classes),
+    )
+
+
+def novel_diagnostics(table: ConfusionMatrix, class_names: Sequence[str],
+                      novel_classes: Sequence[int]) -> NovelDiagnostics | None:
+    """Finding vs naming the novel classes, from the confusion table (module docstring)."""
+    from scipy.optimize import linear_sum_assignment
+
+    novel = np.asarray(sorted(novel_classes), dtype=np.int64)
+    confusion = table.matrix.astype(np.float64)
+    gt = confusion.sum(axis=1) + table.missed
+    pred = confusion.sum(axis=0)
+    present = gt[novel] > 0
+    if not present.any():
+        return None
+    block = confusion[np.ix_(novel, novel)]  # ground truth novel i predicted as novel j
+    found = block.sum()
+    union_iou = found / (gt[novel].sum() + pred[novel].sum() - found)
+    # IoU of ground-truth class i if predicted class j were renamed to it
+    renamed = block / np.maximum(gt[novel][:, None] + pred[novel][None, :] - block, 1.0)
+    rows, columns = linear_sum_assignment(renamed, maximize=True)
+    best = np.zeros(len(novel))
+    best[rows] = renamed[rows, columns]
+    names = [class_names[c] for c in novel]
+    is_base = np.ones(table.num_classes, dtype=bool)
+    is_base[novel] = False
+    rows_out = []
+    for i in np.flatnonzero(present):
+        total = gt[novel[i]]
+        rows_out.append(NovelConfusion(
+            name=names[i], gt_pixels=int(total),
+            as_novel={names[j]: _percent(block[i, j] / total) for j in range(len(novel))},
+            as_base=_percent(confusion[novel[i], is_base].sum() / total),
+            as_nothing=_percent(table.missed[novel[i]] / total),
+        ))
+    return NovelDiagnostics(
+        union_iou=_percent(union_iou),
+        renamed_miou=_percent(best[present].mean()),
+        renaming={names[j]: names[i] for i, j in zip(rows, columns) if i != j},
+        confusion=rows_out,
     )
 
 
