@@ -10,7 +10,8 @@ Per subset (``train``, ``val``)::
     audit/train_labels   (N, H, W)    full train labels, for judging pseudo labels; training never opens it
 
 Chunks are one image by at most 256x256 pixels; shards hold whole groups of images along the first
-axis, so one writer owns a shard and padding chunks (all fill value) are never stored.
+axis, so one writer owns a shard and padding chunks (all fill value) are never stored. Every chunk
+ends in a crc32c of its compressed bytes, checked on every read (a shard's index has its own).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import ZstdCodec
+from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.core.sync import sync
 
 from simformer_cli.artifacts.split_manifest import SplitManifest
@@ -31,7 +32,7 @@ from simformer_cli.artifacts.store import open_artifact
 CHUNK_EDGE = 256
 SHARD_TARGET_BYTES = 32 << 20
 MAX_SHARD_IMAGES = 64
-COMPRESSORS = (ZstdCodec(level=3),)
+COMPRESSORS = (ZstdCodec(level=3), Crc32cCodec())  # the crc makes damaged bytes fail to decode
 AUDIT_LABELS = "audit/train_labels"
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from simformer_cli.artifacts.manifest import ArraySpec, ArtifactRef, Inputs, Provenance
 from simformer_cli.artifacts.metrics_manifest import EvalParams, MetricsManifest
 from simformer_cli.artifacts.store import commit, staged_artifact
-from simformer_cli.data.split_store import SplitArtifact, read_audit_label
+from simformer_cli.data.split_store import COMPRESSORS, SplitArtifact, read_audit_label
 from simformer_cli.errors import UserError
 from simformer_cli.evaluation import ConfusionMatrix, compute_report, iou_bar_chart, write_png
 from simformer_cli.inference.store import PredictionsArtifact
@@ -82,7 +82,8 @@ def run_eval(
 
         group = zarr.open_group(store=str(staging), mode="w", zarr_format=3)
         counts = confusion.counts
-        group.create_array(name="confusion", shape=counts.shape, dtype="int64", chunks=counts.shape)
+        group.create_array(name="confusion", shape=counts.shape, dtype="int64", chunks=counts.shape,
+                           compressors=COMPRESSORS)
         group["confusion"][...] = counts
         if chart:
             write_png(staging / CHART_FILE, iou_bar_chart(report))
