@@ -10,7 +10,7 @@ from simformer_cli.artifacts.manifest import ArtifactRef
 from simformer_cli.artifacts.model_manifest import ModelManifest
 from simformer_cli.model.settings import ModelSettings
 from simformer_cli.artifacts.pseudolabels_manifest import PseudoLabelsManifest
-from simformer_cli.artifacts.store import read_manifest
+from simformer_cli.artifacts.store import open_artifact, read_manifest
 from simformer_cli.data.split_store import SplitArtifact
 from simformer_cli.errors import UserError
 from simformer_cli.pipeline.pseudolabel import PseudoLabelReader
@@ -25,7 +25,7 @@ def run_retrain(*, split: Path, pseudolabels: Path, out: Path | None = None, ini
     from (fine-tuning on the pseudo labels) instead of the preset's initialisation; the paper
     retrains from the backbone's initialisation, which is the default.
     """
-    manifest, digest = read_manifest(pseudolabels, PseudoLabelsManifest)
+    manifest, digest, _ = open_artifact(pseudolabels, PseudoLabelsManifest)  # its files checked before training
     split_artifact = SplitArtifact(split)
     made_from = manifest.inputs.artifacts.get("split")
     if made_from is None or made_from.digest != split_artifact.digest:

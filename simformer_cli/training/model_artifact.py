@@ -9,8 +9,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from simformer_cli.artifacts.inventory import InputChanged, rebuilt_message
 from simformer_cli.artifacts.model_manifest import WEIGHTS_FILE, ModelManifest
-from simformer_cli.artifacts.store import open_artifact
+from simformer_cli.artifacts.store import open_artifact, read_manifest
 from simformer_cli.cam.network import CamNet, build_cam_model
 from simformer_cli.errors import ArtifactError
 from simformer_cli.model import MaskFormer, build_model
@@ -34,12 +35,14 @@ def write_weights(staging: Path, state: dict[str, torch.Tensor]) -> str:
 def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[MaskFormer | CamNet, ModelManifest, str]:
     """Rebuild the network from the manifest and load its checked weights (eval mode): a MaskFormer,
     or the CAM baseline's network for a model trained with method cam."""
-    manifest, digest, _ = open_artifact(Path(path), ModelManifest)
+    manifest, digest = read_manifest(Path(path), ModelManifest)
     weights = Path(path) / manifest.weights_file
     if not weights.is_file():
         raise ArtifactError(f"{path}: {manifest.weights_file} is missing; retrain or copy the whole artifact")
     if file_sha256(weights) != manifest.weights_sha256:
         raise ArtifactError(f"{path}: {manifest.weights_file} does not match the manifest's digest; the weights were changed or damaged")
+    if open_artifact(Path(path), ModelManifest)[1] != digest:  # the rest of what it stores, checked as every artifact's
+        raise InputChanged(rebuilt_message(path))  # rebuilt since its manifest was read above
     settings = manifest.params.settings
     model = build_cam_model(settings.model, settings.cam) if settings.cam is not None else build_model(settings.model)
     try:
