@@ -3,14 +3,17 @@ silently: each case is one line on stderr, exit 2, nothing written (the bad-inpu
 contract, ``refusals.py``), and its message is in ``docs/bad_inputs.md``.
 
 How each is made: a shard file deleted, cut short, or with one bit flipped in its data or its index;
-a shard file from another split; another split's manifest.json (digest valid); and a split rebuilt
-by a read hook in the middle of ``infer`` (no sleeps, no timing).
+a shard file from another split; another split's manifest.json (digest valid); model weights
+rewritten (NaN, int64) with the manifest's sha256, file list and digest made to agree, as a forger
+would; and a split rebuilt by a read hook in the middle of ``infer`` (no sleeps, no timing).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +113,85 @@ def test_manifest_without_a_file_list(refusals: Refusals, shared, tmp_path: Path
     edit_manifest(split, lambda body: body.pop("files"), keep_digest_valid=True)  # as an older simformer wrote it
     refusals.check("manifest-no-file-list", "a manifest without the list of stored files (an older simformer's; "
                    "digest valid)", train_args(split, tmp_path / "m.zarr"), "lists no stored files")
+
+
+# ---------------------------------------------------------------- forged weights
+
+
+def forge_weights(model: Path, change: Callable) -> None:  # noqa: ANN001
+    """Rewrite a model's weights, then make its manifest agree (sha256, file size, digest)."""
+    from safetensors.torch import load_file, save_file
+
+    weights = model / "weights.safetensors"
+    save_file({name: change(tensor) for name, tensor in load_file(str(weights)).items()}, str(weights))
+    sha256 = "sha256:" + hashlib.sha256(weights.read_bytes()).hexdigest()
+
+    def agree(body: dict) -> None:
+        body["weights_sha256"] = sha256
+        body["files"]["weights.safetensors"] = weights.stat().st_size
+
+    edit_manifest(model, agree, keep_digest_valid=True)
+
+
+def nan_weights(tensor):  # noqa: ANN001, ANN201
+    return tensor.clone().fill_(float("nan")) if tensor.is_floating_point() else tensor
+
+
+def int64_weights(tensor):  # noqa: ANN001, ANN201
+    import torch
+
+    return tensor.to(torch.int64)
+
+
+def test_weights_full_of_nan(refusals: Refusals, shared, tmp_path: Path) -> None:  # noqa: ANN001
+    model = copy_artifact(shared["model"], tmp_path / "model.zarr")
+    forge_weights(model, nan_weights)
+    refusals.check("model-weights-nan", "weights full of NaN, the manifest's sha256 and file list made to agree",
+                   ["infer", "--model", model, "--split", shared["split"], "--out", tmp_path / "p.zarr", "--device", "cpu"],
+                   "weights.safetensors holds NaN", "simformer train")
+
+
+def test_weights_stored_as_int64(refusals: Refusals, shared, tmp_path: Path) -> None:  # noqa: ANN001
+    model = copy_artifact(shared["model"], tmp_path / "model.zarr")
+    forge_weights(model, int64_weights)
+    refusals.check("model-weights-int64", "weights stored as int64, the manifest's sha256 and file list made to agree",
+                   ["pseudolabel", "--model", model, "--split", shared["split"], "--out", tmp_path / "pl.zarr",
+                    "--device", "cpu"], "as int64, the network needs float32")
+
+
+def test_init_from_weights_full_of_nan(refusals: Refusals, shared, tmp_path: Path) -> None:  # noqa: ANN001
+    model = copy_artifact(shared["model"], tmp_path / "model.zarr")
+    forge_weights(model, nan_weights)
+    refusals.check("model-weights-nan-init-from", "`retrain --init-from` a model whose weights are full of NaN "
+                   "(sha256 and file list made to agree)",
+                   ["retrain", "--split", shared["split"], "--pseudolabels", shared["pseudo"], "--init-from", model,
+                    "--out", tmp_path / "rt.zarr", "--iters", "1", "--batch-size", "2", "--device", "cpu"],
+                   "holds NaN")
+
+
+def test_a_checkpoint_with_nan_weights_is_not_resumed(cli, shared, tmp_path: Path) -> None:  # noqa: ANN001
+    from safetensors.torch import load_file, save_file
+
+    from simformer_cli.pipeline.train import run_train
+
+    class Stop(Exception):
+        pass
+
+    def stop(done: int) -> None:
+        if done == 1:
+            raise Stop
+
+    out = tmp_path / "m.zarr"
+    with pytest.raises(Stop):
+        run_train(split=shared["split"], out=out, iters=3, batch_size=2, checkpoint_every=1, device="cpu", on_step=stop)
+    tensors = sorted((tmp_path / ".m.zarr.partial" / "checkpoints").glob("step-*/tensors.safetensors"))[-1]
+    state = load_file(str(tensors))
+    save_file({name: nan_weights(t) if name.startswith("module.") else t for name, t in state.items()}, str(tensors))
+    result = cli("train", "--split", shared["split"], "--out", out, "--iters", "3", "--batch-size", "2",
+                 "--checkpoint-every", "1", "--device", "cpu", "--resume")
+    assert result.code == 2 and len(result.err.strip().splitlines()) == 1, result.err
+    assert "checkpoint is damaged (it holds NaN" in result.err and "without --resume" in result.err
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------- an input rebuilt while a stage reads it
