@@ -68,6 +68,18 @@ def make_folder_dataset(
     return root
 
 
+def relist_files(artifact: Path) -> None:
+    """After a test rewrote an artifact's arrays in place: its manifest lists the files as they are now
+    (digest valid), as if its stage had written them; opening it would otherwise refuse them."""
+    from simformer_cli.artifacts.digest import manifest_digest
+    from simformer_cli.artifacts.inventory import take_inventory
+
+    document = json.loads((artifact / "manifest.json").read_text())
+    document["manifest"]["files"] = take_inventory(artifact)
+    document["digest"] = manifest_digest(document["manifest"])
+    (artifact / "manifest.json").write_text(json.dumps(document))
+
+
 @pytest.fixture
 def folder_dataset(tmp_path: Path) -> Path:
     return make_folder_dataset(tmp_path / "data")

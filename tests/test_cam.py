@@ -30,6 +30,8 @@ from simformer_cli.pipeline.train import run_train
 from simformer_cli.training.devices import start_runtime
 from simformer_cli.training.settings import TrainSettings, preset_settings
 
+from conftest import relist_files
+
 CAM_TRAIN = dict(method="cam", iters=2, batch_size=4, device="cpu", checkpoint_every=1)
 
 
@@ -211,6 +213,7 @@ def test_training_ignores_novel_pixels_and_resumes_exactly(synthetic_split: Path
     is_novel = np.isin(labels, novel)
     labels[is_novel] = np.asarray(novel)[(np.searchsorted(novel, labels[is_novel]) + 1) % len(novel)]
     audit[...] = labels
+    relist_files(split_copy)
 
     class Interrupt(Exception):
         pass

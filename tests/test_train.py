@@ -22,6 +22,8 @@ from simformer_cli.data.split_store import AUDIT_LABELS, SplitArtifact
 from simformer_cli.pipeline.train import run_train
 from simformer_cli.training.model_artifact import load_model
 
+from conftest import relist_files
+
 TRAIN = dict(iters=4, batch_size=4, device="cpu", checkpoint_every=2)
 
 
@@ -115,6 +117,7 @@ def test_novel_pixels_of_audit_labels_never_reach_training(synthetic_split: Path
     shifted = labels.copy()
     shifted[is_novel] = np.asarray(novel)[(np.searchsorted(novel, labels[is_novel]) + 1) % len(novel)]
     audit[...] = shifted
+    relist_files(split_copy)
     run_train(split=split_copy, out=tmp_path / "b.zarr", iters=2, batch_size=4, device="cpu")
     assert_same_weights(tmp_path / "a.zarr", tmp_path / "b.zarr")
 

@@ -9,7 +9,7 @@ half-understood.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -74,4 +74,8 @@ class ManifestBase(Frozen):
     tool_version: str = __version__
     inputs: Inputs = Field(default_factory=Inputs)
     arrays: dict[str, ArraySpec] = Field(default_factory=dict)
+    files: dict[str, Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict,
+        description="Every file the artifact stores ('/'-separated path inside it, manifest.json aside) with its "
+                    "size in bytes, listed when it was committed; opening the artifact checks each one.")
     provenance: Provenance = Field(default_factory=Provenance)

@@ -4,6 +4,11 @@ An artifact is a directory ``NAME.zarr`` holding a zarr v3 group and ``manifest.
 ``{"digest": "sha256:...", "manifest": {...}}``. Writers build the whole directory under a hidden
 staging name beside the target, write the manifest last, then rename it into place, so a crash at
 any moment leaves the previous artifact or none. A directory without a valid manifest is refused.
+
+The manifest lists every stored file with its size, and the group's attributes carry the plan the
+manifest records, so that opening refuses missing, resized or foreign files and manifests copied
+from elsewhere; reads go through a store pinned to the manifest read at open (``inventory``). A
+stage publishes nothing when one of its input artifacts was rebuilt while it ran.
 """
 
 from __future__ import annotations
@@ -23,10 +28,21 @@ import zarr
 from pydantic import ValidationError
 
 from simformer_cli.artifacts.digest import canonical_json, manifest_digest
+from simformer_cli.artifacts.inventory import (
+    MANIFEST_FILE,
+    PLAN_ATTRIBUTE,
+    InputChanged,
+    Listing,
+    PinnedStore,
+    file_signature,
+    plan_stamp,
+    rebuilt_message,
+    repair_hint,
+    take_inventory,
+)
 from simformer_cli.artifacts.manifest import Inputs, ManifestBase
 from simformer_cli.errors import ArtifactError, UserError
 
-MANIFEST_FILE = "manifest.json"
 M = TypeVar("M", bound=ManifestBase)
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -186,7 +202,7 @@ def staged_artifact(out: Path, *, kind: str, inputs: Inputs | None = None,
             staging.mkdir(exist_ok=True)
             yield staging
         except BaseException as exc:
-            if resume_key is None:
+            if resume_key is None or isinstance(exc, InputChanged):  # work from a changed input is never resumed
                 shutil.rmtree(staging, ignore_errors=True)
             if is_disk_full(exc):
                 raise UserError(disk_full_message(out)) from None
@@ -196,14 +212,28 @@ def staged_artifact(out: Path, *, kind: str, inputs: Inputs | None = None,
 
 def commit(staging: Path, out: Path, manifest: ManifestBase) -> str:
     """Write the manifest last, then move the finished artifact into place. Returns its digest."""
+    return publish(staging, out, manifest)[1]
+
+
+def publish(staging: Path, out: Path, manifest: M) -> tuple[M, str]:
+    """:func:`commit`, returning the manifest as written (with its list of stored files) and its digest.
+
+    The group's attributes get the manifest's plan stamp, then the manifest lists every file with
+    its size. Refused (:class:`InputChanged`) when an input artifact it records was rebuilt since
+    the stage read it.
+    """
     out = _real_target(out)
     if not (staging / "zarr.json").is_file():  # every artifact is a zarr group, arrays or not
         zarr.create_group(store=str(staging), zarr_format=3)
     (staging / ".resume-key").unlink(missing_ok=True)
+    zarr.open_group(store=str(staging), mode="r+", zarr_format=3).attrs[PLAN_ATTRIBUTE] = plan_stamp(
+        manifest.model_dump(mode="json"))
+    manifest = manifest.model_copy(update={"files": take_inventory(staging)})
     document = manifest_document(manifest)
     try:
         _write_file_atomically(staging / MANIFEST_FILE, json.dumps(document, indent=2).encode("utf-8"))
         _fsync_dir(staging)
+        _check_inputs_unchanged(manifest)
         if out.exists():
             old = out.parent / f".{out.name}.replaced-{os.getpid()}"
             os.rename(out, old)
@@ -216,7 +246,18 @@ def commit(staging: Path, out: Path, manifest: ManifestBase) -> str:
         if is_disk_full(exc):
             raise UserError(disk_full_message(out)) from None
         raise
-    return document["digest"]
+    return manifest, document["digest"]
+
+
+def _check_inputs_unchanged(manifest: ManifestBase) -> None:
+    """Every input artifact still has the digest the stage recorded when it read it."""
+    for ref in manifest.inputs.artifacts.values():
+        try:
+            current = _load_document(Path(ref.path))[0]["digest"]
+        except ArtifactError:
+            current = None
+        if current != ref.digest:
+            raise InputChanged(rebuilt_message(ref.path))
 
 
 def manifest_document(manifest: ManifestBase) -> dict[str, Any]:
@@ -224,7 +265,8 @@ def manifest_document(manifest: ManifestBase) -> dict[str, Any]:
     return {"digest": manifest_digest(body), "manifest": body}
 
 
-def _load_document(path: Path) -> dict[str, Any]:
+def _load_document(path: Path) -> tuple[dict[str, Any], tuple[int, int, int, int]]:
+    """The manifest document and which file it was read from (see :func:`file_signature`)."""
     if not path.exists():
         raise ArtifactError(f"{path}: no such artifact; check the path or run the stage that makes it")
     if not path.is_dir() or not is_artifact(path):
@@ -233,20 +275,25 @@ def _load_document(path: Path) -> dict[str, Any]:
             "Rerun the stage that makes it"
         )
     try:
-        document = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
+        with open(path / MANIFEST_FILE, "rb") as handle:
+            signature = file_signature(os.fstat(handle.fileno()))
+            document = json.loads(handle.read().decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{path}: {MANIFEST_FILE} is unreadable ({exc}); rerun the stage that makes it") from None
     if not isinstance(document, dict) or set(document) != {"digest", "manifest"} or not isinstance(
         document["manifest"], dict
     ):
         raise ArtifactError(f"{path}: {MANIFEST_FILE} is not a simformer manifest; rerun the stage that makes it")
-    return document
+    return document, signature
 
 
 def read_manifest(path: Path, model: type[M]) -> tuple[M, str]:
     """Read and check a manifest: kind, schema version, digest, then full validation."""
-    path = Path(path)
-    document = _load_document(path)
+    return _read_manifest(Path(path), model)[:2]
+
+
+def _read_manifest(path: Path, model: type[M]) -> tuple[M, str, tuple[int, int, int, int]]:
+    document, signature = _load_document(path)
     body = document["manifest"]
     expected_kind = model.model_fields["kind"].annotation.__args__[0]  # type: ignore[union-attr]
     if body.get("kind") != expected_kind:
@@ -268,21 +315,37 @@ def read_manifest(path: Path, model: type[M]) -> tuple[M, str]:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise ArtifactError(f"{path}: manifest field {where!r}: {first['msg']}; rerun the stage that makes it") from None
-    return manifest, document["digest"]
+    return manifest, document["digest"], signature
 
 
 def open_artifact(path: Path, model: type[M]) -> tuple[M, str, zarr.Group]:
-    """Open an artifact read-only after checking its manifest and that every listed array is complete."""
-    manifest, digest = read_manifest(path, model)
+    """Open an artifact read-only after checking its manifest, that it belongs to the data beside it,
+    that every listed array is complete and every listed file there at its size (``inventory``).
+    The group reads through a :class:`PinnedStore`."""
+    path = Path(path)
+    manifest, digest, signature = _read_manifest(path, model)
+    repair = repair_hint(manifest.kind, getattr(manifest, "stage", None))
+    if not manifest.files:
+        raise ArtifactError(f"{path}: the manifest lists no stored files (made by an older simformer); {repair}")
+    listing = Listing(path=path, files=manifest.files, arrays=tuple(manifest.arrays), repair=repair,
+                      signature=signature)
     try:  # simformer writes zarr v3 only: nothing else (e.g. v2 metadata with other codecs) is read
-        group = zarr.open_group(store=str(path), mode="r", zarr_format=3)
+        group = zarr.open_group(store=PinnedStore(listing), mode="r", zarr_format=3)
+    except ArtifactError:
+        raise
     except Exception as exc:  # zarr raises several types for a damaged store
         raise ArtifactError(f"{path}: zarr group cannot be opened ({exc}); rerun the stage that makes it") from None
+    if group.attrs.get(PLAN_ATTRIBUTE) != plan_stamp(manifest.model_dump(mode="json")):
+        listing.check_pinned()
+        raise ArtifactError(f"{path}: {MANIFEST_FILE} belongs to other data (the arrays were written for other inputs "
+                            f"or settings; copied from another artifact?); {repair}")
     for name, spec in manifest.arrays.items():
         try:
             array = group[name]
         except KeyError:
             raise ArtifactError(f"{path}: array {name!r} is missing; the artifact is incomplete, rerun its stage") from None
+        except ArtifactError:
+            raise
         except Exception as exc:  # damaged or foreign array metadata
             raise ArtifactError(f"{path}: array {name!r} cannot be opened ({exc}); rerun the stage that makes it") from None
         if not isinstance(array, zarr.Array):
@@ -292,6 +355,7 @@ def open_artifact(path: Path, model: type[M]) -> tuple[M, str, zarr.Group]:
                 f"{path}: array {name!r} is {array.dtype}{list(array.shape)}, manifest says "
                 f"{spec.dtype}{spec.shape}; rerun the stage that makes it"
             )
+    listing.check_files()
     return manifest, digest, group
 
 
@@ -305,12 +369,13 @@ def plan_key(inputs: Any, params: Any) -> str:
 def current_artifact(out: Path, model: type[M], inputs: Any, params: Any, *, force: bool) -> tuple[M, str] | None:
     """The artifact at ``out`` if it is valid and records exactly these inputs and params.
 
-    A broken or foreign artifact there counts as absent: the stage rebuilds it.
+    A broken or foreign artifact there (missing or resized files included) counts as absent: the
+    stage rebuilds it.
     """
     if force or not is_artifact(out):
         return None
     try:
-        existing, digest = read_manifest(out, model)
+        existing, digest, _ = open_artifact(out, model)
     except ArtifactError:
         return None
     return (existing, digest) if same_plan(existing, inputs, params) else None

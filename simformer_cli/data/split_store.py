@@ -10,7 +10,8 @@ Per subset (``train``, ``val``)::
     audit/train_labels   (N, H, W)    full train labels, for judging pseudo labels; training never opens it
 
 Chunks are one image by at most 256x256 pixels; shards hold whole groups of images along the first
-axis, so one writer owns a shard and padding chunks (all fill value) are never stored.
+axis, so one writer owns a shard and padding chunks (all fill value) are never stored. Every chunk
+ends in a crc32c of its compressed bytes, checked on every read (a shard's index has its own).
 """
 
 from __future__ import annotations
@@ -22,16 +23,17 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import ZstdCodec
+from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.core.sync import sync
 
+from simformer_cli.artifacts.inventory import named_damage, read_stored
 from simformer_cli.artifacts.split_manifest import SplitManifest
 from simformer_cli.artifacts.store import open_artifact
 
 CHUNK_EDGE = 256
 SHARD_TARGET_BYTES = 32 << 20
 MAX_SHARD_IMAGES = 64
-COMPRESSORS = (ZstdCodec(level=3),)
+COMPRESSORS = (ZstdCodec(level=3), Crc32cCodec())  # the crc makes damaged bytes fail to decode
 AUDIT_LABELS = "audit/train_labels"
 
 
@@ -120,7 +122,7 @@ class SplitArtifact:
 
     def _small(self, key: str) -> np.ndarray:
         if key not in self._cache:
-            self._cache[key] = np.asarray(self._array(key)[...])
+            self._cache[key] = read_stored(self._array(key))
         return self._cache[key]
 
     def _array(self, key: str) -> zarr.Array:
@@ -143,27 +145,28 @@ class SplitArtifact:
 
     def image(self, subset: str, index: int) -> np.ndarray:
         h, w = self.sizes(subset)[index]
-        return np.asarray(self._array(f"{subset}/images")[index, :h, :w])
+        return read_stored(self._array(f"{subset}/images"), (index, slice(0, h), slice(0, w)))
 
     def label(self, subset: str, index: int) -> np.ndarray:
         """Weak label for ``train`` (novel pixels are ignore), full label for ``val``."""
         h, w = self.sizes(subset)[index]
-        return np.asarray(self._array(f"{subset}/labels")[index, :h, :w])
+        return read_stored(self._array(f"{subset}/labels"), (index, slice(0, h), slice(0, w)))
 
     def read_many(self, subset: str, indices: Sequence[int], *, labels: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """The images (and, with ``labels``, the labels as :meth:`label` gives them) of several
         indices, read concurrently in one trip through zarr's event loop: a training batch's reads
         then overlap instead of paying each read's round trip in turn. -> (images, labels or [])."""
         sizes = self.sizes(subset)
-        arrays = [self._array(f"{subset}/images").async_array]
+        arrays = [self._array(f"{subset}/images")]
         if labels:
-            arrays.append(self._array(f"{subset}/labels").async_array)
+            arrays.append(self._array(f"{subset}/labels"))
         selections = [(int(i), slice(0, int(sizes[i][0])), slice(0, int(sizes[i][1]))) for i in indices]
 
         async def read_all() -> list:
-            return await asyncio.gather(*(array.getitem(where) for array in arrays for where in selections))
+            return await asyncio.gather(*(array.async_array.getitem(where) for array in arrays for where in selections))
 
-        read = [np.asarray(value) for value in sync(read_all())]
+        with named_damage(*arrays):
+            read = [np.asarray(value) for value in sync(read_all())]
         return read[: len(selections)], read[len(selections):]
 
     def read_range(self, subset: str, start: int, stop: int, *, labels: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -184,7 +187,7 @@ def read_cut(array: zarr.Array, start: int, sizes: np.ndarray) -> list[np.ndarra
     """Items ``start..start+len(sizes)-1`` of a padded (N, H, W[, C]) array in one read, each cut
     to its (height, width) in ``sizes`` (copies, so the padded block is not kept alive)."""
     height, width = (int(v) for v in sizes.max(axis=0))
-    block = np.asarray(array[start : start + len(sizes), :height, :width])
+    block = read_stored(array, (slice(start, start + len(sizes)), slice(0, height), slice(0, width)))
     return [block[n, :h, :w].copy() for n, (h, w) in enumerate(sizes)]
 
 
@@ -193,7 +196,7 @@ def read_audit_label(split: SplitArtifact, index: int) -> np.ndarray:
     if AUDIT_LABELS not in split.manifest.arrays:
         raise KeyError("this split was made without --keep-train-labels")
     h, w = split.sizes("train")[index]
-    return np.asarray(split._array(AUDIT_LABELS)[index, :h, :w])
+    return read_stored(split._array(AUDIT_LABELS), (index, slice(0, h), slice(0, w)))
 
 
 class AuditLabelReader:

@@ -20,7 +20,7 @@ import torch
 import zarr
 
 from simformer_cli.artifacts.manifest import ArraySpec, Frozen, Inputs, ManifestBase
-from simformer_cli.artifacts.store import commit, plan_key, read_manifest, staged_artifact
+from simformer_cli.artifacts.store import plan_key, publish, read_manifest, staged_artifact
 from simformer_cli.cam.network import CamNet
 from simformer_cli.data.split_store import SubsetLayout, plan_layout, write_shard_block
 from simformer_cli.inference import predict
@@ -104,7 +104,7 @@ def run_prediction_job(
         (staging / DONE_DIR).rmdir()
         arrays = {name: ArraySpec(shape=shape, dtype=dtype) for name, (shape, dtype) in specs.items()}
         manifest = make_manifest(staging, arrays, time.perf_counter() - began)
-        digest = commit(staging, out, manifest)
+        manifest, digest = publish(staging, out, manifest)
     runtime.barrier()
     return manifest, digest
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from simformer_cli.artifacts.inventory import read_stored
 from simformer_cli.artifacts.predictions_manifest import PredictionsManifest
 from simformer_cli.artifacts.store import open_artifact
 
@@ -26,7 +27,7 @@ class PredictionsArtifact:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.manifest, self.digest, self._group = open_artifact(self.path, PredictionsManifest)
-        self._sizes = np.asarray(self._group["sizes"][...])
+        self._sizes = read_stored(self._group["sizes"])
         self._labels = self._group["labels"]
 
     def count(self) -> int:
@@ -40,13 +41,13 @@ class PredictionsArtifact:
 
     def label(self, index: int) -> np.ndarray:
         h, w = self._sizes[index]
-        return np.asarray(self._labels[index, :h, :w])
+        return read_stored(self._labels, (index, slice(0, h), slice(0, w)))
 
     def scores(self, index: int) -> np.ndarray:
         if "scores" not in self.manifest.arrays:
             raise KeyError("these predictions were made without --save-scores")
         h, w = (-(-int(v) // SCORE_STRIDE) for v in self._sizes[index])
-        return np.asarray(self._group["scores"][index, :, :h, :w], dtype=np.float32)
+        return read_stored(self._group["scores"], (index, slice(None), slice(0, h), slice(0, w))).astype(np.float32)
 
 
 def open_or_create_arrays(

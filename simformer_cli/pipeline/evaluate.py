@@ -16,8 +16,8 @@ import numpy as np
 
 from simformer_cli.artifacts.manifest import ArraySpec, ArtifactRef, Inputs, Provenance
 from simformer_cli.artifacts.metrics_manifest import EvalParams, MetricsManifest
-from simformer_cli.artifacts.store import commit, staged_artifact
-from simformer_cli.data.split_store import SplitArtifact, read_audit_label
+from simformer_cli.artifacts.store import publish, staged_artifact
+from simformer_cli.data.split_store import COMPRESSORS, SplitArtifact, read_audit_label
 from simformer_cli.errors import UserError
 from simformer_cli.evaluation import ConfusionMatrix, compute_report, iou_bar_chart, write_png
 from simformer_cli.inference.store import PredictionsArtifact
@@ -82,7 +82,8 @@ def run_eval(
 
         group = zarr.open_group(store=str(staging), mode="w", zarr_format=3)
         counts = confusion.counts
-        group.create_array(name="confusion", shape=counts.shape, dtype="int64", chunks=counts.shape)
+        group.create_array(name="confusion", shape=counts.shape, dtype="int64", chunks=counts.shape,
+                           compressors=COMPRESSORS)
         group["confusion"][...] = counts
         if chart:
             write_png(staging / CHART_FILE, iou_bar_chart(report))
@@ -93,13 +94,14 @@ def run_eval(
             class_names=manifest.class_names, base_classes=manifest.base_classes,
             novel_classes=manifest.novel_classes,
         )
-        digest = commit(staging, out, metrics)
+        metrics, digest = publish(staging, out, metrics)
     return EvalResult(metrics, digest, out)
 
 
 def confusion_of(path: Path) -> np.ndarray:
     """The (K, K+1) confusion counts stored in a metrics artifact (last column: misses)."""
+    from simformer_cli.artifacts.inventory import read_stored
     from simformer_cli.artifacts.store import open_artifact
 
     _, _, group = open_artifact(path, MetricsManifest)
-    return np.asarray(group["confusion"][...])
+    return read_stored(group["confusion"])

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from simformer_cli.artifacts.inventory import read_stored
 from simformer_cli.artifacts.manifest import ArraySpec, ArtifactRef, Inputs, Provenance
 from simformer_cli.artifacts.pseudolabels_manifest import PseudoLabelParams, PseudoLabelsManifest, PseudoLabelSummary
 from simformer_cli.artifacts.store import current_artifact, open_artifact
@@ -197,13 +198,13 @@ class PseudoLabelReader:
     def _open(self) -> np.ndarray:
         if self._group is None:
             _, _, self._group = open_artifact(self.path, PseudoLabelsManifest)
-            self._sizes = np.asarray(self._group["sizes"][...])
+            self._sizes = read_stored(self._group["sizes"])
             self._labels = self._group["labels"]
         return self._sizes  # type: ignore[return-value]
 
     def __call__(self, index: int) -> np.ndarray:
         h, w = self._open()[index]
-        return np.asarray(self._labels[index, :h, :w])
+        return read_stored(self._labels, (index, slice(0, h), slice(0, w)))
 
     def read_range(self, start: int, stop: int) -> list[np.ndarray]:
         """Labels ``start..stop-1`` in one read (the training cache's fill)."""

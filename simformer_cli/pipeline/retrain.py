@@ -7,10 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from simformer_cli.artifacts.manifest import ArtifactRef
-from simformer_cli.artifacts.model_manifest import ModelManifest
 from simformer_cli.model.settings import ModelSettings
 from simformer_cli.artifacts.pseudolabels_manifest import PseudoLabelsManifest
-from simformer_cli.artifacts.store import read_manifest
+from simformer_cli.artifacts.store import open_artifact
 from simformer_cli.data.split_store import SplitArtifact
 from simformer_cli.errors import UserError
 from simformer_cli.pipeline.train import TrainResult, run_train
@@ -24,7 +23,7 @@ def run_retrain(*, split: Path, pseudolabels: Path, out: Path | None = None, ini
     from (fine-tuning on the pseudo labels) instead of the preset's initialisation; the paper
     retrains from the backbone's initialisation, which is the default.
     """
-    manifest, digest = read_manifest(pseudolabels, PseudoLabelsManifest)
+    manifest, digest, _ = open_artifact(pseudolabels, PseudoLabelsManifest)  # its files checked before training
     split_artifact = SplitArtifact(split)
     made_from = manifest.inputs.artifacts.get("split")
     if made_from is None or made_from.digest != split_artifact.digest:
@@ -46,10 +45,12 @@ def run_retrain(*, split: Path, pseudolabels: Path, out: Path | None = None, ini
 
 
 def _initial_model(path: Path, split: SplitArtifact) -> tuple[ArtifactRef, tuple[Path, ModelSettings]]:
-    """The model ``--init-from`` names, checked: a segmenter trained on this split, weights intact."""
-    from simformer_cli.training.model_artifact import file_sha256
+    """The model ``--init-from`` names, checked: a segmenter trained on this split, weights intact
+    (every tensor of the network's dtype and finite: checked here, before anything is written)."""
+    from simformer_cli.model import build_model
+    from simformer_cli.training.model_artifact import checked_weights_file, load_weights_into
 
-    manifest, digest = read_manifest(path, ModelManifest)
+    manifest, digest, weights = checked_weights_file(path)
     settings = manifest.params.settings
     if settings.method == "cam":
         raise UserError(f"--init-from {path}: a CAM classifier cannot start a segmenter; give a model from train")
@@ -59,7 +60,5 @@ def _initial_model(path: Path, split: SplitArtifact) -> tuple[ArtifactRef, tuple
     trained_on = manifest.inputs.artifacts.get("split")
     if trained_on is None or trained_on.digest != split.digest:
         raise UserError(f"--init-from {path}: trained on another split; use a model trained on this split")
-    weights = path / manifest.weights_file
-    if not weights.is_file() or file_sha256(weights) != manifest.weights_sha256:
-        raise UserError(f"--init-from {path}: its weights are missing or damaged; train it again")
+    load_weights_into(build_model(settings.model), weights, artifact=path, stage=manifest.stage)
     return ArtifactRef(path=str(path.absolute()), kind="model", digest=digest), (weights, settings.model)

@@ -24,10 +24,11 @@ from simformer_cli.artifacts.split_manifest import (
 )
 from simformer_cli.artifacts.store import (
     check_output_path,
-    commit,
     disk_full_message,
     is_disk_full,
     is_artifact,
+    open_artifact,
+    publish,
     read_manifest,
     same_plan,
     staged_artifact,
@@ -132,9 +133,9 @@ def _existing(out: Path) -> SplitManifest | None:
     if not is_artifact(out):
         return None
     try:
-        return read_manifest(out, SplitManifest)[0]
+        return open_artifact(out, SplitManifest)[0]
     except ArtifactError:
-        return None  # a broken or foreign artifact at the output path is simply rebuilt
+        return None  # a broken or foreign artifact at the output path (missing files too) is simply rebuilt
 
 
 def run_split(
@@ -227,7 +228,7 @@ def _build(
         with staged_artifact(out, kind="split") as staging:
             manifest = _ingest(raw, params, novel, base, sizes, inputs, staging, pool, reporter, dataset_root)
             warn_unlearnable_novel(manifest, reporter)
-            digest = commit(staging, out, manifest)
+            manifest, digest = publish(staging, out, manifest)
     return SplitResult(manifest, digest, out, False)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from simformer_cli.artifacts.manifest import ArtifactRef, Inputs, Provenance
 from simformer_cli.artifacts.model_manifest import ModelManifest, TrainParams, TrainSummary
-from simformer_cli.artifacts.store import commit, current_artifact, plan_key, read_manifest, staged_artifact
+from simformer_cli.artifacts.store import current_artifact, plan_key, publish, read_manifest, staged_artifact
 from simformer_cli.data.split_store import AUDIT_LABELS, AuditLabelReader, SplitArtifact
 from simformer_cli.data.train_data import LabelReader
 from simformer_cli.errors import UserError
@@ -312,7 +312,7 @@ def run_train(
                 label_sources=list(labels.sources),
                 weights_sha256=write_weights(staging, result.model_state),
             )
-            digest = commit(staging, out, manifest)
+            manifest, digest = publish(staging, out, manifest)
         runtime.barrier()
         return TrainResult(manifest, digest, out, False)
     finally:

@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from simformer_cli.errors import UserError
+from simformer_cli.training.model_artifact import tensor_problem
 
 STEP_DIR = re.compile(r"^step-(\d{7})$")
 
@@ -83,11 +84,16 @@ def latest_checkpoint(folder: Path) -> Path | None:
 def load_checkpoint(
     path: Path, *, module: torch.nn.Module, optimizer: torch.optim.Optimizer
 ) -> tuple[int, dict[str, Any]]:
-    """Restore module, optimiser and RNG state; returns (next step, extra)."""
+    """Restore module, optimiser and RNG state; returns (next step, extra). The module's tensors are
+    checked as a model artifact's are (its own dtypes, finite values) before they are loaded."""
     try:
         tensors = load_file(str(path / "tensors.safetensors"))
         state = json.loads((path / "state.json").read_text())
-        module.load_state_dict({k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")})
+        weights = {k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")}
+        problem = tensor_problem(weights, module.state_dict())
+        if problem is not None:
+            raise UserError(f"{path}: checkpoint is damaged (it {problem}); rerun without --resume to start over")
+        module.load_state_dict(weights)
         optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
         torch.set_rng_state(tensors["rng.torch_cpu"])
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -35,6 +34,7 @@ from simformer_cli.model.targets import ImageTargets
 from simformer_cli.progress import Reporter
 from simformer_cli.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from simformer_cli.training.devices import Runtime, sum_over_processes
+from simformer_cli.training.model_artifact import load_weights_into
 from simformer_cli.training.optim import build_optimizer, clear_gradients, poly_factor, set_learning_rate
 from simformer_cli.training.settings import TrainSettings
 
@@ -119,8 +119,8 @@ def train_loop(
     module = build_training_module(settings, manifest.novel_classes)
     if backbone_weights is not None:
         load_backbone_weights(module.model.backbone, backbone_weights)
-    if init_weights is not None:  # retrain --init-from: start from a trained network (checked by the caller)
-        module.model.load_state_dict(load_file(str(init_weights)))
+    if init_weights is not None:  # retrain --init-from: start from a trained network (checked by the caller too)
+        load_weights_into(module.model, init_weights, artifact=init_weights.parent)
     module = module.to(runtime.device)
     optimizer = build_optimizer(module, settings.optim)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
