@@ -12,13 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from conftest import relist_files
 from safetensors.numpy import load_file
 
 from simformer_cli.artifacts.model_manifest import ModelManifest
 from simformer_cli.artifacts.store import read_manifest
 from simformer_cli.data.split_store import AUDIT_LABELS, SplitArtifact
 from simformer_cli.pipeline.train import (
-    CROP_LABELS, FULL_LABELS, IMAGE_LABELS, PSEUDO_LABELS, WEAK_LABELS, run_train,
+    CROP_LABELS,
+    FULL_LABELS,
+    IMAGE_LABELS,
+    PSEUDO_LABELS,
+    WEAK_LABELS,
+    run_train,
 )
 
 SMALL = ["--iters", "2", "--batch-size", "4", "--device", "cpu"]
@@ -50,6 +56,7 @@ def rewrite_novel_pixels(split: Path) -> None:
     assert is_novel.any()
     labels[is_novel] = novel[(np.searchsorted(novel, labels[is_novel]) + 1) % len(novel)]
     audit[...] = labels
+    relist_files(split)  # the manifest lists the rewritten files, as if split had written them
 
 
 def refused(result, *fragments: str) -> bool:  # noqa: ANN001
