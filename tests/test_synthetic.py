@@ -222,3 +222,33 @@ def test_refuses_a_folder_with_files(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not empty"):
         generate_synthetic(tmp_path, SMALL)
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_classes_with_a_set_presence_appear_in_that_share_of_images() -> None:
+    """Co-occurrence: listed classes appear in about their share of images, the rest as before."""
+    from simformer_cli.data.synthetic import parse_presence
+
+    presence = parse_presence("3=0.92,7=0.92,red-dots-coarse=0.5")
+    settings = SyntheticSettings(train_images=400, image_size=64, class_presence=presence)
+    looks = class_appearances(settings.num_classes)
+    seen = np.zeros(settings.num_classes)
+    for index in range(settings.train_images):
+        seen[np.unique(render_sample(settings, 0, index, looks)[1])[:-1].clip(max=15)] += 1
+    share = seen / settings.train_images
+    assert len(presence) == 3 and presence[3] == presence[7] == 0.92
+    for class_id, wanted in presence.items():
+        assert wanted - 0.08 <= share[class_id] <= wanted + 0.03, (class_id, share[class_id])
+    unlisted = [c for c in range(1, 16) if c not in presence]
+    assert 0.08 < share[unlisted].mean() < 0.25  # the others share the remaining regions
+    for bad in ("3", "3=1.5", "nope=0.5", "0=0.5"):
+        with pytest.raises((UserError, ValidationError)):
+            SyntheticSettings(class_presence=parse_presence(bad))
+
+
+def test_no_presence_setting_leaves_the_bytes_as_they_were() -> None:
+    plain = SyntheticSettings(train_images=3, image_size=64)
+    looks = class_appearances(16)
+    assert plain.class_presence == {}
+    first = render_sample(plain, 0, 2, looks)
+    again = render_sample(SyntheticSettings(train_images=3, image_size=64, class_presence={}), 0, 2, looks)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))

@@ -82,11 +82,23 @@ class SyntheticSettings(BaseModel):
     min_regions: int = Field(2, ge=1, le=16)
     max_regions: int = Field(6, ge=1, le=16)
     unlabelled_fraction: float = Field(0.03, ge=0.0, le=0.25)
+    # Co-occurrence: class id -> the share of images that contain it. A listed class is drawn for an
+    # image by its own coin flip (and never otherwise); the other regions come from the unlisted
+    # classes as usual. Street scenes are like this: trees, cars and people in nearly every image.
+    class_presence: dict[int, float] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _regions_ordered(self) -> SyntheticSettings:
         if self.min_regions > self.max_regions:
             raise ValueError(f"min_regions ({self.min_regions}) exceeds max_regions ({self.max_regions})")
+        for class_id, share in self.class_presence.items():
+            if not 1 <= class_id < self.num_classes:
+                raise ValueError(f"class_presence: class {class_id} is not one of 1..{self.num_classes - 1} "
+                                 "(background is in every image)")
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"class_presence: {share} for class {class_id} is not a share between 0 and 1")
+        if len(self.class_presence) > self.num_classes - 2:
+            raise ValueError("class_presence: leave at least one class unlisted")
         return self
 
 
@@ -160,6 +172,25 @@ def generate_synthetic(
     (out_dir / "classes.json").write_text(json.dumps(classes, indent=2) + "\n")
 
 
+def parse_presence(text: str, num_classes: int = 16) -> dict[int, float]:
+    """``CLASS=SHARE,...`` (a class by id or name, a share of images between 0 and 1) -> class_presence."""
+    names = [appearance.name for appearance in class_appearances(num_classes)]
+    presence: dict[int, float] = {}
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        class_id = int(key) if key.isdigit() else names.index(key) if key in names else None
+        try:
+            share = float(value)
+        except ValueError:
+            share = float("nan")
+        if not sep or class_id is None or not 0.0 <= share <= 1.0:
+            raise UserError(f"--synthetic-presence {item!r}: expected CLASS=SHARE with a class id or name and a "
+                            "share of images between 0 and 1, e.g. 3=0.92,green-dots-fine=0.87")
+        presence[class_id] = share
+    return presence
+
+
 def _keep_freed_memory() -> None:
     """Let a worker's glibc keep freed memory: by default it returns numpy's large temporaries to
     the OS after every image and faults them back in, which costs about 40% of the time."""
@@ -215,7 +246,10 @@ def _scene_classes(rng: np.random.Generator, settings: SyntheticSettings) -> tup
     size = settings.image_size
     count = int(rng.integers(settings.min_regions, settings.max_regions + 1))
     others = settings.num_classes - 1
-    classes = rng.choice(np.arange(1, settings.num_classes), size=count, replace=count > others)
+    if settings.class_presence:
+        classes = _classes_with_presence(rng, settings, count)
+    else:
+        classes = rng.choice(np.arange(1, settings.num_classes), size=count, replace=count > others)
     min_visible = max(16, int(0.012 * size * size))
     order = np.full((size, size), -1, dtype=np.int64)  # index of the topmost accepted shape
     visible = np.zeros(0, dtype=np.int64)  # pixels still showing of each accepted shape
@@ -232,6 +266,18 @@ def _scene_classes(rng: np.random.Generator, settings: SyntheticSettings) -> tup
                 break
     lookup = np.array([0, *kept], dtype=np.int64)
     return lookup[order + 1], sorted(set(lookup.tolist()))
+
+
+def _classes_with_presence(rng: np.random.Generator, settings: SyntheticSettings, count: int) -> np.ndarray:
+    """The regions' classes when some classes have a set presence: each listed class by its own coin
+    flip, then unlisted classes up to ``count`` regions, all in random order (later ones occlude)."""
+    listed = sorted(settings.class_presence)
+    flips = rng.random(len(listed))
+    chosen = [c for c, flip in zip(listed, flips) if flip < settings.class_presence[c]]
+    pool = np.array([c for c in range(1, settings.num_classes) if c not in settings.class_presence])
+    rest = max(0, count - len(chosen))
+    chosen += rng.choice(pool, size=rest, replace=rest > len(pool)).tolist()
+    return rng.permutation(np.array(chosen, dtype=np.int64))
 
 
 def _random_shape(rng: np.random.Generator, size: int) -> tuple[tuple[slice, slice], np.ndarray]:
