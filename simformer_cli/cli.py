@@ -1,8 +1,8 @@
 """The ``simformer`` command: one thin Typer command per stage, parsing only.
 
-Errors: a :class:`~simformer_cli.errors.UserError` prints one line and exits 2; an interrupt
-exits 130 with a hint on resuming; anything else is a bug, exits 1, and shows its traceback only
-with ``--debug`` (or ``SIMFORMER_DEBUG=1``).
+Errors: a :class:`~simformer_cli.errors.UserError` prints one line and exits 2 (so does running out
+of memory, with what to reduce); an interrupt exits 130 with a hint on resuming; anything else is
+a bug, exits 1, and shows its traceback only with ``--debug`` (or ``SIMFORMER_DEBUG=1``).
 """
 
 from __future__ import annotations
@@ -77,10 +77,10 @@ def split(
     synthetic = _synthetic_settings(synthetic_train, synthetic_val, synthetic_size, synthetic_seed)
     result = run_split(
         dataset=dataset,  # type: ignore[arg-type]
-        root=root, out=out, ratio=ratio, seed=seed, official_split=official_split, novel_classes=novel_classes,
-        keep_train_labels=keep_train_labels, synthetic=synthetic, force=force,
-        workers=None if workers is None else _non_negative("--workers", workers),
-        reporter=RichReporter(),
+        root=root, out=out, ratio=ratio, seed=_seed("--seed", seed), official_split=official_split,
+        novel_classes=novel_classes, keep_train_labels=keep_train_labels, synthetic=synthetic, force=force,
+        workers=_workers(workers),
+        reporter=RichReporter("split"),
     )
     print_split_summary(result.manifest, result.path, result.digest)
     if json_out:
@@ -90,12 +90,17 @@ def split(
 def _synthetic_settings(train: int | None, val: int | None, size: int | None, seed: int | None):  # noqa: ANN202
     from simformer_cli.data.synthetic import SyntheticSettings
 
-    overrides = {key: value for key, value in (("train_images", train), ("val_images", val),
-                                               ("image_size", size), ("seed", seed)) if value is not None}
+    options = {"train_images": ("--synthetic-train", train), "val_images": ("--synthetic-val", val),
+               "image_size": ("--synthetic-size", size), "seed": ("--synthetic-seed", seed)}
     try:
-        return SyntheticSettings(**overrides)
+        return SyntheticSettings(**{key: value for key, (_, value) in options.items() if value is not None})
     except ValueError as exc:
-        raise UserError(f"synthetic settings: {exc.errors()[0]['msg'] if hasattr(exc, 'errors') else exc}") from None
+        if not hasattr(exc, "errors"):
+            raise UserError(f"synthetic settings: {exc}") from None
+        first = exc.errors()[0]
+        option, value = options.get(str(first["loc"][0]) if first["loc"] else "", ("", None))
+        where = f"{option} {value}" if option else "synthetic settings"
+        raise UserError(f"{where}: {first['msg'].removeprefix('Value error, ')}") from None
 
 
 @app.command()
@@ -127,8 +132,7 @@ def train(
         method=_choice("--method", method, ("simformer", "oracle", "cam")), iters=iters,
         batch_size=batch_size, lr=lr, seed=seed, overrides=set_ or (), checkpoint_every=_positive("--checkpoint-every", checkpoint_every),
         resume=resume, device=_choice("--device", device, ("auto", "cpu", "cuda")),
-        workers=None if workers is None else _non_negative("--workers", workers),
-        backbone_weights=backbone_weights, force=force, reporter=RichReporter(),
+        workers=_workers(workers), backbone_weights=backbone_weights, force=force, reporter=RichReporter("train"),
     )
     summary = result.manifest.summary
     stderr.print(f"model {result.path}: {summary.steps} steps, {summary.images_per_second:.1f} images/s, "
@@ -156,8 +160,8 @@ def infer(
 
     result = run_infer(
         model=model, split=split, subset=_choice("--subset", subset, ("val", "train")), images=images, out=out,
-        scales=_floats("--scales", scales), flip=flip, save_scores=save_scores,
-        device=_choice("--device", device, ("auto", "cpu", "cuda")), force=force, reporter=RichReporter(),
+        scales=_scales("--scales", scales), flip=flip, save_scores=save_scores,
+        device=_choice("--device", device, ("auto", "cpu", "cuda")), force=force, reporter=RichReporter("infer"),
     )
     summary = result.manifest.summary
     stderr.print(f"predictions {result.path}: {summary.images} images, {summary.images_per_second:.1f} images/s",
@@ -186,10 +190,10 @@ def pseudolabel(
 
     if min_score is not None and not 0 <= min_score <= 1:
         raise UserError(f"--min-score {min_score}: expected a score between 0 and 1")
-    result = run_pseudolabel(model=model, split=split, out=out, scales=_floats("--scales", scales), flip=flip,
+    result = run_pseudolabel(model=model, split=split, out=out, scales=_scales("--scales", scales), flip=flip,
                              min_score=min_score, among=_choice("--among", among, ("all", "image")),
                              device=_choice("--device", device, ("auto", "cpu", "cuda")),
-                             force=force, reporter=RichReporter())
+                             force=force, reporter=RichReporter("pseudolabel"))
     summary = result.manifest.summary
     quality = "" if summary.novel_miou_vs_audit is None else f", novel mIoU vs full train labels {summary.novel_miou_vs_audit:.1f}"
     stderr.print(f"pseudo labels {result.path}: {summary.images} images, novel pixels {summary.novel_pixel_share:.1%}, "
@@ -228,8 +232,7 @@ def retrain(
         iters=iters, batch_size=batch_size, lr=lr, seed=seed, overrides=set_ or (),
         checkpoint_every=_positive("--checkpoint-every", checkpoint_every), resume=resume,
         device=_choice("--device", device, ("auto", "cpu", "cuda")),
-        workers=None if workers is None else _non_negative("--workers", workers),
-        backbone_weights=backbone_weights, force=force, reporter=RichReporter(),
+        workers=_workers(workers), backbone_weights=backbone_weights, force=force, reporter=RichReporter("retrain"),
     )
     summary = result.manifest.summary
     stderr.print(f"model {result.path}: {summary.steps} steps, {summary.images_per_second:.1f} images/s", markup=False)
@@ -267,14 +270,14 @@ def pipeline(
 
     result = run_pipeline(
         workdir=workdir, dataset=_choice("--dataset", dataset, ("synthetic", "ade20k", "coco-stuff-10k", "folder")),
-        root=root, ratio=ratio, seed=seed, official_split=official_split, novel_classes=novel_classes,
+        root=root, ratio=ratio, seed=_seed("--seed", seed), official_split=official_split, novel_classes=novel_classes,
         synthetic=_synthetic_settings(synthetic_train, synthetic_val, synthetic_size, None) if dataset == "synthetic" else None,
         preset=_choice("--preset", preset, ("tiny", "paper")), iters=iters, retrain_iters=retrain_iters,
         batch_size=batch_size, checkpoint_every=_positive("--checkpoint-every", checkpoint_every),
-        pseudo_scales=_floats("--pseudo-scales", pseudo_scales), pseudo_flip=pseudo_flip,
+        pseudo_scales=_scales("--pseudo-scales", pseudo_scales), pseudo_flip=pseudo_flip,
         pseudo_among=_choice("--pseudo-among", pseudo_among, ("all", "image")),
         retrain_from=_choice("--retrain-from", retrain_from, ("one-stage", "scratch")),
-        device=_choice("--device", device, ("auto", "cpu", "cuda")), reporter=RichReporter(),
+        device=_choice("--device", device, ("auto", "cpu", "cuda")), reporter=RichReporter("pipeline"),
     )
     print_pipeline_table(result.one_stage, result.retrained, result.pseudo_label_novel_miou, result.workdir)
     if json_out:
@@ -295,7 +298,7 @@ def evaluate(
     from simformer_cli.pipeline.evaluate import run_eval
     from simformer_cli.report import print_eval_report
 
-    result = run_eval(predictions=predictions, split=split, out=out, chart=chart, reporter=RichReporter())
+    result = run_eval(predictions=predictions, split=split, out=out, chart=chart, reporter=RichReporter("eval"))
     print_eval_report(result.manifest.summary, result.path)
     if json_out:
         print_json(result.manifest.summary.model_dump(mode="json"))
@@ -312,7 +315,8 @@ def viz(
     """Write image | ground truth | prediction overlays with a class legend, one PNG per image."""
     from simformer_cli.pipeline.visualize import run_viz
 
-    written = run_viz(predictions=predictions, out=out, split=split, images=images, limit=limit, reporter=RichReporter())
+    written = run_viz(predictions=predictions, out=out, split=split, images=images,
+                      limit=_non_negative("--limit", limit), reporter=RichReporter("viz"))
     stderr.print(f"wrote {len(written)} overlays to {out}", markup=False)
 
 
@@ -326,7 +330,7 @@ def export(
     from simformer_cli.pipeline.export import run_export
 
     path = run_export(predictions=predictions, out=out, format=_choice("--format", format, ("coco", "png")),
-                      reporter=RichReporter())
+                      reporter=RichReporter("export"))
     stderr.print(f"exported {path}", markup=False)
 
 
@@ -338,6 +342,36 @@ def _floats(option: str, text: str) -> tuple[float, ...]:
     if not values or not all(math.isfinite(v) and v > 0 for v in values):  # nan and inf are floats too
         raise UserError(f"{option} {text!r}: expected positive numbers, e.g. 0.75,1,1.25")
     return values
+
+
+def _scales(option: str, text: str) -> tuple[float, ...]:
+    """Test-time scale factors: positive, at most MAX_SCALE each and MAX_SCALES of them (a view's
+    memory grows with the square of its scale, so an absurd factor is refused before any work)."""
+    from simformer_cli.inference.predict import MAX_SCALE, MAX_SCALES
+
+    values = _floats(option, text)
+    if max(values) > MAX_SCALE or len(values) > MAX_SCALES:
+        raise UserError(f"{option} {text!r}: expected at most {MAX_SCALES} factors of at most {MAX_SCALE:g} each "
+                        "(a view's memory grows with the square of its scale), e.g. 0.75,1,1.25")
+    return values
+
+
+#: Worker processes of split and train: more never helps (the work is CPU-bound) and each costs memory.
+MAX_WORKERS = 64
+
+
+def _workers(value: int | None) -> int | None:
+    if value is not None and not 0 <= value <= MAX_WORKERS:
+        raise UserError(f"--workers {value}: expected 0 to {MAX_WORKERS} worker processes")
+    return value
+
+
+def _seed(option: str, value: int | None) -> int | None:
+    from simformer_cli.training.settings import MAX_SEED
+
+    if value is not None and not 0 <= value <= MAX_SEED:
+        raise UserError(f"{option} {value}: expected an integer from 0 to {MAX_SEED} (2**63 - 1)")
+    return value
 
 
 def _choice(option: str, value: str, allowed: tuple[str, ...]):  # noqa: ANN202
@@ -414,6 +448,32 @@ def _interrupted_hint(args: list[str]) -> str:
     return "interrupted; run the same command again to continue (stages resume from what is on disk)"
 
 
+#: What to reduce when a command runs out of memory.
+_MEMORY_ADVICE = {
+    "train": "lower --batch-size (or the crop, --set augment.crop=N)",
+    "retrain": "lower --batch-size (or the crop, --set augment.crop=N)",
+    "infer": "use fewer or smaller --scales and no --flip",
+    "pseudolabel": "use fewer or smaller --scales and no --flip",
+    "pipeline": "lower --batch-size and use fewer or smaller --pseudo-scales",
+    "split": "use fewer --workers",
+}
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """MemoryError (Python, numpy) or torch's allocators failing (CPU: DefaultCPUAllocator; CUDA)."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
+
+
+def _memory_line(args: list[str]) -> str:
+    command = next((a for a in args if not a.startswith("-")), "simformer")
+    advice = _MEMORY_ADVICE.get(command, "")
+    return (f"error: {command} ran out of memory; {advice + ', ' if advice else ''}"
+            "or free memory (close other programs, raise the memory limit)")
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return the exit status (what tests call)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -438,6 +498,9 @@ def run(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: say so briefly unless asked for the traceback
         if debug:
             traceback.print_exc()
+        if _out_of_memory(exc):
+            _error_line(_memory_line(args))
+            return UserError.exit_code
         _error_line(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
         return 1
     if result == 130:  # typer turns Ctrl-C into this exit status itself
