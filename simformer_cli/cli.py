@@ -1,14 +1,16 @@
 """The ``simformer`` command: one thin Typer command per stage, parsing only.
 
 Errors: a :class:`~simformer_cli.errors.UserError` prints one line and exits 2 (so does running out
-of memory, with what to reduce); an interrupt exits 130 with a hint on resuming; anything else is
-a bug, exits 1, and shows its traceback only with ``--debug`` (or ``SIMFORMER_DEBUG=1``).
+of memory, with what to reduce); Ctrl-C exits 130 and SIGTERM 143, each with one line saying how
+to continue; anything else is a bug, exits 1, and shows its traceback only with ``--debug``
+(anywhere on the line) or ``SIMFORMER_DEBUG=1``.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -19,6 +21,7 @@ import typer
 from simformer_cli import __version__
 from simformer_cli.console import RichReporter, print_json, stderr
 from simformer_cli.errors import UserError
+from simformer_cli.progress import hold_point
 
 app = typer.Typer(
     name="simformer",
@@ -45,10 +48,10 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of unexpected errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of unexpected errors "
+                                                       "(accepted anywhere on the command line).")] = False,
 ) -> None:
-    if debug:
-        os.environ["SIMFORMER_DEBUG"] = "1"
+    """``--debug`` is taken off the command line by :func:`run` wherever it is, so no command sees it."""
 
 
 @app.command()
@@ -439,13 +442,51 @@ _USAGE_ERRORS = _click_classes("UsageError")
 _ABORTS = (typer.Abort,)  # click.exceptions.Abort in older Typer, its own class since 0.29
 
 
+#: What a rerun of each command does with the work an interrupted run left (see _interrupted_hint).
+_CONTINUES = {
+    "infer": "to continue from the last finished shard (predicted images are kept)",
+    "pseudolabel": "to continue from the last finished shard (labelled images are kept)",
+    "pipeline": ("to continue: finished stages are skipped, training resumes from its last checkpoint and "
+                 "prediction from its last finished shard"),
+}
+_STARTS_OVER = ("split", "eval", "viz", "export")
+
+
 def _interrupted_hint(args: list[str]) -> str:
-    """How to continue after Ctrl-C: train and retrain need --resume, every other stage just a rerun."""
+    """How to continue after Ctrl-C or SIGTERM, the truth for each command: train and retrain resume
+    with --resume, infer, pseudolabel and pipeline resume by themselves, the rest start over."""
     command = next((a for a in args if not a.startswith("-")), "")
     if command in ("train", "retrain") and "--resume" not in args:
         return ("interrupted; run the same command again with --resume to continue from the last checkpoint "
                 "(without it, training starts over)")
-    return "interrupted; run the same command again to continue (stages resume from what is on disk)"
+    if command in ("train", "retrain"):
+        return "interrupted; run the same command again to continue from the last checkpoint"
+    if command in _CONTINUES:
+        return f"interrupted; run the same command again {_CONTINUES[command]}"
+    if command in _STARTS_OVER:
+        return (f"interrupted; run the same command again to start over ({command} does not resume; "
+                "nothing half-written is kept as its output)")
+    return "interrupted"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what schedulers and ``docker stop`` send), raised where Ctrl-C raises KeyboardInterrupt,
+    so that every clean-up Ctrl-C runs (staging folders, worker pools, checkpoints) runs for it too."""
+
+
+_terminated = False  # set once SIGTERM arrived: whatever fails after it is the termination's doing
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    global _terminated
+    _terminated = True
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough; a second must not break the clean-up
+    raise Terminated()
+
+
+def _interrupted(args: list[str]) -> int:
+    _error_line(_interrupted_hint(args))
+    return 143 if _terminated else 130
 
 
 #: What to reduce when a command runs out of memory.
@@ -475,9 +516,13 @@ def _memory_line(args: list[str]) -> str:
 
 
 def run(argv: list[str] | None = None) -> int:
-    """Run the CLI and return the exit status (what tests call)."""
+    """Run the CLI and return the exit status (what tests call).
+
+    ``--debug`` is accepted anywhere on the line (before or after the command and its options).
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("SIMFORMER_DEBUG") == "1"
+    args = [arg for arg in args if arg != "--debug"]
     try:
         result = app(args=args, prog_name="simformer", standalone_mode=False)
     except _CLICK_ERRORS as exc:
@@ -490,12 +535,13 @@ def run(argv: list[str] | None = None) -> int:
             exc.show(file=sys.stderr)
         return exc.exit_code
     except (*_ABORTS, KeyboardInterrupt):
-        _error_line(_interrupted_hint(args))
-        return 130
+        return _interrupted(args)
     except UserError as exc:
         _error_line(f"error: {exc}")
         return exc.exit_code
     except Exception as exc:  # a bug: say so briefly unless asked for the traceback
+        if _terminated:  # e.g. a data-loading worker that the same SIGTERM stopped first
+            return _interrupted(args)
         if debug:
             traceback.print_exc()
         if _out_of_memory(exc):
@@ -504,16 +550,22 @@ def run(argv: list[str] | None = None) -> int:
         _error_line(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
         return 1
     if result == 130:  # typer turns Ctrl-C into this exit status itself
-        _error_line(_interrupted_hint(args))
+        return _interrupted(args)
     return result if isinstance(result, int) else 0
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm)
     code = run()
-    if code == 130:
+    if code == 0:
+        try:  # test hook: tests signal a stage here, after its work, to check that nothing is undone
+            hold_point("exit", 0)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM after the work: it is done, say nothing more
+            pass
+    if code in (130, 143):
         # After Ctrl-C, zarr's I/O thread may still hold pending tasks that asyncio reports at
         # interpreter shutdown, after our one-line hint: leave at once (artifacts are already safe).
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(130)
+        os._exit(code)
     sys.exit(code)
