@@ -2,16 +2,22 @@
 
 For each of split (a folder dataset, 2 ingest workers), train (tiny preset, ``--checkpoint-every 1``),
 infer and pseudolabel (one image per shard), every trial starts the stage's real command line in a
-subprocess, waits until the stage starts writing (its hidden staging folder beside the output
-appears), sleeps a random time drawn uniformly from the writing phase of an uninterrupted run (until its
-output appeared, plus 15% for the commit and the exit), and
-sends SIGKILL to the stage's process (or, in some trials, SIGINT to its process group, as Ctrl-C in
-a terminal does). Then it checks:
+subprocess and signals it at a moment drawn at random (seeded) from the stage's own progress: the
+stage is told, through the ``SIMFORMER_TEST_HOLD`` test hook, to wait at the drawn step of its
+writing phase (e.g. after training step 3, after predicting image 17) and says so on stderr. Then
+the harness sends SIGKILL to the stage's process (or, in some trials, SIGINT to its process group,
+as Ctrl-C in a terminal does). With ``--jitter`` (the benchmark's default) it first lets the stage go
+on and signals it a random fraction of a step later, so that the moment falls inside a step's
+writes, not only between steps; the stage then waits at the next step (or, after its last one,
+just before it exits) if it gets there first, so the signal always reaches a running stage, however
+fast or loaded the machine is. Nothing depends on timing: the test variant sends the signal at the
+hold itself. Then it checks:
 
-- at no moment, before or after the signal, does the output path hold something the artifact
-  readers (what every later stage opens its inputs with) accept unless it is complete and equal to
-  the uninterrupted result; a half-written output is never there;
-- no process of the stage outlives it (ingest workers die with their parent);
+- when the stage is held and after the signal, the output path holds nothing the artifact readers
+  (what every later stage opens its inputs with) accept unless it is complete and equal to the
+  uninterrupted result; a half-written output is never there;
+- no process of the stage outlives it (ingest workers die with their parent; each is waited for
+  through a pidfd, an event, not polled);
 - after SIGINT: exit status 130 and a one-line hint on how to continue;
 - running the same command again (``--resume`` added for train when a checkpoint exists, which is
   what a user does) finishes, leaves nothing beside the output but the artifact and its lock file,
@@ -34,6 +40,7 @@ import argparse
 import json
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -53,8 +60,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 REPO = Path(__file__).resolve().parents[1]
 SMALL_SHARDS = ("import simformer_cli.data.split_store as store; store.MAX_SHARD_IMAGES = 1; "
                 "from simformer_cli.cli import main; main()")
-TRAIN_OPTIONS = ["--iters", "6", "--batch-size", "4", "--checkpoint-every", "1", "--device", "cpu"]
+TRAIN_STEPS = 6
+TRAIN_OPTIONS = ["--iters", str(TRAIN_STEPS), "--batch-size", "4", "--checkpoint-every", "1", "--device", "cpu"]
 HINT = "interrupted; run the same command again"
+HOLD_ENV = "SIMFORMER_TEST_HOLD"  # the stages' test hook (simformer_cli.progress.hold_point)
+AT_EXIT = "exit@0"  # where a stage holds after its work, just before it exits
 
 
 def stage_env() -> dict[str, str]:
@@ -171,7 +181,12 @@ class Stage:
     command: Callable[[Path, bool], list[str]]  # (out, resume) -> argv
     reader: Callable[[Path], None]  # how later stages open it; raises ArtifactError when refused
     contents: Callable[[Path], dict[str, Any]]
+    points: list[str]  # the steps of its writing phase, in order, as the hold hook names them
     train: bool = False  # resumes with --resume from a checkpoint
+
+
+def _steps(description: str, last: int) -> list[str]:
+    return [f"{description}@{k}" for k in range(last + 1)]
 
 
 def make_stages(inputs: "Inputs") -> dict[str, Stage]:
@@ -181,19 +196,23 @@ def make_stages(inputs: "Inputs") -> dict[str, Stage]:
         "split": Stage("split", "split.zarr",
                        lambda out, resume: [*cli, "split", "--dataset", "folder", "--root", str(inputs.dataset),
                                             "--out", str(out), "--workers", "2"],
-                       open_split, split_contents),
+                       open_split, split_contents,
+                       _steps("ingesting train images", inputs.train_images)
+                       + _steps("ingesting val images", inputs.val_images)),
         "train": Stage("train", "model.zarr",
                        lambda out, resume: [*cli, "train", "--split", str(inputs.split), "--out", str(out),
                                             *TRAIN_OPTIONS, *(["--resume"] if resume else [])],
-                       open_model, model_contents, train=True),
+                       open_model, model_contents, _steps("training", TRAIN_STEPS), train=True),
         "infer": Stage("infer", "pred.zarr",
                        lambda out, resume: [*small_shards, "infer", "--model", str(inputs.model), "--split",
                                             str(inputs.split), "--out", str(out), "--device", "cpu"],
-                       open_predictions, predictions_contents),
+                       open_predictions, predictions_contents, _steps("predicting", inputs.val_images)),
         "pseudolabel": Stage("pseudolabel", "pseudo.zarr",
                              lambda out, resume: [*small_shards, "pseudolabel", "--model", str(inputs.model),
                                                   "--split", str(inputs.split), "--out", str(out), "--device", "cpu"],
-                             open_pseudolabels, pseudolabels_contents),
+                             open_pseudolabels, pseudolabels_contents,
+                             _steps("predicting", inputs.train_images)
+                             + _steps("measuring pseudo-label quality", inputs.train_images)),
     }
 
 
@@ -203,49 +222,22 @@ def make_stages(inputs: "Inputs") -> dict[str, Stage]:
 @dataclass
 class Inputs:
     dataset: Path
+    train_images: int = 0
+    val_images: int = 0
     split: Path = Path()
     model: Path = Path()
-
-
-@dataclass
-class Timing:
-    writing_starts: float  # seconds from start until the staging folder appeared
-    committed: float  # seconds from start until the output appeared
-    ends: float  # seconds from start until the process exited
-
-    def window(self) -> float:
-        """The writing phase, and a little after the output appeared (the commit and the exit)."""
-        return max(self.committed - self.writing_starts, 0.01) * 1.15
 
 
 @dataclass
 class Trial:
     stage: str
     signals: list[str]
+    points: list[str] = field(default_factory=list)  # where each signal was sent (the hold it followed)
     delivered: int = 0  # signals that reached a still running stage
     states: list[str] = field(default_factory=list)  # after each signal: "none" or "complete"
     completed: bool = False
     identical: bool = False
     problems: list[str] = field(default_factory=list)
-
-
-def _writing(out: Path) -> bool:
-    """The stage has started writing: a hidden sibling of the output exists (staging/partial)."""
-    prefix = f".{out.name}."
-    try:
-        return any(name.startswith(prefix) and not name.endswith(".lock") for name in os.listdir(out.parent))
-    except FileNotFoundError:
-        return False
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _reader_verdict(stage: Stage, out: Path, reference: dict[str, Any]) -> str:
@@ -262,63 +254,97 @@ def _reader_verdict(stage: Stage, out: Path, reference: dict[str, Any]) -> str:
     return "complete" if not wrong else f"PROBLEM: accepted but differs from the uninterrupted run in {wrong[:5]}"
 
 
-def run_to_end(command: list[str], out: Path, timeout: float = 600) -> tuple[subprocess.CompletedProcess, Timing]:
+def run_to_end(command: list[str], timeout: float = 600) -> tuple[subprocess.CompletedProcess, float]:
+    """Run ``command`` to its end (no hold); the result and its wall time in seconds."""
     began = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=stage_env(), start_new_session=True)
-    writing = committed = None
-    while process.poll() is None:
-        if writing is None and _writing(out):
-            writing = time.perf_counter() - began
-        if committed is None and out.exists():
-            committed = time.perf_counter() - began
-        time.sleep(0.002)
-        if time.perf_counter() - began > timeout:
-            os.killpg(process.pid, signal.SIGKILL)
-            raise TimeoutError(" ".join(command))
-    stdout, stderr = process.communicate()
-    ends = time.perf_counter() - began
-    writing = ends if writing is None else writing
-    return (subprocess.CompletedProcess(command, process.returncode, stdout, stderr),
-            Timing(writing, ends if committed is None else committed, ends))
+    done = subprocess.run(command, capture_output=True, text=True, env=stage_env(), timeout=timeout)
+    return done, time.perf_counter() - began
 
 
-def interrupt(command: list[str], out: Path, *, sig: signal.Signals, delay: float, from_start: bool,
-              trial: Trial, stage: Stage, reference: dict[str, Any], timeout: float = 600) -> None:
-    """Run ``command``; ``delay`` s after writing starts (or after start) send ``sig``; check the aftermath."""
-    began = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=stage_env(), start_new_session=True)
-    fire_at = began + delay if from_start else None
-    while process.poll() is None:
-        now = time.perf_counter()
-        if fire_at is None and _writing(out):
-            fire_at = now + delay
-        if out.exists() and not (out / "manifest.json").is_file():
-            half = f"{out} existed without a manifest while the stage ran"
-            if half not in trial.problems:
-                trial.problems.append(half)
-        if fire_at is not None and now >= fire_at:
-            if sig == signal.SIGINT:
-                os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole group
-            else:
-                process.send_signal(sig)  # the stage's own process only: its workers must follow
-            trial.delivered += 1
-            break
-        if now - began > timeout:
-            os.killpg(process.pid, signal.SIGKILL)
-            raise TimeoutError(" ".join(command))
-        time.sleep(0.001)
+def _group_members(pgid: int) -> list[int]:
+    """The processes of a process group (from /proc), the leader excluded."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != pgid:
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            if int(fields[2]) == pgid and fields[0] != "Z":  # (state, ppid, pgrp, ...); zombies are dead
+                members.append(int(entry))
+    return members
+
+
+def _wait_gone(pids: list[int], timeout: float) -> list[int]:
+    """Wait until every process has ended (an event: its pidfd becomes readable); those still alive
+    after ``timeout`` seconds, a safety net only (a worker that outlives its stage is a problem)."""
+    left = []
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        try:
+            if not select.select([fd], [], [], timeout)[0]:
+                left.append(pid)
+        finally:
+            os.close(fd)
+    return left
+
+
+def start_held(command: list[str], points: list[str]) -> tuple[subprocess.Popen, str | None, str]:
+    """Start ``command`` told to hold at ``points`` (and before it exits); wait until it holds.
+
+    Returns the process, the point it holds at, read from its stderr (None: it ended first, which
+    only happens when it fails), and what it wrote on stderr before. Its stdout is discarded, its
+    stderr stays a pipe.
+    """
+    env = dict(stage_env(), **{HOLD_ENV: ";".join([*points, AT_EXIT])})
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                               start_new_session=True)
+    assert process.stderr is not None
+    early = []
+    for line in process.stderr:  # blocks until the stage writes a line: no polling, no deadline
+        if line.startswith("hold: "):
+            return process, line.removeprefix("hold: ").strip(), "".join(early)
+        early.append(line)
+    process.wait()
+    return process, None, "".join(early)
+
+
+def send(process: subprocess.Popen, sig: signal.Signals) -> None:
+    if sig == signal.SIGINT:
+        os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole group
+    else:
+        process.send_signal(sig)  # the stage's own process only: its workers must follow
+
+
+def interrupt(command: list[str], out: Path, *, sig: signal.Signals, point: str, following: str | None,
+              jitter: float | None, trial: Trial, stage: Stage, reference: dict[str, Any]) -> None:
+    """Run ``command`` until it holds at ``point`` (or, if the run never gets there, before it
+    exits), send ``sig``, check the aftermath. With ``jitter`` seconds, release the hold first and
+    signal that much later; the stage holds at ``following`` (or before it exits) if it gets there first."""
+    process, held, early = start_held(command, [point] + ([following] if jitter is not None and following else []))
+    if held is None:
+        trial.problems.append(f"the stage ended without holding: exit {process.returncode}, stderr ends {early[-300:]!r}")
+        return
+    if out.exists() and not (out / "manifest.json").is_file():
+        trial.problems.append(f"{out} existed without a manifest while the stage ran")
+    if jitter is not None and held != AT_EXIT:
+        process.send_signal(signal.SIGUSR1)  # go on, and be signalled a moment later
+        time.sleep(jitter)  # whenever this ends, the stage is still running (held at worst)
+    trial.points.append(held)
+    members = _group_members(process.pid)
+    send(process, sig)
+    trial.delivered += 1
     _, stderr = process.communicate()
-    deadline = time.perf_counter() + 10
-    while _group_alive(process.pid) and time.perf_counter() < deadline:
-        time.sleep(0.02)
-    if _group_alive(process.pid):
+    stderr = early + stderr
+    if _wait_gone(members, timeout=120):
         trial.problems.append(f"processes of the {stage.name} stage outlived it")
         os.killpg(process.pid, signal.SIGKILL)
     verdict = _reader_verdict(stage, out, reference)
-    finished = process.returncode == 0 or (verdict == "complete" and process.returncode == -signal.SIGINT)
-    if sig == signal.SIGINT and not finished:  # (Ctrl-C while Python shuts down after the work: -2)
+    finished = process.returncode == 0  # a signal while held before exit: the work was already done
+    if sig == signal.SIGINT and not finished:
         lines = [line for line in stderr.splitlines() if line.strip()]
         if process.returncode != 130 or not lines or HINT not in lines[-1] or "Traceback" in stderr:
             trial.problems.append(f"SIGINT: exit {process.returncode}, stderr ends {stderr[-300:]!r}")
@@ -338,23 +364,24 @@ def has_checkpoint(out: Path) -> bool:
     return latest_checkpoint(out.parent / f".{out.name}.partial" / "checkpoints") is not None
 
 
-def run_trial(stage: Stage, workdir: Path, reference: dict[str, Any], timing: Timing, rng: random.Random,
-              signals: list[signal.Signals]) -> Trial:
+def run_trial(stage: Stage, workdir: Path, reference: dict[str, Any], step_seconds: float | None,
+              rng: random.Random, signals: list[signal.Signals]) -> Trial:
+    """``step_seconds``: with a number, each signal comes up to that long (times a random fraction)
+    after the drawn step; None: at the step itself."""
     trial = Trial(stage.name, [s.name for s in signals])
     out = workdir / stage.out_name
     out.parent.mkdir(parents=True, exist_ok=True)
-    span = timing.window()
-    for number, sig in enumerate(signals):
+    for sig in signals:
         resume = stage.train and has_checkpoint(out)
-        if number == 0:  # from the moment writing starts, uniformly over the writing phase
-            interrupt(stage.command(out, resume), out, sig=sig, delay=rng.uniform(0, span), from_start=False,
-                      trial=trial, stage=stage, reference=reference)
-        else:  # a rerun that is itself interrupted: the staging folder is there from the start
-            interrupt(stage.command(out, resume), out, sig=sig,
-                      delay=rng.uniform(timing.writing_starts, timing.writing_starts + span),
-                      from_start=True, trial=trial, stage=stage, reference=reference)
+        # A rerun counts its steps from where it continues; a step it never reaches (the work is
+        # done) makes it hold before it exits instead, and the signal then finds a finished stage.
+        index = rng.randrange(len(stage.points))
+        following = stage.points[index + 1] if index + 1 < len(stage.points) else None
+        jitter = None if step_seconds is None else rng.uniform(0, step_seconds)
+        interrupt(stage.command(out, resume), out, sig=sig, point=stage.points[index], following=following,
+                  jitter=jitter, trial=trial, stage=stage, reference=reference)
     resume = stage.train and has_checkpoint(out)
-    done, _ = run_to_end(stage.command(out, resume), out)
+    done, _ = run_to_end(stage.command(out, resume))
     trial.completed = done.returncode == 0
     if not trial.completed:
         trial.problems.append(f"rerun failed with exit {done.returncode}: {done.stderr[-500:]!r}")
@@ -381,13 +408,13 @@ def make_inputs(base: Path, *, train_images: int = 48, val_images: int = 24, siz
     dataset = base / "dataset"
     generate_synthetic(dataset, SyntheticSettings(train_images=train_images, val_images=val_images,
                                                   image_size=size, seed=3), workers=0)
-    return Inputs(dataset=dataset)
+    return Inputs(dataset=dataset, train_images=train_images, val_images=val_images)
 
 
 @dataclass
 class Reference:
     contents: dict[str, Any]
-    timing: Timing
+    step_seconds: float  # the uninterrupted run's wall time over its number of steps
 
 
 def make_references(base: Path, inputs: Inputs, names: list[str]) -> dict[str, Reference]:
@@ -401,10 +428,10 @@ def make_references(base: Path, inputs: Inputs, names: list[str]) -> dict[str, R
         stage = stages[name]
         out = base / "reference" / name / stage.out_name
         out.parent.mkdir(parents=True)
-        done, timing = run_to_end(stage.command(out, False), out)
+        done, seconds = run_to_end(stage.command(out, False))
         if done.returncode != 0:
             raise RuntimeError(f"uninterrupted {name} failed: {done.stderr[-2000:]}")
-        references[name] = Reference(stage.contents(out), timing)
+        references[name] = Reference(stage.contents(out), seconds / len(stage.points))
         if name == "split":
             inputs.split = out
         elif name == "train":
@@ -414,14 +441,16 @@ def make_references(base: Path, inputs: Inputs, names: list[str]) -> dict[str, R
 
 
 def run_stage_trials(base: Path, inputs: Inputs, reference: Reference, stage_name: str, plans: list[list[str]],
-                     seed: int) -> list[Trial]:
+                     seed: int, *, jitter: bool = False) -> list[Trial]:
+    """``jitter``: signal a random fraction of a step after the drawn step (the benchmark), else at
+    the step itself (the tests: the same moments on every machine)."""
     stage = make_stages(inputs)[stage_name]
     rng = random.Random(f"{seed}:{stage_name}")
     trials = []
     for number, plan in enumerate(plans):
         signals = [signal.Signals[f"SIG{name}"] for name in plan]
         trials.append(run_trial(stage, base / "trials" / stage_name / f"{number:03d}", reference.contents,
-                                reference.timing, rng, signals))
+                                reference.step_seconds * 1.15 if jitter else None, rng, signals))
     return trials
 
 
@@ -460,6 +489,8 @@ def main() -> None:
     parser.add_argument("--stages", default="split,train,infer,pseudolabel")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="Markdown file to write the table into")
+    parser.add_argument("--no-jitter", dest="jitter", action="store_false",
+                        help="signal at the drawn step itself, not a random fraction of a step later")
     args = parser.parse_args()
     names = [n for n in args.stages.split(",") if n]
     began = time.perf_counter()
@@ -469,7 +500,8 @@ def main() -> None:
         references = make_references(base, inputs, names)
         results: dict[str, list[Trial]] = {}
         for name in names:
-            results[name] = run_stage_trials(base, inputs, references[name], name, default_plans(args.trials), args.seed)
+            results[name] = run_stage_trials(base, inputs, references[name], name, default_plans(args.trials),
+                                             args.seed, jitter=args.jitter)
             for trial in results[name]:
                 for problem in trial.problems:
                     print(f"{name}: {problem}", file=sys.stderr)
@@ -482,12 +514,14 @@ def main() -> None:
         "",
         f"Command: `python benchmarks/kill_anywhere.py --trials {args.trials}"
         + (f" --stages {args.stages}" if args.stages != "split,train,infer,pseudolabel" else "")
-        + (f" --seed {args.seed}" if args.seed else "") + "`  ",
+        + (f" --seed {args.seed}" if args.seed else "") + ("" if args.jitter else " --no-jitter") + "`  ",
         f"Machine: {machine_line()}; {minutes:.1f} minutes in all.",
         "",
-        "Each trial starts the stage's command line, waits until it starts writing, sends SIGKILL (or, "
-        "every fifth trial, SIGINT to its process group) after a random time within the writing phase "
-        "of an uninterrupted run (every fourth trial kills the rerun once more), checks with the "
+        "Each trial starts the stage's command line, has it wait (test hook `SIMFORMER_TEST_HOLD`) at a "
+        "step of its writing phase drawn at random, lets it go on and sends SIGKILL (or, every fifth "
+        "trial, SIGINT to its process group) a random fraction of a step later (the stage waits at the "
+        "next step, or before it exits, if it gets there first: every signal reaches a running stage; "
+        "every fourth trial kills the rerun once more), checks with the "
         "artifact readers that the output is absent or complete, then runs the same command again "
         "(train with `--resume` when a checkpoint exists) and compares every array, the weights and the "
         "loss log with the uninterrupted run. Split: folder dataset of 48 + 24 images, 2 workers; "

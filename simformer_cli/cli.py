@@ -1,14 +1,16 @@
 """The ``simformer`` command: one thin Typer command per stage, parsing only.
 
-Errors: a :class:`~simformer_cli.errors.UserError` prints one line and exits 2; an interrupt
-exits 130 with a hint on resuming; anything else is a bug, exits 1, and shows its traceback only
-with ``--debug`` (or ``SIMFORMER_DEBUG=1``).
+Errors: a :class:`~simformer_cli.errors.UserError` prints one line and exits 2 (so does running out
+of memory, with what to reduce); Ctrl-C exits 130 and SIGTERM 143, each with one line saying how
+to continue; anything else is a bug, exits 1, and shows its traceback only with ``--debug``
+(anywhere on the line) or ``SIMFORMER_DEBUG=1``.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -19,6 +21,7 @@ import typer
 from simformer_cli import __version__
 from simformer_cli.console import RichReporter, print_json, stderr
 from simformer_cli.errors import UserError
+from simformer_cli.progress import hold_point
 
 app = typer.Typer(
     name="simformer",
@@ -45,10 +48,10 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of unexpected errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of unexpected errors "
+                                                       "(accepted anywhere on the command line).")] = False,
 ) -> None:
-    if debug:
-        os.environ["SIMFORMER_DEBUG"] = "1"
+    """``--debug`` is taken off the command line by :func:`run` wherever it is, so no command sees it."""
 
 
 @app.command()
@@ -68,6 +71,9 @@ def split(
     synthetic_size: Annotated[Optional[int], typer.Option(help="Synthetic data: image side in pixels.")] = None,
     synthetic_test: Annotated[Optional[int], typer.Option(help="Synthetic data: held-out test images (0: none).")] = None,
     synthetic_seed: Annotated[Optional[int], typer.Option(help="Synthetic data: generator seed.")] = None,
+    synthetic_presence: Annotated[Optional[str], typer.Option(
+        help="Synthetic data: CLASS=SHARE,... the share of images containing each listed class (co-occurrence), "
+             "e.g. 3=0.92,7=0.92.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Worker processes (default: all cores, at most 8).")] = None,
     force: ForceOption = False,
     json_out: JsonOption = False,
@@ -77,13 +83,15 @@ def split(
     from simformer_cli.report import print_split_summary
 
     _choice("--dataset", dataset, ("synthetic", "ade20k", "coco-stuff-10k", "folder"))
-    synthetic = _synthetic_settings(synthetic_train, synthetic_val, synthetic_size, synthetic_seed, synthetic_test)
+    synthetic = _synthetic_settings(synthetic_train, synthetic_val, synthetic_size, synthetic_seed, synthetic_test,
+                                    synthetic_presence)
     result = run_split(
         dataset=dataset,  # type: ignore[arg-type]
-        root=root, out=out, ratio=ratio, seed=seed, official_split=official_split, novel_classes=novel_classes,
-        keep_train_labels=keep_train_labels, synthetic=synthetic, holdout=holdout, force=force,
-        workers=None if workers is None else _non_negative("--workers", workers),
-        reporter=RichReporter(),
+        root=root, out=out, ratio=ratio, seed=_seed("--seed", seed), official_split=official_split,
+        novel_classes=novel_classes, keep_train_labels=keep_train_labels, synthetic=synthetic, holdout=holdout,
+        force=force,
+        workers=_workers(workers),
+        reporter=RichReporter("split"),
     )
     print_split_summary(result.manifest, result.path, result.digest)
     if json_out:
@@ -91,15 +99,22 @@ def split(
 
 
 def _synthetic_settings(train: int | None, val: int | None, size: int | None, seed: int | None,  # noqa: ANN202
-                        test: int | None = None):
-    from simformer_cli.data.synthetic import SyntheticSettings
+                        test: int | None = None, presence: str | None = None):
+    from simformer_cli.data.synthetic import SyntheticSettings, parse_presence
 
-    overrides = {key: value for key, value in (("train_images", train), ("val_images", val), ("test_images", test),
-                                               ("image_size", size), ("seed", seed)) if value is not None}
+    options = {"train_images": ("--synthetic-train", train), "val_images": ("--synthetic-val", val),
+               "test_images": ("--synthetic-test", test),
+               "image_size": ("--synthetic-size", size), "seed": ("--synthetic-seed", seed),
+               "class_presence": ("--synthetic-presence", None if presence is None else parse_presence(presence))}
     try:
-        return SyntheticSettings(**overrides)
+        return SyntheticSettings(**{key: value for key, (_, value) in options.items() if value is not None})
     except ValueError as exc:
-        raise UserError(f"synthetic settings: {exc.errors()[0]['msg'] if hasattr(exc, 'errors') else exc}") from None
+        if not hasattr(exc, "errors"):
+            raise UserError(f"synthetic settings: {exc}") from None
+        first = exc.errors()[0]
+        option, value = options.get(str(first["loc"][0]) if first["loc"] else "", ("", None))
+        where = f"{option} {value}" if option else "synthetic settings"
+        raise UserError(f"{where}: {first['msg'].removeprefix('Value error, ')}") from None
 
 
 @app.command()
@@ -131,8 +146,7 @@ def train(
         method=_choice("--method", method, ("simformer", "oracle", "cam")), iters=iters,
         batch_size=batch_size, lr=lr, seed=seed, overrides=set_ or (), checkpoint_every=_positive("--checkpoint-every", checkpoint_every),
         resume=resume, device=_choice("--device", device, ("auto", "cpu", "cuda")),
-        workers=None if workers is None else _non_negative("--workers", workers),
-        backbone_weights=backbone_weights, force=force, reporter=RichReporter(),
+        workers=_workers(workers), backbone_weights=backbone_weights, force=force, reporter=RichReporter("train"),
     )
     summary = result.manifest.summary
     stderr.print(f"model {result.path}: {summary.steps} steps, {summary.images_per_second:.1f} images/s, "
@@ -160,8 +174,8 @@ def infer(
 
     result = run_infer(
         model=model, split=split, subset=_choice("--subset", subset, ("val", "train", "test", "holdout")), images=images, out=out,
-        scales=_floats("--scales", scales), flip=flip, save_scores=save_scores,
-        device=_choice("--device", device, ("auto", "cpu", "cuda")), force=force, reporter=RichReporter(),
+        scales=_scales("--scales", scales), flip=flip, save_scores=save_scores,
+        device=_choice("--device", device, ("auto", "cpu", "cuda")), force=force, reporter=RichReporter("infer"),
     )
     summary = result.manifest.summary
     stderr.print(f"predictions {result.path}: {summary.images} images, {summary.images_per_second:.1f} images/s",
@@ -190,10 +204,10 @@ def pseudolabel(
 
     if min_score is not None and not 0 <= min_score <= 1:
         raise UserError(f"--min-score {min_score}: expected a score between 0 and 1")
-    result = run_pseudolabel(model=model, split=split, out=out, scales=_floats("--scales", scales), flip=flip,
+    result = run_pseudolabel(model=model, split=split, out=out, scales=_scales("--scales", scales), flip=flip,
                              min_score=min_score, among=_choice("--among", among, ("all", "image")),
                              device=_choice("--device", device, ("auto", "cpu", "cuda")),
-                             force=force, reporter=RichReporter())
+                             force=force, reporter=RichReporter("pseudolabel"))
     summary = result.manifest.summary
     quality = "" if summary.novel_miou_vs_audit is None else f", novel mIoU vs full train labels {summary.novel_miou_vs_audit:.1f}"
     stderr.print(f"pseudo labels {result.path}: {summary.images} images, novel pixels {summary.novel_pixel_share:.1%}, "
@@ -232,8 +246,7 @@ def retrain(
         iters=iters, batch_size=batch_size, lr=lr, seed=seed, overrides=set_ or (),
         checkpoint_every=_positive("--checkpoint-every", checkpoint_every), resume=resume,
         device=_choice("--device", device, ("auto", "cpu", "cuda")),
-        workers=None if workers is None else _non_negative("--workers", workers),
-        backbone_weights=backbone_weights, force=force, reporter=RichReporter(),
+        workers=_workers(workers), backbone_weights=backbone_weights, force=force, reporter=RichReporter("retrain"),
     )
     summary = result.manifest.summary
     stderr.print(f"model {result.path}: {summary.steps} steps, {summary.images_per_second:.1f} images/s", markup=False)
@@ -271,14 +284,14 @@ def pipeline(
 
     result = run_pipeline(
         workdir=workdir, dataset=_choice("--dataset", dataset, ("synthetic", "ade20k", "coco-stuff-10k", "folder")),
-        root=root, ratio=ratio, seed=seed, official_split=official_split, novel_classes=novel_classes,
+        root=root, ratio=ratio, seed=_seed("--seed", seed), official_split=official_split, novel_classes=novel_classes,
         synthetic=_synthetic_settings(synthetic_train, synthetic_val, synthetic_size, None) if dataset == "synthetic" else None,
         preset=_choice("--preset", preset, ("tiny", "paper")), iters=iters, retrain_iters=retrain_iters,
         batch_size=batch_size, checkpoint_every=_positive("--checkpoint-every", checkpoint_every),
-        pseudo_scales=_floats("--pseudo-scales", pseudo_scales), pseudo_flip=pseudo_flip,
+        pseudo_scales=_scales("--pseudo-scales", pseudo_scales), pseudo_flip=pseudo_flip,
         pseudo_among=_choice("--pseudo-among", pseudo_among, ("all", "image")),
         retrain_from=_choice("--retrain-from", retrain_from, ("one-stage", "scratch")),
-        device=_choice("--device", device, ("auto", "cpu", "cuda")), reporter=RichReporter(),
+        device=_choice("--device", device, ("auto", "cpu", "cuda")), reporter=RichReporter("pipeline"),
     )
     print_pipeline_table(result.one_stage, result.retrained, result.pseudo_label_novel_miou, result.workdir)
     if json_out:
@@ -299,7 +312,7 @@ def evaluate(
     from simformer_cli.pipeline.evaluate import run_eval
     from simformer_cli.report import print_eval_report
 
-    result = run_eval(predictions=predictions, split=split, out=out, chart=chart, reporter=RichReporter())
+    result = run_eval(predictions=predictions, split=split, out=out, chart=chart, reporter=RichReporter("eval"))
     print_eval_report(result.manifest.summary, result.path)
     if json_out:
         print_json(result.manifest.summary.model_dump(mode="json"))
@@ -316,7 +329,8 @@ def viz(
     """Write image | ground truth | prediction overlays with a class legend, one PNG per image."""
     from simformer_cli.pipeline.visualize import run_viz
 
-    written = run_viz(predictions=predictions, out=out, split=split, images=images, limit=limit, reporter=RichReporter())
+    written = run_viz(predictions=predictions, out=out, split=split, images=images,
+                      limit=_non_negative("--limit", limit), reporter=RichReporter("viz"))
     stderr.print(f"wrote {len(written)} overlays to {out}", markup=False)
 
 
@@ -330,7 +344,7 @@ def export(
     from simformer_cli.pipeline.export import run_export
 
     path = run_export(predictions=predictions, out=out, format=_choice("--format", format, ("coco", "png")),
-                      reporter=RichReporter())
+                      reporter=RichReporter("export"))
     stderr.print(f"exported {path}", markup=False)
 
 
@@ -342,6 +356,36 @@ def _floats(option: str, text: str) -> tuple[float, ...]:
     if not values or not all(math.isfinite(v) and v > 0 for v in values):  # nan and inf are floats too
         raise UserError(f"{option} {text!r}: expected positive numbers, e.g. 0.75,1,1.25")
     return values
+
+
+def _scales(option: str, text: str) -> tuple[float, ...]:
+    """Test-time scale factors: positive, at most MAX_SCALE each and MAX_SCALES of them (a view's
+    memory grows with the square of its scale, so an absurd factor is refused before any work)."""
+    from simformer_cli.inference.predict import MAX_SCALE, MAX_SCALES
+
+    values = _floats(option, text)
+    if max(values) > MAX_SCALE or len(values) > MAX_SCALES:
+        raise UserError(f"{option} {text!r}: expected at most {MAX_SCALES} factors of at most {MAX_SCALE:g} each "
+                        "(a view's memory grows with the square of its scale), e.g. 0.75,1,1.25")
+    return values
+
+
+#: Worker processes of split and train: more never helps (the work is CPU-bound) and each costs memory.
+MAX_WORKERS = 64
+
+
+def _workers(value: int | None) -> int | None:
+    if value is not None and not 0 <= value <= MAX_WORKERS:
+        raise UserError(f"--workers {value}: expected 0 to {MAX_WORKERS} worker processes")
+    return value
+
+
+def _seed(option: str, value: int | None) -> int | None:
+    from simformer_cli.training.settings import MAX_SEED
+
+    if value is not None and not 0 <= value <= MAX_SEED:
+        raise UserError(f"{option} {value}: expected an integer from 0 to {MAX_SEED} (2**63 - 1)")
+    return value
 
 
 def _choice(option: str, value: str, allowed: tuple[str, ...]):  # noqa: ANN202
@@ -409,19 +453,87 @@ _USAGE_ERRORS = _click_classes("UsageError")
 _ABORTS = (typer.Abort,)  # click.exceptions.Abort in older Typer, its own class since 0.29
 
 
+#: What a rerun of each command does with the work an interrupted run left (see _interrupted_hint).
+_CONTINUES = {
+    "infer": "to continue from the last finished shard (predicted images are kept)",
+    "pseudolabel": "to continue from the last finished shard (labelled images are kept)",
+    "pipeline": ("to continue: finished stages are skipped, training resumes from its last checkpoint and "
+                 "prediction from its last finished shard"),
+}
+_STARTS_OVER = ("split", "eval", "viz", "export")
+
+
 def _interrupted_hint(args: list[str]) -> str:
-    """How to continue after Ctrl-C: train and retrain need --resume, every other stage just a rerun."""
+    """How to continue after Ctrl-C or SIGTERM, the truth for each command: train and retrain resume
+    with --resume, infer, pseudolabel and pipeline resume by themselves, the rest start over."""
     command = next((a for a in args if not a.startswith("-")), "")
     if command in ("train", "retrain") and "--resume" not in args:
         return ("interrupted; run the same command again with --resume to continue from the last checkpoint "
                 "(without it, training starts over)")
-    return "interrupted; run the same command again to continue (stages resume from what is on disk)"
+    if command in ("train", "retrain"):
+        return "interrupted; run the same command again to continue from the last checkpoint"
+    if command in _CONTINUES:
+        return f"interrupted; run the same command again {_CONTINUES[command]}"
+    if command in _STARTS_OVER:
+        return (f"interrupted; run the same command again to start over ({command} does not resume; "
+                "nothing half-written is kept as its output)")
+    return "interrupted"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what schedulers and ``docker stop`` send), raised where Ctrl-C raises KeyboardInterrupt,
+    so that every clean-up Ctrl-C runs (staging folders, worker pools, checkpoints) runs for it too."""
+
+
+_terminated = False  # set once SIGTERM arrived: whatever fails after it is the termination's doing
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    global _terminated
+    _terminated = True
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough; a second must not break the clean-up
+    raise Terminated()
+
+
+def _interrupted(args: list[str]) -> int:
+    _error_line(_interrupted_hint(args))
+    return 143 if _terminated else 130
+
+
+#: What to reduce when a command runs out of memory.
+_MEMORY_ADVICE = {
+    "train": "lower --batch-size (or the crop, --set augment.crop=N)",
+    "retrain": "lower --batch-size (or the crop, --set augment.crop=N)",
+    "infer": "use fewer or smaller --scales and no --flip",
+    "pseudolabel": "use fewer or smaller --scales and no --flip",
+    "pipeline": "lower --batch-size and use fewer or smaller --pseudo-scales",
+    "split": "use fewer --workers",
+}
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """MemoryError (Python, numpy) or torch's allocators failing (CPU: DefaultCPUAllocator; CUDA)."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
+
+
+def _memory_line(args: list[str]) -> str:
+    command = next((a for a in args if not a.startswith("-")), "simformer")
+    advice = _MEMORY_ADVICE.get(command, "")
+    return (f"error: {command} ran out of memory; {advice + ', ' if advice else ''}"
+            "or free memory (close other programs, raise the memory limit)")
 
 
 def run(argv: list[str] | None = None) -> int:
-    """Run the CLI and return the exit status (what tests call)."""
+    """Run the CLI and return the exit status (what tests call).
+
+    ``--debug`` is accepted anywhere on the line (before or after the command and its options).
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("SIMFORMER_DEBUG") == "1"
+    args = [arg for arg in args if arg != "--debug"]
     try:
         result = app(args=args, prog_name="simformer", standalone_mode=False)
     except _CLICK_ERRORS as exc:
@@ -434,27 +546,37 @@ def run(argv: list[str] | None = None) -> int:
             exc.show(file=sys.stderr)
         return exc.exit_code
     except (*_ABORTS, KeyboardInterrupt):
-        _error_line(_interrupted_hint(args))
-        return 130
+        return _interrupted(args)
     except UserError as exc:
         _error_line(f"error: {exc}")
         return exc.exit_code
     except Exception as exc:  # a bug: say so briefly unless asked for the traceback
+        if _terminated:  # e.g. a data-loading worker that the same SIGTERM stopped first
+            return _interrupted(args)
         if debug:
             traceback.print_exc()
+        if _out_of_memory(exc):
+            _error_line(_memory_line(args))
+            return UserError.exit_code
         _error_line(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
         return 1
     if result == 130:  # typer turns Ctrl-C into this exit status itself
-        _error_line(_interrupted_hint(args))
+        return _interrupted(args)
     return result if isinstance(result, int) else 0
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm)
     code = run()
-    if code == 130:
+    if code == 0:
+        try:  # test hook: tests signal a stage here, after its work, to check that nothing is undone
+            hold_point("exit", 0)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM after the work: it is done, say nothing more
+            pass
+    if code in (130, 143):
         # After Ctrl-C, zarr's I/O thread may still hold pending tasks that asyncio reports at
         # interpreter shutdown, after our one-line hint: leave at once (artifacts are already safe).
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(130)
+        os._exit(code)
     sys.exit(code)

@@ -8,9 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
 from PIL import Image
 
 from simformer_cli.cli import run
+
+# No property test may fail for being slow: on a loaded machine an example can take longer than
+# hypothesis's default 200 ms deadline, and drawing data can trip its too_slow health check.
+settings.register_profile("simformer", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("simformer")
 
 CLASS_NAMES = ["background", "sky", "road", "car", "person", "tree"]
 

@@ -328,7 +328,8 @@ def test_unknown_command(refusals: Refusals) -> None:
     ("option-scales-negative", ["--scales", "-1"], "--scales"),
     ("option-scales-not-numbers", ["--scales", "0.5,big"], "--scales"),
     ("option-scales-nan", ["--scales", "nan"], "--scales"),
-    ("option-subset-unknown", ["--subset", "test"], "--subset"),
+    ("option-subset-unknown", ["--subset", "testing"], "--subset"),
+    ("option-subset-absent", ["--subset", "test"], "has no test subset"),
     ("option-device-unknown", ["--device", "tpu"], "--device"),
 ])
 def test_bad_inference_options(refusals: Refusals, shared, tmp_path: Path, case: str, extra: list[str],

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,14 +23,15 @@ def test_killed_pipeline_resumes_to_the_same_table(tmp_path: Path) -> None:
     straight = subprocess.run(pipeline(tmp_path / "straight"), capture_output=True, text=True, env=env, timeout=600)
     assert straight.returncode == 0, straight.stderr[-2000:]
     workdir = tmp_path / "killed"
-    process = subprocess.Popen(pipeline(workdir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    checkpoints = workdir / ".model.zarr.partial" / "checkpoints"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (checkpoints.exists() and any(checkpoints.glob("step-*"))):
-        time.sleep(0.05)
+    # The test hook makes training wait after its second step (checkpoint written) and say so on
+    # stderr: the kill lands there, whatever the machine's speed or load.
+    process = subprocess.Popen(pipeline(workdir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env=dict(env, SIMFORMER_TEST_HOLD="training@2"))
+    assert process.stderr is not None
+    assert any(line.startswith("hold: training@2") for line in process.stderr), process.wait()
     process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (workdir / "model.zarr").exists(), "the kill came too late to interrupt training"
+    process.communicate()
+    assert not (workdir / "model.zarr").exists()
     resumed = subprocess.run(pipeline(workdir), capture_output=True, text=True, env=env, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from step" in resumed.stderr

@@ -125,7 +125,8 @@ def test_novel_pixels_of_audit_labels_never_reach_training(synthetic_split: Path
 def test_two_process_gloo_run_writes_one_model(synthetic_split: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp.zarr"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    # --standalone: a free port of its own, so two runs of the suite on one machine do not collide
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "simformer_cli", "train", "--split", str(synthetic_split), "--out", str(out),
                "--iters", "2", "--batch-size", "4", "--device", "cpu"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)

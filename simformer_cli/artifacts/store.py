@@ -314,7 +314,8 @@ def _read_manifest(path: Path, model: type[M]) -> tuple[M, str, tuple[int, int, 
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
-        raise ArtifactError(f"{path}: manifest field {where!r}: {first['msg']}; rerun the stage that makes it") from None
+        message = str(first["msg"]).removeprefix("Value error, ")  # pydantic's prefix for a validator's own error
+        raise ArtifactError(f"{path}: manifest field {where!r}: {message}; rerun the stage that makes it") from None
     return manifest, document["digest"], signature
 
 

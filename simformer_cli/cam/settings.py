@@ -23,17 +23,18 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class CamSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Upper bounds refuse absurd values (a forged manifest, a typo in --set), nothing a real run uses.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    feature_dim: int = Field(256, ge=8, description="channels of the stride-16 feature the classifier reads")
-    pool_sharpness: float = Field(1.0, gt=0.0, description="r of the log-sum-exp pooling of CAMs into image logits")
-    base_pixel_weight: float = Field(1.0, ge=0.0, description="weight of the CAMs' per-cell loss on base cells; 0 = off")
-    affinity_dim: int = Field(128, ge=8, description="channels of the stride-4 affinity embedding")
-    norm_groups: int = Field(32, ge=1, description="GroupNorm groups in both heads")
-    affinity_radius: int = Field(5, ge=1, description="pairs closer than this many stride-4 cells (training and walk)")
-    affinity_weight: float = Field(1.0, ge=0.0, description="weight of the affinity loss beside the classification loss")
-    walk_beta: float = Field(8.0, gt=0.0, description="affinities are raised to this power before normalising")
-    walk_iterations: int = Field(16, ge=0, description="random-walk steps (each reaches affinity_radius cells further)")
+    feature_dim: int = Field(256, ge=8, le=4096, description="channels of the stride-16 feature the classifier reads")
+    pool_sharpness: float = Field(1.0, gt=0.0, le=1000.0, description="r of the log-sum-exp pooling of CAMs into image logits")
+    base_pixel_weight: float = Field(1.0, ge=0.0, le=1000.0, description="weight of the CAMs' per-cell loss on base cells; 0 = off")
+    affinity_dim: int = Field(128, ge=8, le=4096, description="channels of the stride-4 affinity embedding")
+    norm_groups: int = Field(32, ge=1, le=1024, description="GroupNorm groups in both heads")
+    affinity_radius: int = Field(5, ge=1, le=64, description="pairs closer than this many stride-4 cells (training and walk)")
+    affinity_weight: float = Field(1.0, ge=0.0, le=1000.0, description="weight of the affinity loss beside the classification loss")
+    walk_beta: float = Field(8.0, gt=0.0, le=1000.0, description="affinities are raised to this power before normalising")
+    walk_iterations: int = Field(16, ge=0, le=10_000, description="random-walk steps (each reaches affinity_radius cells further)")
     min_score: float = Field(0.0, ge=0.0, le=1.0,
                              description="pseudolabel's default --min-score: refined novel scores (peak 1) below it stay ignore")
 

@@ -7,19 +7,23 @@ a pure function of its seed: training is reproducible and resumes exactly.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 IMAGE_PAD_VALUE = 128
+MAX_SIDE = 16384
 
 
 class AugmentSettings(BaseModel):
+    # Sides in pixels; the upper bounds refuse absurd values (a forged manifest, a typo in --set).
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    short_sides: tuple[int, ...] = Field(min_length=1)
-    max_long_side: int = Field(ge=16)
-    crop: int = Field(ge=16)
+    short_sides: tuple[Annotated[int, Field(ge=1, le=MAX_SIDE)], ...] = Field(min_length=1, max_length=1000)
+    max_long_side: int = Field(ge=16, le=MAX_SIDE)
+    crop: int = Field(ge=16, le=MAX_SIDE)
     color_jitter: bool = True
     flip: bool = True
 

@@ -128,13 +128,15 @@ def _ingest_shard(task: ShardTask) -> ShardResult:
 
 
 def _worker_setup(parent: int) -> None:
-    """Initialise an ingest worker: leave Ctrl-C to the parent, and never outlive it.
+    """Initialise an ingest worker: leave Ctrl-C and SIGTERM to the parent, and never outlive it.
 
-    The parent alone handles SIGINT (it stops the pool and cleans up), so a Ctrl-C in a terminal,
-    which reaches the whole process group, prints no worker tracebacks. A parent that is killed
-    outright (SIGKILL) runs no cleanup, and spawned workers would otherwise wait for work forever.
+    The parent alone handles SIGINT and SIGTERM (it stops the pool and cleans up), so a Ctrl-C in a
+    terminal, which reaches the whole process group, prints no worker tracebacks, nor does a SIGTERM
+    sent to the group (systemd, ``kill -- -PGID``). A parent that is killed outright (SIGKILL) runs
+    no cleanup, and spawned workers would otherwise wait for work forever.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     armed = False
     if sys.platform.startswith("linux"):
         try:
@@ -171,7 +173,12 @@ class WorkerPool:
 
     def __exit__(self, *exc_info: object) -> None:
         if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            try:
+                self._executor.shutdown(wait=True, cancel_futures=True)
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM while the pool stops: finish stopping it
+                # first, or the pool's semaphores leak and Python warns about them after our hint.
+                self._executor.shutdown(wait=True, cancel_futures=True)
+                raise
 
     def run(self, fn: Callable, jobs: Sequence, on_done: Callable[[object, object], None]) -> None:
         """Run ``fn(job)`` for every job; ``on_done(job, result)`` in the parent as each finishes."""

@@ -9,6 +9,7 @@ and resizes to the original size. Views (scales, and mirrored copies with ``flip
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -18,14 +19,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from simformer_cli.model import MaskFormer, normalize_images, semantic_scores
 
 SIZE_DIVISOR = 32
+#: Test-time scale factors: at most this many, each at most MAX_SCALE (the ADE20K recipe's largest
+#: is 1.875). A view's memory grows with the square of its scale; 40 would need 1600 times more.
+MAX_SCALES = 16
+MAX_SCALE = 4.0
 
 
 class TestTimeSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    short_side: int = Field(ge=16)
-    max_long_side: int = Field(ge=16)
-    scales: tuple[float, ...] = (1.0,)
+    short_side: int = Field(ge=16, le=16384)
+    max_long_side: int = Field(ge=16, le=16384)
+    scales: tuple[Annotated[float, Field(gt=0, le=MAX_SCALE)], ...] = Field((1.0,), min_length=1, max_length=MAX_SCALES)
     flip: bool = False
 
 

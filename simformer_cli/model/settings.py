@@ -9,29 +9,37 @@ uses ``complementary_weight=0.15`` and ``distill_weight=0.1``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+Channels = Annotated[int, Field(ge=8, le=4096)]
+MAX_WEIGHT = 1000.0  # of any loss or matching-cost weight
+MAX_POINTS = 1_000_000  # sampled points per mask or image
+
 
 class ModelSettings(BaseModel):
-    """Shape of a MaskFormer: backbone, FPN pixel decoder and DETR transformer decoder."""
+    """Shape of a MaskFormer: backbone, FPN pixel decoder and DETR transformer decoder.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Upper bounds are far above any real network (the paper's is 256-d, 100 queries, 6 layers): they
+    only refuse absurd values, e.g. in a forged manifest, before anything is allocated.
+    """
 
-    num_classes: int = Field(ge=1, description="K, the number of real classes (no-object excluded)")
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    num_classes: int = Field(ge=1, le=65534, description="K, the number of real classes (no-object excluded)")
     backbone: Literal["resnet50", "resnet101", "tiny"] = "resnet50"
     # FrozenBN is right with ImageNet weights; from-scratch ResNets need live batch statistics.
     backbone_norm: Literal["frozen_bn", "batch_norm"] = "frozen_bn"
-    tiny_channels: tuple[int, int, int, int] = (16, 32, 64, 128)
-    conv_dim: int = Field(256, ge=8, description="channels inside the FPN pixel decoder")
-    mask_dim: int = Field(256, ge=8, description="channels of the stride-4 mask features")
-    norm_groups: int = Field(32, ge=1, description="GroupNorm groups in the pixel decoder")
-    hidden_dim: int = Field(256, ge=8)
-    num_queries: int = Field(100, ge=1)
-    dec_layers: int = Field(6, ge=1)
-    nheads: int = Field(8, ge=1)
-    dim_feedforward: int = Field(2048, ge=1)
+    tiny_channels: tuple[Channels, Channels, Channels, Channels] = (16, 32, 64, 128)
+    conv_dim: int = Field(256, ge=8, le=4096, description="channels inside the FPN pixel decoder")
+    mask_dim: int = Field(256, ge=8, le=4096, description="channels of the stride-4 mask features")
+    norm_groups: int = Field(32, ge=1, le=1024, description="GroupNorm groups in the pixel decoder")
+    hidden_dim: int = Field(256, ge=8, le=4096)
+    num_queries: int = Field(100, ge=1, le=1000)
+    dec_layers: int = Field(6, ge=1, le=64)
+    nheads: int = Field(8, ge=1, le=64)
+    dim_feedforward: int = Field(2048, ge=1, le=65536)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     # What the decoder's queries attend to (MaskFormer's TRANSFORMER_IN_FEATURE): a backbone level,
     # or the stride-4 per-pixel embeddings. res5 is the paper's; on 128-pixel images it is a 4x4
@@ -56,44 +64,48 @@ class ModelSettings(BaseModel):
 
 
 class LossSettings(BaseModel):
-    """Weights and switches of the SimFormer objective (method reference, sections 4.1-4.7)."""
+    """Weights and switches of the SimFormer objective (method reference, sections 4.1-4.7).
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Weights are finite and at most 1000, point counts at most a million: bounds that refuse absurd
+    values (a forged manifest, a typo in ``--set``) and nothing a real run uses.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     # Hungarian matching cost (section 4.1).
-    match_class_weight: float = Field(1.0, ge=0.0)
-    match_focal_weight: float = Field(20.0, ge=0.0)
-    match_dice_weight: float = Field(1.0, ge=0.0)
+    match_class_weight: float = Field(1.0, ge=0.0, le=MAX_WEIGHT)
+    match_focal_weight: float = Field(20.0, ge=0.0, le=MAX_WEIGHT)
+    match_dice_weight: float = Field(1.0, ge=0.0, le=MAX_WEIGHT)
     # Set prediction losses (sections 4.2, 4.3); every decoder layer.
-    class_weight: float = Field(1.0, ge=0.0)
-    mask_focal_weight: float = Field(20.0, ge=0.0)
-    dice_weight: float = Field(1.0, ge=0.0)
-    no_object_weight: float = Field(0.1, ge=0.0)
+    class_weight: float = Field(1.0, ge=0.0, le=MAX_WEIGHT)
+    mask_focal_weight: float = Field(20.0, ge=0.0, le=MAX_WEIGHT)
+    dice_weight: float = Field(1.0, ge=0.0, le=MAX_WEIGHT)
+    no_object_weight: float = Field(0.1, ge=0.0, le=MAX_WEIGHT)
     focal_alpha: float = Field(0.25, ge=0.0, le=1.0)
-    focal_gamma: float = Field(2.0, ge=0.0)
+    focal_gamma: float = Field(2.0, ge=0.0, le=100.0)
     deep_supervision: bool = True
     # None: focal and dice over every pixel at input resolution (MaskFormer, the paper). N: over N
     # points per mask, mostly where the prediction is least certain (Mask2Former's point loss), for
     # the set losses and the complementary loss alike; see model/points.py.
-    mask_points: int | None = Field(None, ge=1)
-    point_oversample_ratio: float = Field(3.0, ge=1.0)
+    mask_points: int | None = Field(None, ge=1, le=MAX_POINTS)
+    point_oversample_ratio: float = Field(3.0, ge=1.0, le=100.0)
     point_importance_ratio: float = Field(0.75, ge=0.0, le=1.0)
     # Complementary loss (section 4.4); every decoder layer.
     complementary: bool = True
-    complementary_weight: float = Field(0.2, ge=0.0)
-    complementary_floor_logit: float = -2.9444
+    complementary_weight: float = Field(0.2, ge=0.0, le=MAX_WEIGHT)
+    complementary_floor_logit: float = Field(-2.9444, ge=-100.0, le=100.0)
     # Pixel-pixel similarity net and its base loss (section 4.5); final layer, image pairs.
     similarity: bool = True
-    sim_weight: float = Field(1.0, ge=0.0)
-    base_points: int = Field(100, ge=2)
-    base_positive_points: int = Field(80, ge=1)
-    balance_window: int = Field(25, ge=1, description="iterations in the class-balance running counts")
+    sim_weight: float = Field(1.0, ge=0.0, le=MAX_WEIGHT)
+    base_points: int = Field(100, ge=2, le=MAX_POINTS)
+    base_positive_points: int = Field(80, ge=1, le=MAX_POINTS)
+    balance_window: int = Field(25, ge=1, le=1_000_000, description="iterations in the class-balance running counts")
     # Distillation of the similarity net into novel-class score vectors (section 4.6).
     distillation: bool = True
-    distill_weight: float = Field(0.5, ge=0.0)
+    distill_weight: float = Field(0.5, ge=0.0, le=MAX_WEIGHT)
     distill_loss: Literal["cce", "ce"] = "cce"
     distill_pairs: Literal["cross_image", "intra_image_released"] = "cross_image"
-    novel_points: int = Field(100, ge=1)
+    novel_points: int = Field(100, ge=1, le=MAX_POINTS)
 
     @model_validator(mode="after")
     def _check_consistency(self) -> LossSettings:

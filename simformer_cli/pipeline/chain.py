@@ -8,6 +8,7 @@ with the same numbers as an uninterrupted run.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Literal
 
 from simformer_cli.artifacts.split_manifest import DatasetName
 from simformer_cli.data.synthetic import SyntheticSettings
+from simformer_cli.errors import UserError
 from simformer_cli.evaluation import EvalReport
 from simformer_cli.pipeline.evaluate import run_eval
 from simformer_cli.pipeline.infer import run_infer
@@ -24,7 +26,25 @@ from simformer_cli.pipeline.split import run_split
 from simformer_cli.pipeline.train import run_train
 from simformer_cli.progress import Reporter, SilentReporter
 from simformer_cli.training.devices import DeviceChoice
-from simformer_cli.training.settings import PresetName
+from simformer_cli.training.settings import MAX_BATCH_SIZE, MAX_ITERS, PresetName, batch_problem
+
+
+def check_training_options(*, iters: int | None, retrain_iters: int | None, batch_size: int | None) -> None:
+    """Refuse training options that train or retrain would refuse, before the chain starts: a bad
+    ``--retrain-iters`` must not wait for split, train, infer and pseudolabel to finish first."""
+    for option, value in (("--iters", iters), ("--retrain-iters", retrain_iters)):
+        if value is not None and not 1 <= value <= MAX_ITERS:
+            raise UserError(f"{option} {value}: expected 1 to {MAX_ITERS} training steps")
+    if batch_size is None:
+        return
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise UserError(f"--batch-size {batch_size}: expected 1 to {MAX_BATCH_SIZE} images per step")
+    if batch_size % 2:  # train (SimFormer) learns from image pairs
+        raise UserError(f"--batch-size {batch_size}: batch size {batch_size} must be even: "
+                        "similarity transfer trains on image pairs")
+    problem = batch_problem(batch_size, int(os.environ.get("WORLD_SIZE", "1")), pairs=True)
+    if problem:
+        raise UserError(f"--batch-size {batch_size}: {problem}")
 
 
 @dataclass(frozen=True)
@@ -72,6 +92,7 @@ def run_pipeline(
         if step:
             reporter.info(f"── {step}")
 
+    check_training_options(iters=iters, retrain_iters=retrain_iters, batch_size=batch_size)
     say("split")
     split = run_split(dataset=dataset, root=root, out=workdir / "split.zarr", ratio=ratio, seed=seed,
                       official_split=official_split, novel_classes=novel_classes, synthetic=synthetic,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import shutil
 import socket
@@ -33,7 +34,9 @@ from simformer_cli.training.checkpoint import latest_checkpoint
 from simformer_cli.training.devices import DeviceChoice, broadcast_object, start_runtime, stop_runtime
 from simformer_cli.training.loop import CHECKPOINTS, train_loop
 from simformer_cli.training.model_artifact import file_sha256, write_weights
-from simformer_cli.training.settings import Method, PresetName, TrainSettings, preset_settings
+from simformer_cli.training.settings import (
+    MAX_LR, MAX_SEED, Method, PresetName, TrainSettings, batch_problem, preset_settings,
+)
 
 RESUME_KEY_FILE = ".resume-key"
 
@@ -86,15 +89,21 @@ class TrainResult:
 
 def resolve_settings(
     split: SplitArtifact, *, preset: PresetName, method: Method, iters: int | None, batch_size: int | None,
-    seed: int | None, lr: float | None, overrides: Sequence[str] = (),
+    seed: int | None, lr: float | None, overrides: Sequence[str] = (), world_size: int = 1,
 ) -> TrainSettings:
-    """The preset for ``split``, then ``--set KEY=VALUE`` overrides, then the named options."""
+    """The preset for ``split``, then ``--set KEY=VALUE`` overrides, then the named options.
+
+    Also checks that the global batch cuts into the micro-batches of ``world_size`` processes, so a
+    batch the loop cannot use is refused before anything is written.
+    """
     sizes = split.sizes("train")
     short_side = int(np.median(sizes.min(axis=1)))
     settings = preset_settings(preset, num_classes=split.num_classes, dataset=split.manifest.params.dataset,
                                image_size=short_side, method=method)
-    if seed is not None and seed < 0:
-        raise UserError(f"--seed {seed}: expected a non-negative integer")
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise UserError(f"--seed {seed}: expected an integer from 0 to {MAX_SEED} (2**63 - 1)")
+    if lr is not None and not (math.isfinite(lr) and 0 < lr <= MAX_LR):
+        raise UserError(f"--lr {lr}: expected a finite learning rate above 0 and at most {MAX_LR:g}, e.g. 0.001")
     for item in overrides:
         key = item.partition("=")[0].strip()
         if key == "preset":
@@ -109,7 +118,7 @@ def resolve_settings(
     if lr is not None:
         data["optim"]["lr"] = lr
     try:
-        return TrainSettings.model_validate(data)
+        resolved = TrainSettings.model_validate(data)
     except ValueError as exc:
         if not hasattr(exc, "errors"):
             raise UserError(f"training settings: {exc}") from None
@@ -125,6 +134,15 @@ def resolve_settings(
         if typed:
             raise UserError(f"--set {typed[-1]}: {message}") from None
         raise UserError(f"training settings: {where + ': ' if where else ''}{message}") from None
+    problem = batch_problem(resolved.batch_size, world_size, resolved.loss.needs_pairs)
+    if problem:
+        if batch_size is not None:
+            raise UserError(f"--batch-size {batch_size}: {problem}")
+        typed = [item for item in overrides if item.partition("=")[0].strip() == "batch_size"]
+        if typed:
+            raise UserError(f"--set {typed[-1]}: {problem}")
+        raise UserError(f"the preset's batch size {resolved.batch_size}: {problem}; pass --batch-size")
+    return resolved
 
 
 def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
@@ -251,7 +269,8 @@ def run_train(
     try:
         split_artifact = SplitArtifact(split)
         settings = resolve_settings(split_artifact, preset=preset, method=method, iters=iters,
-                                    batch_size=batch_size, seed=seed, lr=lr, overrides=overrides)
+                                    batch_size=batch_size, seed=seed, lr=lr, overrides=overrides,
+                                    world_size=runtime.world_size)
         if init_weights is not None and init_weights[1] != settings.model:
             raise UserError("--init-from: that model's network differs from this run's "
                             "(another preset or --set model.*); use the same network settings")

@@ -36,7 +36,7 @@ from simformer_cli.training.checkpoint import latest_checkpoint, load_checkpoint
 from simformer_cli.training.devices import Runtime, sum_over_processes
 from simformer_cli.training.model_artifact import load_weights_into
 from simformer_cli.training.optim import build_optimizer, clear_gradients, poly_factor, set_learning_rate
-from simformer_cli.training.settings import TrainSettings
+from simformer_cli.training.settings import TrainSettings, accumulation_steps
 
 LOG_FILE = "train_log.jsonl"
 CHECKPOINTS = "checkpoints"
@@ -137,10 +137,8 @@ def train_loop(
     if runtime.world_size > 1:
         wrapped = DistributedDataParallel(module, find_unused_parameters=True)
 
-    accumulation = 1
+    accumulation = accumulation_steps(settings.batch_size, runtime.world_size)  # keep micro-batches small
     pairs = settings.loss.needs_pairs
-    while settings.batch_size // (runtime.world_size * accumulation) > 16:  # keep micro-batches small
-        accumulation *= 2
     partners = PartnerSampler(split.image_labels("train"), manifest.novel_classes, manifest.base_classes) if pairs else None
     plan = StepPlan(seed=settings.seed, num_images=split.count("train"), batch_size=settings.batch_size, pairs=pairs)
     sampler = StepBatchSampler(plan, partners, start=start, stop=settings.iters, rank=runtime.rank,

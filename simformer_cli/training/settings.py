@@ -23,26 +23,38 @@ PresetName = Literal["tiny", "paper"]
 Method = Literal["simformer", "supervised", "oracle", "cam"]
 
 
-class OptimSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+#: Seeds seed torch (64-bit) and numpy; one range for every seed option: 0 to 2**63 - 1.
+MAX_SEED = 2**63 - 1
+#: Training steps: far beyond any schedule (the paper's is 160k), a bound against typos.
+MAX_ITERS = 100_000_000
+#: Images in a global batch: the paper's is 8 (16 in MaskFormer's ADE20K recipe).
+MAX_BATCH_SIZE = 4096
+#: Base learning rate: AdamW's is around 1e-4 to 1e-3.
+MAX_LR = 10.0
+#: Images in one forward pass; a larger global batch is cut into several micro-batches.
+MAX_MICRO_BATCH = 16
 
-    lr: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    backbone_lr_multiplier: float = Field(0.1, ge=0)
-    poly_power: float = Field(0.9, ge=0)
-    grad_clip_norm: float | None = Field(0.01, gt=0, description="full-model gradient norm clip; None = off")
+
+class OptimSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    lr: float = Field(1e-4, gt=0, le=MAX_LR)
+    weight_decay: float = Field(1e-4, ge=0, le=10.0)
+    backbone_lr_multiplier: float = Field(0.1, ge=0, le=1000.0)
+    poly_power: float = Field(0.9, ge=0, le=100.0)
+    grad_clip_norm: float | None = Field(0.01, gt=0, le=1e6, description="full-model gradient norm clip; None = off")
 
 
 class TrainSettings(BaseModel):
     """Everything that changes the trained weights (devices and worker counts excepted)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     preset: PresetName
     method: Method = "simformer"
-    iters: int = Field(ge=1)
-    batch_size: int = Field(ge=1, description="global batch (images per step, all devices together)")
-    seed: int = 0
+    iters: int = Field(ge=1, le=MAX_ITERS)
+    batch_size: int = Field(ge=1, le=MAX_BATCH_SIZE, description="global batch (images per step, all devices together)")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     # image: a novel class is known for the whole image (weak labels; the default). crop: for each
     # training crop, the novel classes with pixels inside it, read from the full train labels, as
     # the released code does (paper parity; leaks where novel pixels are, see METHOD.md).
@@ -63,6 +75,37 @@ class TrainSettings(BaseModel):
         if (self.method == "cam") != (self.cam is not None):
             raise ValueError("cam settings are given with method cam, and only then")
         return self
+
+
+def accumulation_steps(batch_size: int, world_size: int) -> int:
+    """Micro-batches per process and step: the fewest (a power of two) that keep each at most
+    MAX_MICRO_BATCH images; the global batch is cut into ``world_size`` times as many."""
+    accumulation = 1
+    while batch_size // (world_size * accumulation) > MAX_MICRO_BATCH:
+        accumulation *= 2
+    return accumulation
+
+
+def batch_fits(batch_size: int, world_size: int, pairs: bool) -> bool:
+    """Whether the global batch cuts into equal micro-batches (of whole image pairs with ``pairs``)."""
+    parts = world_size * accumulation_steps(batch_size, world_size)
+    return batch_size % parts == 0 and not (pairs and (batch_size // parts) % 2)
+
+
+def batch_problem(batch_size: int, world_size: int, pairs: bool) -> str | None:
+    """Why this global batch cannot be trained (None if it can), naming the nearest sizes that work."""
+    if batch_fits(batch_size, world_size, pairs):
+        return None
+    below = next((b for b in range(batch_size - 1, 0, -1) if batch_fits(b, world_size, pairs)), None)
+    above = next((b for b in range(batch_size + 1, 2 * batch_size + 2 * world_size + 2)
+                  if batch_fits(b, world_size, pairs)), None)
+    parts = world_size * accumulation_steps(batch_size, world_size)
+    nearest = [str(b) for b in (below, above) if b is not None and b <= MAX_BATCH_SIZE]
+    processes = f" over {world_size} processes" if world_size > 1 else ""
+    return (f"cannot be cut into {parts} equal micro-batches{' of whole image pairs' if pairs else ''}{processes} "
+            f"(at most {MAX_MICRO_BATCH} images each); "
+            + (f"the nearest sizes that work are {' and '.join(nearest)}" if len(nearest) > 1
+               else f"the nearest size that works is {nearest[0]}"))
 
 
 def dataset_family(dataset: str) -> Literal["ade20k", "coco-stuff-10k", "other"]:
