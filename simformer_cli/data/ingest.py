@@ -8,13 +8,14 @@ so the bytes written do not depend on the number of workers.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from collections import Counter
@@ -157,6 +158,32 @@ def _worker_setup(parent: int) -> None:
         threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _born_deaf_to_interrupts() -> Iterator[None]:
+    """Start worker processes inside this block: they begin life ignoring SIGINT and SIGTERM.
+
+    A spawned worker imports numpy and zarr before :func:`_worker_setup` runs, and a Ctrl-C sent to
+    the process group in that second would print its KeyboardInterrupt traceback. An ignored signal
+    stays ignored across exec (and Python then installs no handler of its own), so the parent
+    ignores both while it starts workers. They are blocked meanwhile, so one that arrives is kept
+    pending (Linux never discards a blocked signal) and reaches the parent's own handler at the end.
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTS)
+    handlers = {sig: signal.signal(sig, signal.SIG_IGN) for sig in INTERRUPTS}
+    try:
+        yield
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
 class WorkerPool:
     """A process pool (spawned, so no forked zarr threads) or, with one worker, plain calls."""
 
@@ -186,7 +213,8 @@ class WorkerPool:
             for job in jobs:
                 on_done(job, fn(job))
             return
-        futures: dict[Future, object] = {self._executor.submit(fn, job): job for job in jobs}
+        with _born_deaf_to_interrupts():  # submit starts the workers
+            futures: dict[Future, object] = {self._executor.submit(fn, job): job for job in jobs}
         pending = set(futures)
         try:
             while pending:
