@@ -73,7 +73,7 @@ def _remove_leftovers(out: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -232,7 +232,7 @@ def publish(staging: Path, out: Path, manifest: M) -> tuple[M, str]:
     document = manifest_document(manifest)
     try:
         _write_file_atomically(staging / MANIFEST_FILE, json.dumps(document, indent=2).encode("utf-8"))
-        _fsync_dir(staging)
+        fsync_dir(staging)
         _check_inputs_unchanged(manifest)
         if out.exists():
             old = out.parent / f".{out.name}.replaced-{os.getpid()}"
@@ -241,7 +241,7 @@ def publish(staging: Path, out: Path, manifest: M) -> tuple[M, str]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(staging, out)
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
     except OSError as exc:
         if is_disk_full(exc):
             raise UserError(disk_full_message(out)) from None

@@ -27,7 +27,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from simformer_cli.artifacts.store import disk_full_message, is_artifact, is_disk_full
+from simformer_cli.artifacts.store import disk_full_message, fsync_dir, is_artifact, is_disk_full
 from simformer_cli.errors import UserError
 
 MARKER = ".simformer.json"
@@ -44,14 +44,6 @@ def _file_digest(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def enclosing_artifact(path: Path) -> Path | None:
@@ -231,7 +223,7 @@ class _Staging:
         record = {"written_by": "simformer", "kind": kind, "source": source_digest, "files": self.files}
         self.write(MARKER, json.dumps(record, indent=1).encode("utf-8"))
         del self.files[MARKER]
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
 
 
 def read_marker(path: Path) -> dict | None:
@@ -273,7 +265,7 @@ def _publish(staging: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(staging, out)
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
 
 
 # ---------------------------------------------------------------- one file (COCO JSON)
@@ -331,7 +323,7 @@ def write_file(out: Path, data: bytes) -> None:
                 with contextlib.suppress(OSError):
                     tmp.unlink()
                 raise
-            _fsync_dir(out.parent)
+            fsync_dir(out.parent)
     except OSError as exc:
         error = write_error(exc, out)
         if error is exc:
