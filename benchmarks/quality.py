@@ -47,6 +47,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,22 +97,47 @@ class Setting:
     """Where the data comes from and which subset each protocol scores on."""
 
     description: str
-    split_args: tuple[str, ...]
+    split_args: Callable[[int], list[str]]  # split seed -> the split command's data options
     subsets: dict[str, str]  # protocol kind -> subset scored
     seeded: bool = True  # False: the novel classes are fixed, so split seeds do not change the split
+
+
+SYNTHETIC = "synthetic data (1500 train / 300 val / 300 test images of 128x128, 16 classes)"
+#: Co-occurrence: three novel classes (``--ratio 13:3 --seed S``), each in this share of the images.
+PRESENCE = {"uniform": (0.92, 0.92, 0.92), "skewed": (0.98, 0.87, 0.87)}
+
+
+def co_occurring(shares: tuple[float, ...]) -> Callable[[int], list[str]]:
+    def split_args(seed: int) -> list[str]:
+        from simformer_cli.data.class_split import draw_novel_classes
+
+        novel = draw_novel_classes(16, (13, 3), seed, always_base=(0,))
+        presence = ",".join(f"{c}={share}" for c, share in zip(novel, shares))
+        return ["--dataset", "synthetic", "--ratio", "13:3", "--seed", str(seed), "--synthetic-presence", presence]
+
+    return split_args
+
+
+def camvid(root: Path, novel: str) -> Setting:
+    return Setting(
+        f"CamVid street scenes ({root}: 367 train images, 60 of them held out for tuning with `--holdout 60`, "
+        f"101 val images, 180x240; novel classes {novel.replace(',', ', ')})",
+        lambda seed: ["--dataset", "folder", "--root", str(root), "--novel-classes", novel, "--holdout", "60"],
+        {"tuning": "holdout", "report": "val"}, seeded=False)
 
 
 def settings(camvid_root: Path) -> dict[str, Setting]:
     return {
         "independent": Setting(
-            "synthetic default data (1500 train / 300 val / 300 test images of 128x128, 16 classes, "
-            "`split --ratio 3:1 --seed S`)", ("--dataset", "synthetic", "--ratio", "3:1"),
+            f"{SYNTHETIC}, `split --ratio 3:1 --seed S` (4 novel classes, each in about a quarter of the images)",
+            lambda seed: ["--dataset", "synthetic", "--ratio", "3:1", "--seed", str(seed)],
             {"tuning": "val", "report": "test"}),
-        "camvid": Setting(
-            f"CamVid street scenes ({camvid_root}; 367 train images, 60 of them held out for tuning with "
-            "`--holdout 60`, 101 val images; novel classes tree, car, pedestrian)",
-            ("--dataset", "folder", "--root", str(camvid_root), "--novel-classes", "tree,car,pedestrian",
-             "--holdout", "60"), {"tuning": "holdout", "report": "val"}, seeded=False),
+        **{name: Setting(
+            f"{SYNTHETIC}, `split --ratio 13:3 --seed S` (3 novel classes) with the novel classes in "
+            f"{', '.join(f'{round(100 * s)}%' for s in shares)} of the images (`--synthetic-presence`)",
+            co_occurring(shares), {"tuning": "val", "report": "test"}) for name, shares in PRESENCE.items()},
+        "camvid": camvid(camvid_root, "tree,car,pedestrian"),
+        "camvid-b": camvid(camvid_root, "building,fence,bicyclist"),
     }
 
 
@@ -286,8 +312,7 @@ def run_units(args: argparse.Namespace, setting: Setting, kind: str, split_seeds
     subset = setting.subsets[kind]
     for split_seed in split_seeds:
         split = work / f"split{split_seed}" / "split.zarr"
-        seed_args = ["--seed", split_seed] if setting.seeded else []
-        run_command(simformer("split", *setting.split_args, *seed_args, "--out", split), dict(os.environ), log)
+        run_command(simformer("split", *setting.split_args(split_seed), "--out", split), dict(os.environ), log)
         for train_seed in train_seeds:
             for iters in (iters_of or [args.iters]):
                 folder = split.parent / (f"train{train_seed}" if iters_of is None else f"oracle-{iters}")
@@ -342,7 +367,8 @@ def command_line(args: argparse.Namespace, parser: argparse.ArgumentParser) -> s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--setting", choices=["independent", "camvid"], default="independent")
+    parser.add_argument("--setting", choices=["independent", "uniform", "skewed", "camvid", "camvid-b"],
+                        default="independent")
     parser.add_argument("--protocol", choices=list(PROTOCOLS), default="tuning")
     parser.add_argument("--split-seeds", type=int, nargs="+", default=None, help="instead of the protocol's")
     parser.add_argument("--train-seeds", type=int, nargs="+", default=None, help="instead of the protocol's")
@@ -361,7 +387,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the table into this BENCHMARKS.md")
     args = parser.parse_args()
     setting = settings(args.camvid_root)[args.setting]
-    if args.setting == "camvid" and not (args.camvid_root / "classes.json").is_file():
+    if args.setting.startswith("camvid") and not (args.camvid_root / "classes.json").is_file():
         print(f"skipped: no CamVid folder at {args.camvid_root} (pass --camvid-root)", file=sys.stderr)
         return
     protocol = PROTOCOLS["tuning" if args.curve else args.protocol]
