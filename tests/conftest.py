@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,12 @@ from hypothesis import HealthCheck, settings
 from PIL import Image
 
 from simformer_cli.cli import run
+
+# A suite started in the background by a script (`make test &`, nohup, a CI runner) inherits SIGINT
+# ignored, and so would every stage the tests start, which then cannot be interrupted as a terminal's
+# Ctrl-C would: give this process (and so its children) SIGINT as a terminal gives it.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # No property test may fail for being slow: on a loaded machine an example can take longer than
 # hypothesis's default 200 ms deadline, and drawing data can trip its too_slow health check.
