@@ -58,7 +58,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL_SHARDS = ("import simformer_cli.data.split_store as store; store.MAX_SHARD_IMAGES = 1; "
+SMALL_SHARDS = ("import simformer_cli.artifacts.layout as store; store.MAX_SHARD_IMAGES = 1; "
                 "from simformer_cli.cli import main; main()")
 TRAIN_STEPS = 6
 TRAIN_OPTIONS = ["--iters", str(TRAIN_STEPS), "--batch-size", "4", "--checkpoint-every", "1", "--device", "cpu"]
@@ -150,25 +150,25 @@ def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 
 
 def open_split(path: Path) -> None:
-    from simformer_cli.data.split_store import SplitArtifact
+    from simformer_cli.artifacts.split import SplitArtifact
 
     SplitArtifact(path)
 
 
 def open_model(path: Path) -> None:
-    from simformer_cli.training.model_artifact import load_model
+    from simformer_cli.pipeline.stage import load_model
 
     load_model(path)
 
 
 def open_predictions(path: Path) -> None:
-    from simformer_cli.inference.store import PredictionsArtifact
+    from simformer_cli.artifacts.predictions import PredictionsArtifact
 
     PredictionsArtifact(path)
 
 
 def open_pseudolabels(path: Path) -> None:
-    from simformer_cli.artifacts.pseudolabels_manifest import PseudoLabelsManifest
+    from simformer_cli.artifacts.pseudolabels import PseudoLabelsManifest
     from simformer_cli.artifacts.store import open_artifact
 
     open_artifact(path, PseudoLabelsManifest)
@@ -403,7 +403,8 @@ def run_trial(stage: Stage, workdir: Path, reference: dict[str, Any], step_secon
 
 def make_inputs(base: Path, *, train_images: int = 48, val_images: int = 24, size: int = 32) -> Inputs:
     """A folder dataset (the synthetic generator writes the documented folder format)."""
-    from simformer_cli.data.synthetic import SyntheticSettings, generate_synthetic
+    from simformer_cli.data.synthetic import generate_synthetic
+    from simformer_cli.settings.synthetic import SyntheticSettings
 
     dataset = base / "dataset"
     generate_synthetic(dataset, SyntheticSettings(train_images=train_images, val_images=val_images,

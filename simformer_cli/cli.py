@@ -100,7 +100,8 @@ def split(
 
 def _synthetic_settings(train: int | None, val: int | None, size: int | None, seed: int | None,  # noqa: ANN202
                         test: int | None = None, presence: str | None = None):
-    from simformer_cli.data.synthetic import SyntheticSettings, parse_presence
+    from simformer_cli.data.synthetic import parse_presence
+    from simformer_cli.settings.synthetic import SyntheticSettings
 
     options = {"train_images": ("--synthetic-train", train), "val_images": ("--synthetic-val", val),
                "test_images": ("--synthetic-test", test),
@@ -361,7 +362,7 @@ def _floats(option: str, text: str) -> tuple[float, ...]:
 def _scales(option: str, text: str) -> tuple[float, ...]:
     """Test-time scale factors: positive, at most MAX_SCALE each and MAX_SCALES of them (a view's
     memory grows with the square of its scale, so an absurd factor is refused before any work)."""
-    from simformer_cli.inference.predict import MAX_SCALE, MAX_SCALES
+    from simformer_cli.settings.test_time import MAX_SCALE, MAX_SCALES
 
     values = _floats(option, text)
     if max(values) > MAX_SCALE or len(values) > MAX_SCALES:
@@ -381,7 +382,7 @@ def _workers(value: int | None) -> int | None:
 
 
 def _seed(option: str, value: int | None) -> int | None:
-    from simformer_cli.training.settings import MAX_SEED
+    from simformer_cli.settings.training import MAX_SEED
 
     if value is not None and not 0 <= value <= MAX_SEED:
         raise UserError(f"{option} {value}: expected an integer from 0 to {MAX_SEED} (2**63 - 1)")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from simformer_cli.artifacts.split_manifest import SplitManifest
+from simformer_cli.artifacts.split import SplitManifest
 from simformer_cli.console import stderr
 
 

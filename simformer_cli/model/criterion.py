@@ -26,7 +26,7 @@ from simformer_cli.model.losses import complementary_terms, dice_loss, sigmoid_f
 from simformer_cli.model.matcher import HungarianMatcher, small_target_masks
 from simformer_cli.model.pair_losses import PairLosses
 from simformer_cli.model.points import point_sample, shared_uncertain_points
-from simformer_cli.model.settings import LossSettings, ModelSettings
+from simformer_cli.settings.model import LossSettings, ModelSettings
 from simformer_cli.model.targets import ImageTargets
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from simformer_cli.model.losses import balanced_binary_cross_entropy, distillation_loss
-from simformer_cli.model.settings import LossSettings
+from simformer_cli.settings.model import LossSettings
 from simformer_cli.model.simnet import PairSimilarityNet
 from simformer_cli.model.targets import ImageTargets, nearest_downsample
 
