@@ -42,9 +42,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
 import warnings
+from typing import Any
 
 import numpy as np
 
