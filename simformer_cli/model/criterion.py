@@ -1,4 +1,4 @@
-"""The SimFormer training objective (method reference section 4.7).
+"""The SimFormer training objective: the MaskFormer set losses plus the weak-shot terms.
 
 For the last decoder layer and, with deep supervision, every earlier one ("_aux{i}" suffix):
 - "loss_ce":    CE over K+1 classes for all queries (matched -> target class, base or novel;
