@@ -25,6 +25,7 @@ install: $(PY)
 	$(PIP) -e ".[test]"
 
 test: install
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 demo: install

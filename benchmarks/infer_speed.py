@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _tables import machine_line, publish  # noqa: E402
 
-from simformer_cli.data.synthetic import SyntheticSettings  # noqa: E402
+from simformer_cli.settings.synthetic import SyntheticSettings  # noqa: E402
 from simformer_cli.pipeline.infer import run_infer  # noqa: E402
 from simformer_cli.pipeline.split import run_split  # noqa: E402
 from simformer_cli.pipeline.train import run_train  # noqa: E402

@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _tables import publish  # noqa: E402
 
-from simformer_cli.artifacts.model_manifest import ModelManifest  # noqa: E402
+from simformer_cli.artifacts.model import ModelManifest  # noqa: E402
 from simformer_cli.artifacts.store import read_manifest  # noqa: E402
 
 COLUMNS = ("loss", "loss_ce", "loss_focal", "loss_dice", "loss_comp", "loss_sim", "loss_distill", "sim_accuracy")

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from simformer_cli.data.split_store import SplitArtifact
+from simformer_cli.artifacts.split import SplitArtifact
 from simformer_cli.model.maskformer import normalize_images
-from simformer_cli.training.model_artifact import load_model
+from simformer_cli.pipeline.stage import load_model
 
 
 def main() -> None:

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from simformer_cli.data.augment import augment
-from simformer_cli.data.split_store import SplitArtifact, read_audit_label
+from simformer_cli.artifacts.split import SplitArtifact, read_audit_label
 from simformer_cli.model import build_model, normalize_images
-from simformer_cli.training.settings import preset_settings
+from simformer_cli.settings.training import preset_settings
 
 
 def main() -> None:

@@ -19,11 +19,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _tables import machine_line, publish  # noqa: E402
 
-from simformer_cli.data.split_store import SplitArtifact  # noqa: E402
-from simformer_cli.data.synthetic import SyntheticSettings  # noqa: E402
-from simformer_cli.data.train_data import WeakTrainingSet  # noqa: E402
+from simformer_cli.artifacts.split import SplitArtifact  # noqa: E402
+from simformer_cli.settings.synthetic import SyntheticSettings  # noqa: E402
+from simformer_cli.training.train_data import WeakTrainingSet  # noqa: E402
 from simformer_cli.pipeline.split import run_split  # noqa: E402
-from simformer_cli.pipeline.train import resolve_settings  # noqa: E402
+from simformer_cli.training.resolve import resolve_settings  # noqa: E402
 
 BATCH = 8
 

@@ -21,8 +21,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from _tables import machine_line, write_section  # noqa: E402
 
-from simformer_cli.data.split_store import SplitArtifact  # noqa: E402
-from simformer_cli.data.synthetic import SyntheticSettings, generate_synthetic  # noqa: E402
+from simformer_cli.artifacts.split import SplitArtifact  # noqa: E402
+from simformer_cli.data.synthetic import generate_synthetic  # noqa: E402
+from simformer_cli.settings.synthetic import SyntheticSettings  # noqa: E402
 from simformer_cli.pipeline.split import run_split  # noqa: E402
 
 

@@ -26,16 +26,16 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).parent))
 from _tables import machine_line, publish  # noqa: E402
 
+from simformer_cli.artifacts.split import SplitArtifact  # noqa: E402
 from simformer_cli.data.pairs import PartnerSampler  # noqa: E402
-from simformer_cli.data.split_store import SplitArtifact  # noqa: E402
-from simformer_cli.data.synthetic import SyntheticSettings  # noqa: E402
-from simformer_cli.data.train_data import StepBatchSampler, StepPlan, WeakTrainingSet, collate  # noqa: E402
 from simformer_cli.model import build_criterion, build_model, normalize_images, total_loss  # noqa: E402
 from simformer_cli.pipeline.split import run_split  # noqa: E402
-from simformer_cli.pipeline.train import apply_overrides, default_workers, resolve_settings  # noqa: E402
-from simformer_cli.training.loop import SAMPLE_CACHE_BYTES  # noqa: E402
+from simformer_cli.settings.synthetic import SyntheticSettings  # noqa: E402
+from simformer_cli.settings.training import TrainSettings  # noqa: E402
+from simformer_cli.training.loop import SAMPLE_CACHE_BYTES, default_workers  # noqa: E402
 from simformer_cli.training.optim import build_optimizer, clear_gradients  # noqa: E402
-from simformer_cli.training.settings import TrainSettings  # noqa: E402
+from simformer_cli.training.resolve import apply_overrides, resolve_settings  # noqa: E402
+from simformer_cli.training.train_data import StepBatchSampler, StepPlan, WeakTrainingSet, collate  # noqa: E402
 
 
 def _cut_at_outputs(outputs: dict) -> tuple[list[torch.Tensor], list[torch.Tensor], dict]:

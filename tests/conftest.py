@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,28 @@ settings.register_profile("simformer", deadline=None, suppress_health_check=[Hea
 settings.load_profile("simformer")
 
 CLASS_NAMES = ["background", "sky", "road", "car", "person", "tree"]
+
+
+class OnTrainingStep:
+    """A reporter that calls ``fn(steps done)`` after every training step: how a test stops a run
+    (an exception raised by ``fn``) at a known step."""
+
+    def __init__(self, fn: Callable[[int], None]) -> None:
+        self.fn = fn
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: int) -> Iterator[Callable[..., None]]:
+        done = [0]
+
+        def advance(steps: int = 1, *, note: str | None = None) -> None:
+            done[0] += steps
+            if description == "training":
+                self.fn(done[0])
+
+        yield advance
+
+    def info(self, message: str) -> None:
+        return None
 
 
 @dataclass
@@ -101,7 +125,7 @@ def folder_dataset(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_split(tmp_path_factory) -> Path:  # noqa: ANN001
     """A small synthetic split (48 train / 12 val images of 64x64), made once per test session."""
-    from simformer_cli.data.synthetic import SyntheticSettings
+    from simformer_cli.settings.synthetic import SyntheticSettings
     from simformer_cli.pipeline.split import run_split
 
     out = tmp_path_factory.mktemp("synthetic") / "split.zarr"

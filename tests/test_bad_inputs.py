@@ -144,10 +144,10 @@ def test_random_label_values_are_accepted_exactly_when_valid(cli, tmp_path_facto
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=12))
 def test_scale_lists_are_parsed_or_refused_in_one_line(text: str) -> None:
-    from simformer_cli.cli import _floats
+    from simformer_cli.cli.options import floats
 
     try:
-        values = _floats("--scales", text)
+        values = floats("--scales", text)
     except UserError as exc:
         assert "--scales" in str(exc) and "\n" not in str(exc)
     else:

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_folder_dataset
+from conftest import make_folder_dataset, OnTrainingStep
 from refusals import Refusals, copy_artifact, edit_manifest, refusals, shared, split_args  # noqa: F401 - fixtures
 
 
@@ -183,7 +183,7 @@ def test_a_checkpoint_with_nan_weights_is_not_resumed(cli, shared, tmp_path: Pat
 
     out = tmp_path / "m.zarr"
     with pytest.raises(Stop):
-        run_train(split=shared["split"], out=out, iters=3, batch_size=2, checkpoint_every=1, device="cpu", on_step=stop)
+        run_train(split=shared["split"], out=out, iters=3, batch_size=2, checkpoint_every=1, device="cpu", reporter=OnTrainingStep(stop))
     tensors = sorted((tmp_path / ".m.zarr.partial" / "checkpoints").glob("step-*/tensors.safetensors"))[-1]
     state = load_file(str(tensors))
     save_file({name: nan_weights(t) if name.startswith("module.") else t for name, t in state.items()}, str(tensors))
@@ -207,7 +207,7 @@ def test_input_rebuilt_while_a_stage_reads_it(cli, shared, tmp_path: Path, monke
     """A read hook rebuilds the split right after ``infer`` read image ``after``: the next read of the
     split (or, after the last image, the commit) finds that its manifest is another one, and nothing
     mixing the two splits is published (the resumable staging folder is dropped too)."""
-    from simformer_cli.data.split_store import SplitArtifact
+    from simformer_cli.artifacts.split import SplitArtifact
     from simformer_cli.pipeline.split import run_split
 
     split = copy_artifact(shared["split"], tmp_path / "inputs" / "split.zarr")  # the model was trained on its twin
@@ -235,7 +235,7 @@ def test_input_rebuilt_while_a_stage_reads_it(cli, shared, tmp_path: Path, monke
 def test_a_shard_of_fill_values_only_is_not_stored_and_reads_as_fill(tmp_path: Path) -> None:
     """zarr leaves out a shard that is all fill value (write_empty_chunks=False): the file list leaves it
     out too, and the split opens and reads it as fill (all ignore) instead of calling it missing."""
-    from simformer_cli.data.split_store import SplitArtifact
+    from simformer_cli.artifacts.split import SplitArtifact
     from simformer_cli.pipeline.split import run_split
 
     root = make_folder_dataset(tmp_path / "d")
@@ -253,7 +253,7 @@ def test_a_shard_of_fill_values_only_is_not_stored_and_reads_as_fill(tmp_path: P
 def test_a_split_with_a_missing_file_is_rebuilt_by_a_plain_rerun(shared, tmp_path: Path) -> None:  # noqa: ANN001
     """Damage that opening sees (a missing or resized file) makes the artifact count as absent: rerunning
     the stage rebuilds it, without --force, to the same bytes and digest."""
-    from simformer_cli.data.split_store import SplitArtifact
+    from simformer_cli.artifacts.split import SplitArtifact
     from simformer_cli.pipeline.split import run_split
 
     split = copy_artifact(shared["split"], tmp_path / "split.zarr")

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from simformer_cli.data.split_store import SplitArtifact
-from simformer_cli.inference.store import PredictionsArtifact
-from simformer_cli.pipeline import outputs
-from simformer_cli.pipeline.infer import FolderImages
+from simformer_cli.artifacts.split import SplitArtifact
+from simformer_cli.artifacts.predictions import PredictionsArtifact
+from simformer_cli.artifacts import outputs
+from simformer_cli.data.images import FolderImages
 
 from conftest import make_folder_dataset
 from refusals import Refusals, refusals, shared, split_args, tree_state  # noqa: F401 - fixtures

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from simformer_cli.artifacts.model_manifest import ModelManifest
+from simformer_cli.artifacts.model import ModelManifest
 from simformer_cli.artifacts.store import open_artifact
 
 from refusals import Refusals, copy_artifact, refusals, shared  # noqa: F401 - fixtures

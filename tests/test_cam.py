@@ -14,23 +14,23 @@ import torch
 import zarr
 from safetensors.numpy import load_file
 
-from simformer_cli.artifacts.model_manifest import ModelManifest
+from simformer_cli.artifacts.model import ModelManifest
 from simformer_cli.artifacts.store import read_manifest
 from simformer_cli.cam.affinity import disk_offsets, random_walk, shifted, transition
 from simformer_cli.cam.losses import CamObjective, affinity_loss, base_pixel_loss, cell_labels, image_logits
 from simformer_cli.cam.network import build_cam_model
 from simformer_cli.cam.pseudolabel import CamScorer
-from simformer_cli.cam.settings import tiny_cam_settings
-from simformer_cli.data.split_store import AUDIT_LABELS, SplitArtifact
-from simformer_cli.inference import predict
-from simformer_cli.model.settings import tiny_model_settings
+from simformer_cli.settings.cam import tiny_cam_settings
+from simformer_cli.artifacts.split import AUDIT_LABELS, SplitArtifact
+from simformer_cli.settings.model import tiny_model_settings
+from simformer_cli.settings.test_time import TestTimeSettings
 from simformer_cli.model.targets import NOT_BASE, targets_from_label_map
-from simformer_cli.pipeline.pseudolabel import PseudoLabelReader
+from simformer_cli.artifacts.pseudolabels import PseudoLabelReader
 from simformer_cli.pipeline.train import run_train
-from simformer_cli.training.devices import start_runtime
-from simformer_cli.training.settings import TrainSettings, preset_settings
+from simformer_cli.devices import start_runtime
+from simformer_cli.settings.training import TrainSettings, preset_settings
 
-from conftest import relist_files
+from conftest import OnTrainingStep, relist_files
 
 CAM_TRAIN = dict(method="cam", iters=2, batch_size=4, device="cpu", checkpoint_every=1)
 
@@ -138,7 +138,7 @@ def test_scorer_gives_refined_scores_to_image_novel_classes_only(synthetic_split
     settings = preset_settings("tiny", num_classes=split.num_classes, dataset="synthetic", image_size=64, method="cam")
     torch.manual_seed(0)
     network = build_cam_model(settings.model, settings.cam).eval()
-    test_time = predict.TestTimeSettings(short_side=64, max_long_side=256, scales=scales, flip=flip)
+    test_time = TestTimeSettings(short_side=64, max_long_side=256, scales=scales, flip=flip)
     scorer = CamScorer(network, split, settings.cam, test_time, start_runtime("cpu"))
     novel = set(split.manifest.novel_classes)
     with_novel = [i for i in range(split.count("train")) if novel & set(np.flatnonzero(split.image_labels("train")[i]))]
@@ -223,7 +223,7 @@ def test_training_ignores_novel_pixels_and_resumes_exactly(synthetic_split: Path
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        run_train(split=split_copy, out=tmp_path / "b.zarr", on_step=stop, **CAM_TRAIN)
+        run_train(split=split_copy, out=tmp_path / "b.zarr", reporter=OnTrainingStep(stop), **CAM_TRAIN)
     resumed = run_train(split=split_copy, out=tmp_path / "b.zarr", resume=True, **CAM_TRAIN)
     assert resumed.manifest.summary.resumed_from == 1
     assert straight.manifest.summary.final_losses == resumed.manifest.summary.final_losses

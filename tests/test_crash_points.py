@@ -105,7 +105,7 @@ def test_leftovers_of_killed_writers_are_removed_and_nothing_else(tmp_path: Path
 
 
 def test_infer_killed_between_two_array_creations_continues(tmp_path: Path, monkeypatch, synthetic_split: Path) -> None:  # noqa: ANN001
-    from simformer_cli.inference.store import PredictionsArtifact
+    from simformer_cli.artifacts.predictions import PredictionsArtifact
     from simformer_cli.pipeline.infer import run_infer
     from simformer_cli.pipeline.train import run_train
 
@@ -138,6 +138,7 @@ def test_a_kill_while_checkpoints_are_deleted_never_leaves_one_that_looks_comple
     import shutil
 
     import simformer_cli.pipeline.train as train_module
+    import simformer_cli.training.checkpoint as checkpoint_module
     from simformer_cli.training.checkpoint import latest_checkpoint
 
     partial = tmp_path / ".m.zarr.partial" / "checkpoints"
@@ -150,7 +151,7 @@ def test_a_kill_while_checkpoints_are_deleted_never_leaves_one_that_looks_comple
             raise Crash
         return real_rmtree(path, *args, **kwargs)
 
-    monkeypatch.setattr(train_module.shutil, "rmtree", killed_rmtree)
+    monkeypatch.setattr(checkpoint_module.shutil, "rmtree", killed_rmtree)
     with pytest.raises(Crash):
         train_module.run_train(split=synthetic_split, out=tmp_path / "m.zarr", iters=2, batch_size=2,
                                checkpoint_every=1, device="cpu")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from simformer_cli.data.split_store import SplitArtifact
-from simformer_cli.inference.store import PredictionsArtifact
+from simformer_cli.artifacts.split import SplitArtifact
+from simformer_cli.artifacts.predictions import PredictionsArtifact
 from simformer_cli.pipeline.infer import run_infer
 from simformer_cli.pipeline.split import run_split
 from simformer_cli.pipeline.train import run_train
@@ -91,7 +91,7 @@ def test_infer_refuses_a_split_the_model_was_not_trained_on(cli, mixed, tmp_path
 
 
 def test_interrupted_infer_continues_by_shard(mixed, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
-    import simformer_cli.data.split_store as store
+    import simformer_cli.artifacts.layout as store
     from simformer_cli.inference import predict as infer_module
 
     _, split, model = mixed

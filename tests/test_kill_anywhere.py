@@ -3,7 +3,8 @@ interrupted (Ctrl-C) at seeded random moments while they write, and run again.
 
 After every signal the output path holds no artifact or a complete one (checked with the readers
 later stages use), no process of the stage outlives it, and the rerun gives exactly the result of an
-uninterrupted run. ``benchmarks/kill_anywhere.py`` is the same harness with more moments per stage.
+uninterrupted run. The harness is ``kill_harness``; ``benchmarks/kill_anywhere.py`` runs it with more
+moments per stage.
 
 No test here depends on timing: a moment is a step of the stage's own progress (the
 ``SIMFORMER_TEST_HOLD`` hook makes the stage wait there and say so on stderr), and each signal is
@@ -15,14 +16,11 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-import kill_anywhere as harness  # noqa: E402
+import kill_harness as harness
 
 STAGES = ["split", "train", "infer", "pseudolabel"]
 

@@ -12,20 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import relist_files
+from conftest import OnTrainingStep, relist_files
 from safetensors.numpy import load_file
 
-from simformer_cli.artifacts.model_manifest import ModelManifest
+from simformer_cli.artifacts.model import ModelManifest
 from simformer_cli.artifacts.store import read_manifest
-from simformer_cli.data.split_store import AUDIT_LABELS, SplitArtifact
-from simformer_cli.pipeline.train import (
-    CROP_LABELS,
-    FULL_LABELS,
-    IMAGE_LABELS,
-    PSEUDO_LABELS,
-    WEAK_LABELS,
-    run_train,
-)
+from simformer_cli.artifacts.split import AUDIT_LABELS, SplitArtifact
+from simformer_cli.pipeline.train import run_train
+from simformer_cli.training.labels import CROP_LABELS, FULL_LABELS, IMAGE_LABELS, PSEUDO_LABELS, WEAK_LABELS
 
 SMALL = ["--iters", "2", "--batch-size", "4", "--device", "cpu"]
 
@@ -104,7 +98,7 @@ def test_every_route_to_the_full_labels_is_refused_or_changes_nothing(cli, split
 
     with pytest.raises(Interrupt):
         run_train(split=split, out=resumed, method="oracle", iters=2, batch_size=4, device="cpu",
-                  checkpoint_every=1, on_step=stop)
+                  checkpoint_every=1, reporter=OnTrainingStep(stop))
     assert refused(cli("train", "--split", split, "--out", resumed, *SMALL, "--checkpoint-every", "1", "--resume"),
                    "other inputs or settings")
     assert cli("train", "--split", split, "--out", resumed, *SMALL, "--checkpoint-every", "1").code == 0

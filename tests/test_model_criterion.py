@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from simformer_cli.model.criterion import SetCriterion, build_criterion, count_masks, total_loss
-from simformer_cli.model.losses import complementary_loss, dice_loss, sigmoid_focal_loss
+from simformer_cli.model.losses import dice_loss, sigmoid_focal_loss
 from simformer_cli.model.maskformer import build_model
-from simformer_cli.model.settings import LossSettings, tiny_model_settings
+from simformer_cli.settings.model import LossSettings, tiny_model_settings
 from simformer_cli.model.targets import NOT_BASE, ImageTargets, targets_from_label_map
+
+from model_reference import complementary_loss, match
 
 NUM_CLASSES = 6
 BASE = [0, 1, 2, 3]
@@ -87,7 +89,7 @@ def test_layer_terms_follow_the_formulas_and_weights():
     losses = criterion(outputs, targets, torch.Generator())
     assert set(losses) == LAYER_TERMS
 
-    matches = criterion.matcher(outputs["pred_logits"], outputs["pred_masks"], targets)
+    matches = match(criterion.matcher, outputs["pred_logits"], outputs["pred_masks"], targets)
     upsample = lambda m: torch.nn.functional.interpolate(m[:, None], size=(8, 8), mode="bilinear")[:, 0]
     focal, dice, comp = 0.0, 0.0, []
     for image, (queries, indices) in enumerate(matches):
@@ -114,7 +116,7 @@ def test_classification_targets_matched_and_unmatched_queries():
     criterion = SetCriterion(num_classes=NUM_CLASSES, mask_dim=8, novel_classes=NOVEL, settings=settings)
     outputs = _hand_outputs()
     targets = [weak_targets(0, 8, [4]), weak_targets(1, 8, [5])]
-    matches = criterion.matcher(outputs["pred_logits"], outputs["pred_masks"], targets)
+    matches = match(criterion.matcher, outputs["pred_logits"], outputs["pred_masks"], targets)
     wanted = torch.full((2, 3), NUM_CLASSES)
     for image, (queries, indices) in enumerate(matches):
         wanted[image, queries] = targets[image].classes[indices]
@@ -283,7 +285,7 @@ def test_maskless_targets_left_without_a_query_still_get_the_complementary_floor
     outputs = _hand_outputs(queries=2, size=8)
     outputs["pred_logits"][:, :, :4] = 50.0  # every query is sure of a base class
     targets = [weak_targets(0, 16, [4, 5]), weak_targets(1, 16, [4, 5])]
-    matches = criterion.matcher(outputs["pred_logits"], outputs["pred_masks"], targets)
+    matches = match(criterion.matcher, outputs["pred_logits"], outputs["pred_masks"], targets)
     assert all(bool(targets[i].has_mask[indices].all()) for i, (_, indices) in enumerate(matches))
     losses = criterion(outputs, targets, torch.Generator())
     expected = [complementary_loss(torch.empty(0, 16, 16), (t.base_label < 0) & ~t.pad, floor_logit=-2.9444,

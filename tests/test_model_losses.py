@@ -10,11 +10,12 @@ import torch
 
 from simformer_cli.model.losses import (
     balanced_binary_cross_entropy,
-    complementary_loss,
     dice_loss,
     distillation_loss,
     sigmoid_focal_loss,
 )
+
+from model_reference import complementary_loss
 
 FLOOR = -2.9444
 BIG = 20.0

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from simformer_cli.model.maskformer import PIXEL_MEAN, build_model, normalize_images, semantic_scores
-from simformer_cli.model.settings import LossSettings, ModelSettings, paper_model_settings, tiny_model_settings
+from simformer_cli.settings.model import LossSettings, ModelSettings, paper_model_settings, tiny_model_settings
 from simformer_cli.model.transformer_decoder import sine_position_encoding
 
 NUM_CLASSES = 6

@@ -9,6 +9,8 @@ from simformer_cli.model.losses import dice_loss, sigmoid_focal_loss
 from simformer_cli.model.matcher import HungarianMatcher, pairwise_dice_cost, pairwise_focal_cost
 from simformer_cli.model.targets import NOT_BASE, ImageTargets
 
+from model_reference import cost_matrices, cost_matrix, layer_cost_matrices, match
+
 NUM_CLASSES = 4
 SURE = 10.0  # a logit that makes a class or a pixel practically certain
 
@@ -37,7 +39,7 @@ def test_class_only_matching_finds_the_known_optimum():
     logits = class_logits_for([1, 0])[None]
     masks = torch.zeros(1, 2, 4, 4)
     target = make_targets([0, 1], torch.zeros(2, 8, 8, dtype=torch.bool), [False, False])
-    (queries, indices), = HungarianMatcher()(logits, masks, [target])
+    (queries, indices), = match(HungarianMatcher(), logits, masks, [target])
     assert dict(zip(queries.tolist(), indices.tolist())) == {0: 1, 1: 0}
 
 
@@ -49,7 +51,7 @@ def test_mask_cost_decides_when_classes_are_uninformative():
     mask_logits = torch.full((1, 2, 4, 4), -SURE)
     mask_logits[0, 0, 2:] = SURE  # query 0 draws the bottom half (target 1)
     mask_logits[0, 1, :2] = SURE  # query 1 draws the top half (target 0)
-    (queries, indices), = HungarianMatcher()(logits, mask_logits, [target])
+    (queries, indices), = match(HungarianMatcher(), logits, mask_logits, [target])
     assert dict(zip(queries.tolist(), indices.tolist())) == {0: 1, 1: 0}
 
 
@@ -60,7 +62,7 @@ def test_cost_matrix_matches_the_formula_per_target_kind():
     gt = torch.zeros(8, 8, dtype=torch.bool)
     gt[2:6, 2:6] = True
     target = make_targets([1, 3], torch.stack([gt, torch.zeros_like(gt)]), [True, False])
-    cost = HungarianMatcher().cost_matrix(class_logits, mask_logits, target)
+    cost = cost_matrix(HungarianMatcher(), class_logits, mask_logits, target)
 
     probs = class_logits.softmax(-1)
     small_gt = gt[::2, ::2].float().flatten()  # nearest downsampling by 2 keeps the even pixels
@@ -92,7 +94,7 @@ def test_has_mask_flag_is_respected_when_a_base_mask_vanishes_under_downsampling
     target = make_targets([0, 2], torch.stack([speck, torch.zeros_like(speck)]), [True, False])
     class_logits = torch.zeros(1, NUM_CLASSES + 1)
     mask_logits = torch.full((1, 4, 4), SURE)  # a query covering everything
-    cost = HungarianMatcher().cost_matrix(class_logits, mask_logits, target)
+    cost = cost_matrix(HungarianMatcher(), class_logits, mask_logits, target)
     uniform = 1 / (NUM_CLASSES + 1)
     assert cost[0, 0] > -uniform + 1.0  # mask cost counted: dice alone is ~1 for an empty GT
     torch.testing.assert_close(cost[0, 1], torch.tensor(-uniform))
@@ -112,7 +114,7 @@ def test_indices_refer_to_the_original_target_order():
     logits = class_logits_for([1, 3, 0])[None]  # query 0 -> class 1, query 1 -> class 3, query 2 -> class 0
     mask_logits = torch.full((1, 3, 4, 4), -SURE)
     mask_logits[0, 0, :, :2] = SURE
-    (queries, indices), = HungarianMatcher()(logits, mask_logits, [target])
+    (queries, indices), = match(HungarianMatcher(), logits, mask_logits, [target])
     matched = dict(zip(queries.tolist(), indices.tolist()))
     assert matched == {0: 2, 1: 0, 2: 1}
     assert [target.classes[matched[q]].item() for q in range(3)] == [1, 3, 0]
@@ -122,7 +124,7 @@ def test_each_target_gets_at_most_one_query_and_batches_are_independent():
     first = make_targets([0, 1, 2], torch.zeros(3, 8, 8, dtype=torch.bool), [False] * 3)
     second = make_targets([3], torch.zeros(1, 8, 8, dtype=torch.bool), [False])
     logits = torch.stack([class_logits_for([2, 0]), class_logits_for([3, 3])])
-    matches = HungarianMatcher()(logits, torch.zeros(2, 2, 4, 4), [first, second])
+    matches = match(HungarianMatcher(), logits, torch.zeros(2, 2, 4, 4), [first, second])
     queries, indices = matches[0]
     assert len(queries) == 2 and sorted(indices.tolist()) == [0, 2]  # Q=2 < T=3: best two matched
     assert matches[1][1].tolist() == [0] and len(matches[1][0]) == 1
@@ -143,28 +145,28 @@ def test_batch_wide_costs_equal_each_image_alone():
     class_logits = torch.randn(4, 5, NUM_CLASSES + 1, generator=generator)
     mask_logits = torch.randn(4, 5, 4, 4, generator=generator)
     matcher = HungarianMatcher()
-    batch = matcher.cost_matrices(class_logits, mask_logits, targets)
+    batch = cost_matrices(matcher, class_logits, mask_logits, targets)
     for image, target in enumerate(targets):
-        alone = matcher.cost_matrix(class_logits[image], mask_logits[image], target)
+        alone = cost_matrix(matcher, class_logits[image], mask_logits[image], target)
         assert batch[image].shape == (5, len(target.classes))
         torch.testing.assert_close(batch[image], alone)
-    assert [len(q) for q, _ in matcher(class_logits, mask_logits, targets)] == [3, 1, 0, 1]
+    assert [len(q) for q, _ in match(matcher, class_logits, mask_logits, targets)] == [3, 1, 0, 1]
     # Several decoder layers at once: each layer's costs and matches are that layer's alone.
     layer_logits = torch.randn(3, 4, 5, NUM_CLASSES + 1, generator=generator)
     layer_masks = torch.randn(3, 4, 5, 4, 4, generator=generator)
-    costs = matcher.layer_cost_matrices(layer_logits, layer_masks, targets)
+    costs = layer_cost_matrices(matcher, layer_logits, layer_masks, targets)
     matches = matcher.match_layers(layer_logits, layer_masks, targets)
     matcher_module.COST_CHUNK, chunk = 1, matcher_module.COST_CHUNK  # one layer per chunk, as for the paper's sizes
     try:
-        chunked = matcher.layer_cost_matrices(layer_logits, layer_masks, targets)
+        chunked = layer_cost_matrices(matcher, layer_logits, layer_masks, targets)
     finally:
         matcher_module.COST_CHUNK = chunk
     for layer in range(3):
-        for got, alone, in_chunks in zip(costs[layer], matcher.cost_matrices(layer_logits[layer], layer_masks[layer],
+        for got, alone, in_chunks in zip(costs[layer], cost_matrices(matcher, layer_logits[layer], layer_masks[layer],
                                                                               targets), chunked[layer]):
             torch.testing.assert_close(got, alone)
             torch.testing.assert_close(in_chunks, alone)
-        for (queries, indices), (want_q, want_i) in zip(matches[layer], matcher(layer_logits[layer],
+        for (queries, indices), (want_q, want_i) in zip(matches[layer], match(matcher, layer_logits[layer],
                                                                                  layer_masks[layer], targets)):
             assert torch.equal(queries, want_q) and torch.equal(indices, want_i)
 

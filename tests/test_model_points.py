@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from simformer_cli.model.criterion import SetCriterion, total_loss
 from simformer_cli.model.points import point_sample, shared_uncertain_points
-from simformer_cli.model.settings import LossSettings
+from simformer_cli.settings.model import LossSettings
 from tests.test_model_criterion import NOVEL, NUM_CLASSES, _hand_outputs, weak_targets
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from simformer_cli.model.pair_losses import ClassBalance, PairLosses, sample_regions
-from simformer_cli.model.settings import LossSettings
+from simformer_cli.settings.model import LossSettings
 from simformer_cli.model.simnet import PairSimilarityNet
 from simformer_cli.model.targets import NOT_BASE, ImageTargets
 

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from simformer_cli.artifacts.model_manifest import ModelManifest
+from simformer_cli.artifacts.model import ModelManifest
 from simformer_cli.artifacts.store import read_manifest
-from simformer_cli.data.split_store import SplitArtifact
-from simformer_cli.pipeline.pseudolabel import PseudoLabelReader, PseudoLabelRule, run_pseudolabel
+from simformer_cli.artifacts.split import SplitArtifact
+from simformer_cli.artifacts.pseudolabels import PseudoLabelReader
+from simformer_cli.inference.pseudolabel import PseudoLabelRule
+from simformer_cli.pipeline.pseudolabel import run_pseudolabel
 from simformer_cli.pipeline.retrain import run_retrain
 from simformer_cli.pipeline.split import run_split
 from simformer_cli.pipeline.train import run_train

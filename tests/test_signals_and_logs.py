@@ -10,19 +10,16 @@ from __future__ import annotations
 import io
 import os
 import signal
-import sys
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
-from simformer_cli.cli import _interrupted_hint
-from simformer_cli.console import RichReporter
+from simformer_cli.cli.app import _interrupted_hint
+from simformer_cli.cli.console import RichReporter
 from simformer_cli.progress import LogLines, duration
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-import kill_anywhere as harness  # noqa: E402
+import kill_harness as harness
 
 
 @pytest.fixture(scope="module")

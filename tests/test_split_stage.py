@@ -9,8 +9,8 @@ import numpy as np
 from PIL import Image
 
 from simformer_cli.artifacts.store import read_manifest
-from simformer_cli.artifacts.split_manifest import SplitManifest
-from simformer_cli.data.split_store import SplitArtifact, read_audit_label
+from simformer_cli.artifacts.split import SplitManifest
+from simformer_cli.artifacts.split import SplitArtifact, read_audit_label
 from simformer_cli.pipeline.split import run_split
 
 from conftest import CLASS_NAMES, make_folder_dataset

@@ -16,15 +16,16 @@ from pydantic import ValidationError
 from simformer_cli.data.folder import load_folder
 from simformer_cli.data.png import encode_png
 from simformer_cli.data.synthetic import (
+    COLOURS,
     GENERATOR_VERSION,
     IGNORE_INDEX,
-    SyntheticSettings,
+    TEXTURES,
     class_appearances,
     generate_synthetic,
-    render_preview,
     render_sample,
 )
 from simformer_cli.errors import UserError
+from simformer_cli.settings.synthetic import MAX_CLASSES, SyntheticSettings
 
 SMALL = SyntheticSettings(train_images=60, val_images=20, test_images=12, image_size=64)
 
@@ -194,18 +195,6 @@ def test_png_encoder_round_trips(shape: tuple[int, ...]) -> None:
             assert np.array_equal(np.asarray(decoded), array)
 
 
-def test_render_preview_writes_a_picture(small_dataset: Path, tmp_path: Path) -> None:
-    out = tmp_path / "preview.png"
-    render_preview(small_dataset, out, count=4)
-    with Image.open(out) as picture:
-        picture.load()
-        assert picture.mode == "RGB"
-        width, height = picture.size
-    assert width > 4 * 128 and height > 2 * 128
-    pixels = np.asarray(Image.open(out))
-    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50
-
-
 def test_settings_are_strict() -> None:
     with pytest.raises(ValidationError):
         SyntheticSettings(num_clases=8)
@@ -252,3 +241,8 @@ def test_no_presence_setting_leaves_the_bytes_as_they_were() -> None:
     first = render_sample(plain, 0, 2, looks)
     again = render_sample(SyntheticSettings(train_images=3, image_size=64, class_presence={}), 0, 2, looks)
     assert all(np.array_equal(a, b) for a, b in zip(first, again))
+
+
+def test_the_settings_bound_on_classes_is_what_the_generator_can_draw() -> None:
+    assert MAX_CLASSES == len(COLOURS) * len(TEXTURES)
+    assert len({(a.colour, a.texture) for a in class_appearances(MAX_CLASSES)}) == MAX_CLASSES

@@ -16,13 +16,13 @@ import torch
 import zarr
 from safetensors.numpy import load_file
 
-from simformer_cli.artifacts.model_manifest import ModelManifest
+from simformer_cli.artifacts.model import ModelManifest
 from simformer_cli.artifacts.store import open_artifact
-from simformer_cli.data.split_store import AUDIT_LABELS, SplitArtifact
+from simformer_cli.artifacts.split import AUDIT_LABELS, SplitArtifact
 from simformer_cli.pipeline.train import run_train
-from simformer_cli.training.model_artifact import load_model
+from simformer_cli.pipeline.stage import load_model
 
-from conftest import relist_files
+from conftest import OnTrainingStep, relist_files
 
 TRAIN = dict(iters=4, batch_size=4, device="cpu", checkpoint_every=2)
 
@@ -68,7 +68,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(synthetic_split: Path, tm
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        run_train(split=synthetic_split, out=tmp_path / "resumed.zarr", on_step=stop_at_three, **TRAIN)
+        run_train(split=synthetic_split, out=tmp_path / "resumed.zarr", reporter=OnTrainingStep(stop_at_three), **TRAIN)
     assert not (tmp_path / "resumed.zarr").exists()
     resumed = run_train(split=synthetic_split, out=tmp_path / "resumed.zarr", resume=True, **TRAIN)
     assert resumed.manifest.summary.resumed_from == 2
@@ -88,7 +88,7 @@ def test_resume_refusals(cli, synthetic_split: Path, tmp_path: Path) -> None:
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        run_train(split=synthetic_split, out=out, on_step=stop, **TRAIN)
+        run_train(split=synthetic_split, out=out, reporter=OnTrainingStep(stop), **TRAIN)
     result = cli("train", "--split", synthetic_split, "--out", out, "--iters", "5", "--batch-size", "4",
                  "--checkpoint-every", "2", "--resume", "--device", "cpu")
     assert result.code == 2 and "other inputs or settings" in result.err
@@ -167,9 +167,9 @@ def test_bad_set_overrides_are_one_line(cli, synthetic_split: Path, tmp_path: Pa
 
 def test_oracle_trains_on_the_full_labels(synthetic_split: Path, tmp_path: Path) -> None:
     """The oracle reads the audit labels (novel masks included): changing them changes the model."""
-    from simformer_cli.data.split_store import AuditLabelReader
-    from simformer_cli.data.train_data import WeakTrainingSet
-    from simformer_cli.training.settings import preset_settings
+    from simformer_cli.artifacts.split import AuditLabelReader
+    from simformer_cli.training.train_data import WeakTrainingSet
+    from simformer_cli.settings.training import preset_settings
 
     split = SplitArtifact(synthetic_split)
     settings = preset_settings("tiny", num_classes=split.num_classes, dataset="synthetic", image_size=64,
@@ -198,9 +198,10 @@ def test_oracle_and_crop_labels_need_audit_labels(cli, tmp_path: Path, folder_da
 
 
 def test_crop_level_labels_keep_the_novel_classes_inside_each_crop(synthetic_split: Path) -> None:
-    from simformer_cli.data.augment import AugmentSettings, augment
-    from simformer_cli.data.split_store import AuditLabelReader
-    from simformer_cli.data.train_data import WeakTrainingSet
+    from simformer_cli.data.augment import augment
+    from simformer_cli.settings.augment import AugmentSettings
+    from simformer_cli.artifacts.split import AuditLabelReader
+    from simformer_cli.training.train_data import WeakTrainingSet
 
     small_crops = AugmentSettings(short_sides=(64,), max_long_side=64, crop=24)
     whole = WeakTrainingSet(synthetic_split, augment_settings=small_crops, seed=0)
@@ -239,8 +240,8 @@ def test_crop_level_labels_through_the_cli_and_their_refusals(cli, synthetic_spl
 def test_a_batch_read_gives_what_single_reads_give(synthetic_split: Path) -> None:
     # WeakTrainingSet reads a whole batch through zarr at once (read_many); the arrays must be the
     # ones image()/label() read one by one, cropped to each image's own size.
-    from simformer_cli.data.augment import AugmentSettings
-    from simformer_cli.data.train_data import WeakTrainingSet
+    from simformer_cli.settings.augment import AugmentSettings
+    from simformer_cli.training.train_data import WeakTrainingSet
 
     split = SplitArtifact(synthetic_split)
     indices = [5, 0, 5, 11, 3]
@@ -259,7 +260,7 @@ def test_a_batch_read_gives_what_single_reads_give(synthetic_split: Path) -> Non
 
 
 def test_data_loading_workers_default_to_none_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    from simformer_cli.pipeline.train import default_workers
+    from simformer_cli.training.loop import default_workers
 
     assert default_workers("cpu") == 0
     monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(16)))
@@ -272,15 +273,15 @@ def test_data_loading_workers_default_to_none_on_cpu(monkeypatch: pytest.MonkeyP
 
 def test_the_optimiser_is_fused_on_cpu() -> None:
     from simformer_cli.training.optim import build_optimizer
-    from simformer_cli.training.settings import OptimSettings
+    from simformer_cli.settings.training import OptimSettings
 
     optimizer = build_optimizer(torch.nn.Linear(3, 2), OptimSettings())
     assert optimizer.defaults["fused"] is True
 
 
 def test_cached_samples_are_the_samples_read_from_the_split(synthetic_split: Path) -> None:
-    from simformer_cli.data.augment import AugmentSettings
-    from simformer_cli.data.train_data import WeakTrainingSet
+    from simformer_cli.settings.augment import AugmentSettings
+    from simformer_cli.training.train_data import WeakTrainingSet
 
     settings = AugmentSettings(short_sides=(64,), max_long_side=64, crop=32)
     plain = WeakTrainingSet(synthetic_split, augment_settings=settings, seed=0)
@@ -298,8 +299,8 @@ def test_cached_samples_are_the_samples_read_from_the_split(synthetic_split: Pat
 
 
 def test_a_subset_that_fits_is_preloaded_by_shards_and_gives_the_same_samples(synthetic_split: Path) -> None:
-    from simformer_cli.data.augment import AugmentSettings
-    from simformer_cli.data.train_data import WeakTrainingSet
+    from simformer_cli.settings.augment import AugmentSettings
+    from simformer_cli.training.train_data import WeakTrainingSet
 
     settings = AugmentSettings(short_sides=(64,), max_long_side=64, crop=32)
     split = SplitArtifact(synthetic_split)
@@ -334,9 +335,9 @@ def test_a_loader_worker_gives_the_batches_of_the_main_process(synthetic_split: 
     # empty cache, preloads the subset itself and sends whole batches back.
     from torch.utils.data import DataLoader
 
-    from simformer_cli.data.augment import AugmentSettings
+    from simformer_cli.settings.augment import AugmentSettings
     from simformer_cli.data.pairs import PartnerSampler
-    from simformer_cli.data.train_data import StepBatchSampler, StepPlan, WeakTrainingSet, collate
+    from simformer_cli.training.train_data import StepBatchSampler, StepPlan, WeakTrainingSet, collate
 
     split = SplitArtifact(synthetic_split)
     partners = PartnerSampler(split.image_labels("train"), split.manifest.novel_classes, split.manifest.base_classes)

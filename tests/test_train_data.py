@@ -9,9 +9,10 @@ import cv2
 import numpy as np
 import torch
 
-from simformer_cli.data.augment import augment, tiny_augment
+from simformer_cli.data.augment import augment
+from simformer_cli.settings.augment import tiny_augment
 from simformer_cli.data.pairs import PartnerSampler
-from simformer_cli.data.train_data import StepBatchSampler, StepPlan, TrainBatch
+from simformer_cli.training.train_data import StepBatchSampler, StepPlan, TrainBatch
 from simformer_cli.model.targets import targets_from_label_map
 
 # Classes 0-3 base, 4-6 novel. Rows: images.

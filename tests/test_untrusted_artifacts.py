@@ -25,7 +25,7 @@ import pytest
 
 from simformer_cli.artifacts.digest import manifest_digest
 
-from conftest import make_folder_dataset
+from conftest import make_folder_dataset, OnTrainingStep
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -134,7 +134,7 @@ def test_a_pickle_checkpoint_is_never_unpickled_on_resume(cli, shared, tmp_path:
             raise Stop
 
     with pytest.raises(Stop):
-        run_train(split=shared["split"], out=out, iters=3, batch_size=2, checkpoint_every=1, device="cpu", on_step=stop)
+        run_train(split=shared["split"], out=out, iters=3, batch_size=2, checkpoint_every=1, device="cpu", reporter=OnTrainingStep(stop))
     checkpoints = sorted((tmp_path / ".m.zarr.partial" / "checkpoints").glob("step-*"))
     assert checkpoints
     marker = tmp_path / "marker"
@@ -166,9 +166,9 @@ def test_good_backbone_weights_still_train(cli, shared, tmp_path: Path) -> None:
     """The early check of --backbone-weights accepts what training accepts."""
     import torch
 
-    from simformer_cli.data.split_store import SplitArtifact
+    from simformer_cli.artifacts.split import SplitArtifact
     from simformer_cli.model import build_model
-    from simformer_cli.pipeline.train import resolve_settings
+    from simformer_cli.training.resolve import resolve_settings
 
     settings = resolve_settings(SplitArtifact(shared["split"]), preset="tiny", method="simformer", iters=1,
                                 batch_size=2, seed=None, lr=None)

@@ -8,7 +8,10 @@ half-understood.
 
 from __future__ import annotations
 
+import socket
+import sys
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,6 +33,10 @@ class ArtifactRef(Frozen):
     path: str
     kind: ArtifactKind
     digest: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+
+    @classmethod
+    def of(cls, path: Path | str, manifest: ManifestBase, digest: str) -> ArtifactRef:
+        return cls(path=str(Path(path).absolute()), kind=manifest.kind, digest=digest)
 
 
 class DatasetFingerprint(Frozen):
@@ -60,6 +67,11 @@ class Provenance(Frozen):
     dataset_root: str | None = None
     host: str | None = None
 
+    @classmethod
+    def of_this_run(cls, dataset_root: str | None = None) -> Provenance:
+        """This process's command line and host."""
+        return cls(command=list(sys.argv), dataset_root=dataset_root, host=socket.gethostname())
+
 
 def utc_now() -> datetime:
     return datetime.now(timezone.utc).replace(microsecond=0)
@@ -79,3 +91,8 @@ class ManifestBase(Frozen):
         description="Every file the artifact stores ('/'-separated path inside it, manifest.json aside) with its "
                     "size in bytes, listed when it was committed; opening the artifact checks each one.")
     provenance: Provenance = Field(default_factory=Provenance)
+
+    def made_from(self, digest: str, role: str = "split") -> bool:
+        """Whether this artifact was made from the artifact with that digest, as its input ``role``."""
+        ref = self.inputs.artifacts.get(role)
+        return ref is not None and ref.digest == digest

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 
-from simformer_cli.artifacts.metrics_manifest import MetricsManifest
-from simformer_cli.artifacts.model_manifest import ModelManifest
-from simformer_cli.artifacts.predictions_manifest import PredictionsManifest
-from simformer_cli.artifacts.pseudolabels_manifest import PseudoLabelsManifest
-from simformer_cli.artifacts.split_manifest import SplitManifest
+from simformer_cli.artifacts.metrics import MetricsManifest
+from simformer_cli.artifacts.model import ModelManifest
+from simformer_cli.artifacts.predictions import PredictionsManifest
+from simformer_cli.artifacts.pseudolabels import PseudoLabelsManifest
+from simformer_cli.artifacts.split import SplitManifest
 
 MANIFEST_MODELS = {"split": SplitManifest, "model": ModelManifest, "predictions": PredictionsManifest,
-                   "pseudolabels": PseudoLabelsManifest,
-                   "metrics": MetricsManifest}
+                   "pseudolabels": PseudoLabelsManifest, "metrics": MetricsManifest}
 
 
 def schema_files() -> dict[str, str]:

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import zarr
 from pydantic import ValidationError
 
-from simformer_cli.artifacts.digest import canonical_json, manifest_digest
+from simformer_cli.artifacts.digest import canonical_json, manifest_digest, sha256_of
 from simformer_cli.artifacts.inventory import (
     MANIFEST_FILE,
     PLAN_ATTRIBUTE,
@@ -44,6 +44,7 @@ from simformer_cli.artifacts.manifest import Inputs, ManifestBase
 from simformer_cli.errors import ArtifactError, UserError
 
 M = TypeVar("M", bound=ManifestBase)
+RESUME_KEY_FILE = ".resume-key"
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -164,6 +165,18 @@ def check_output_path(out: Path, kind: str | None = None, inputs: Inputs | None 
                             "that kind. Choose another --out or remove it yourself")
 
 
+def partial_dir(out: Path) -> Path:
+    """Where a resumable writer of ``out`` builds it, and leaves its pieces when interrupted."""
+    out = _real_target(out)
+    return out.parent / f".{out.name}.partial"
+
+
+def pending_resume_key(out: Path) -> str | None:
+    """The plan key (:func:`plan_key`) of the interrupted run that left pieces for ``out``, if any."""
+    key_file = partial_dir(out) / RESUME_KEY_FILE
+    return key_file.read_text() if key_file.is_file() else None
+
+
 @contextlib.contextmanager
 def staged_artifact(out: Path, *, kind: str, inputs: Inputs | None = None,
                     resume_key: str | None = None) -> Iterator[Path]:
@@ -191,10 +204,10 @@ def staged_artifact(out: Path, *, kind: str, inputs: Inputs | None = None,
             staging = out.parent / f".{out.name}.staging-{os.getpid()}"
             shutil.rmtree(staging, ignore_errors=True)
         else:
-            staging = out.parent / f".{out.name}.partial"
+            staging = partial_dir(out)
         try:
             if resume_key is not None:
-                key_file = staging / ".resume-key"
+                key_file = staging / RESUME_KEY_FILE
                 if staging.exists() and (not key_file.is_file() or key_file.read_text() != resume_key):
                     shutil.rmtree(staging)
                 staging.mkdir(exist_ok=True)
@@ -225,7 +238,7 @@ def publish(staging: Path, out: Path, manifest: M) -> tuple[M, str]:
     out = _real_target(out)
     if not (staging / "zarr.json").is_file():  # every artifact is a zarr group, arrays or not
         zarr.create_group(store=str(staging), zarr_format=3)
-    (staging / ".resume-key").unlink(missing_ok=True)
+    (staging / RESUME_KEY_FILE).unlink(missing_ok=True)
     zarr.open_group(store=str(staging), mode="r+", zarr_format=3).attrs[PLAN_ATTRIBUTE] = plan_stamp(
         manifest.model_dump(mode="json"))
     manifest = manifest.model_copy(update={"files": take_inventory(staging)})
@@ -362,8 +375,6 @@ def open_artifact(path: Path, model: type[M]) -> tuple[M, str, zarr.Group]:
 
 def plan_key(inputs: Any, params: Any) -> str:
     """Digest of what a run will use: keys resumable staging folders to one plan."""
-    from simformer_cli.artifacts.digest import sha256_of
-
     return sha256_of(canonical_json({"inputs": inputs.model_dump(mode="json"), "params": params.model_dump(mode="json")}))
 
 

@@ -21,9 +21,9 @@ from torch import Tensor, nn
 
 from simformer_cli.cam.affinity import half_disk_offsets, pair_distance, shifted
 from simformer_cli.cam.network import AFFINITY_STRIDE, CAM_STRIDE, CamNet
-from simformer_cli.cam.settings import CamSettings
 from simformer_cli.model.maskformer import normalize_images
 from simformer_cli.model.targets import NOT_BASE, ImageTargets
+from simformer_cli.settings.cam import CamSettings
 
 #: -log(1 - a) is capped here, so a negative pair at distance 0 has a finite loss and gradient.
 MIN_SEPARATION = 1e-5

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from simformer_cli.cam.settings import CamSettings
 from simformer_cli.model.backbone import LEVELS, ResNet, TinyBackbone, build_backbone
-from simformer_cli.model.settings import ModelSettings
+from simformer_cli.settings.cam import CamSettings
+from simformer_cli.settings.model import ModelSettings
 
 CAM_STRIDE = 16
 AFFINITY_STRIDE = 4

@@ -7,7 +7,7 @@ plain (scale 1, unmirrored) view refines them on the stride-4 grid; each is divi
 again, so ``min_score`` reads "a share of the class's peak" (with the default 0 a pixel where every
 candidate scores 0 takes the lowest-numbered one: it is ignored in the weak label of an image
 with novel classes, so most likely novel). Every other class scores -1, so the
-shared :class:`~simformer_cli.pipeline.pseudolabel.PseudoLabelRule` (argmax, image-level novel
+shared :class:`~simformer_cli.inference.pseudolabel.PseudoLabelRule` (argmax, image-level novel
 classes only, base ground truth on top) picks among the image's novel classes only, and an image
 without novel classes keeps its weak label.
 """
@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from simformer_cli.artifacts.split import SplitArtifact
 from simformer_cli.cam.affinity import random_walk, transition
 from simformer_cli.cam.network import AFFINITY_STRIDE, CAM_STRIDE, CamNet
-from simformer_cli.cam.settings import CamSettings
-from simformer_cli.data.split_store import SplitArtifact
-from simformer_cli.inference.predict import SIZE_DIVISOR, TestTimeSettings, _view_size
-from simformer_cli.model.maskformer import normalize_images
-from simformer_cli.training.devices import Runtime
+from simformer_cli.devices import Runtime
+from simformer_cli.model.maskformer import SIZE_DIVISOR, normalize_images
+from simformer_cli.settings.cam import CamSettings
+from simformer_cli.settings.test_time import TestTimeSettings
 
 NOT_A_CANDIDATE = -1.0
 
@@ -58,8 +58,7 @@ class CamScorer:
     def _view(self, image: Tensor, scale: float, mirrored: bool) -> tuple[dict[str, Tensor], tuple[int, int]]:
         """The network's outputs for one view of a (1, 3, H, W) image, and the view's unpadded size."""
         height, width = image.shape[-2:]
-        settings = self.test_time
-        vh, vw = _view_size(height, width, settings.short_side * scale, int(settings.max_long_side * scale))
+        vh, vw = self.test_time.view_size(height, width, scale)
         view = F.interpolate(image, size=(vh, vw), mode="bilinear", align_corners=False)
         ph, pw = -(-vh // SIZE_DIVISOR) * SIZE_DIVISOR, -(-vw // SIZE_DIVISOR) * SIZE_DIVISOR
         view = F.pad(normalize_images(view.flip(-1) if mirrored else view), (0, pw - vw, 0, ph - vh))
@@ -91,8 +90,7 @@ class CamScorer:
         if not len(classes):
             return scores
         tensor = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None].to(self.runtime.device).float()
-        settings = self.test_time
-        vh, vw = _view_size(height, width, settings.short_side, settings.max_long_side)
+        vh, vw = self.test_time.view_size(height, width)
         cams, embedding = self._summed_cams(tensor, classes.to(tensor.device), (vh, vw))
         if embedding is None:
             embedding = self._view(tensor, 1.0, False)[0]["embedding"]

@@ -1,1 +1,2 @@
-"""Dataset readers, the synthetic generator, and the training data path."""
+"""Datasets: the readers (one per format), the synthetic generator, the table of names, the ingest
+into a split, and the image sources that prediction reads."""

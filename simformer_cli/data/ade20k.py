@@ -21,8 +21,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from simformer_cli.settings.labels import ignore_index_for
 from simformer_cli.data.class_names import ADE20K_CLASSES, ade20k_raw_lut
-from simformer_cli.data.source import PngSample, RawDataset, identity_lut, ignore_index_for
+from simformer_cli.data.source import PngSample, RawDataset, identity_lut
 from simformer_cli.errors import DataError, UserError
 
 DATASET_DIR = "ADEChallengeData2016"

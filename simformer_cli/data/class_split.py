@@ -1,4 +1,5 @@
-"""Choosing the novel classes: a seeded ratio draw, the published splits, or an explicit list.
+"""Choosing the novel classes: a seeded ratio draw, the published splits, or an explicit list
+(:func:`choose_novel` picks by the split's settings).
 
 The ratio draw is defined without any random-number library so it gives the same answer on every
 machine and every numpy version: the number of novel classes is ``round(K * N / (B + N))``
@@ -13,6 +14,9 @@ import hashlib
 import re
 from collections.abc import Sequence
 
+from simformer_cli.artifacts.split import SplitParams
+from simformer_cli.data.official_splits import official_novel_classes
+from simformer_cli.data.source import RawDataset
 from simformer_cli.errors import UserError
 
 RATIO_PATTERN = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
@@ -78,3 +82,11 @@ def resolve_class_list(spec: str, class_names: Sequence[str]) -> tuple[int, ...]
     if len(ids) >= len(class_names):
         raise UserError("--novel-classes: at least one class must stay base")
     return tuple(sorted(ids))
+
+
+def choose_novel(params: SplitParams, raw: RawDataset) -> tuple[int, ...]:
+    if params.selection == "official":
+        return official_novel_classes(params.dataset, params.official_split)  # type: ignore[arg-type]
+    if params.selection == "explicit":
+        return resolve_class_list(",".join(params.requested_novel or []), raw.class_names)
+    return draw_novel_classes(raw.num_classes, params.ratio, params.seed, raw.always_base)  # type: ignore[arg-type]

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from simformer_cli.settings.labels import ignore_index_for
 from simformer_cli.data.ade20k import pair_images_with_labels
 from simformer_cli.data.class_names import COCO_STUFF_171_CLASSES, coco_stuff_raw_lut
 from simformer_cli.data.source import (
@@ -54,7 +55,6 @@ from simformer_cli.data.source import (
     cached_json,
     decode_image_oriented,
     identity_lut,
-    ignore_index_for,
     read_bytes,
 )
 from simformer_cli.errors import DataError, UserError

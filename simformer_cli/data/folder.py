@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from simformer_cli.data.source import INVALID, PngSample, RawDataset, ignore_index_for
+from simformer_cli.settings.labels import ignore_index_for
+from simformer_cli.data.source import INVALID, PngSample, RawDataset
 from simformer_cli.errors import DataError, UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

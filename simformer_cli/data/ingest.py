@@ -9,16 +9,15 @@ so the bytes written do not depend on the number of workers.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
-from collections import Counter
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -26,9 +25,14 @@ import numpy as np
 import zarr
 from PIL import Image, UnidentifiedImageError
 
-from simformer_cli.data.source import Sample, displayed_size
-from simformer_cli.data.split_store import AUDIT_LABELS, SubsetLayout, write_shard_block
+from simformer_cli.artifacts.digest import file_digest
+from simformer_cli.artifacts.layout import SubsetLayout, plan_layout, write_shard_block
+from simformer_cli.artifacts.manifest import ArraySpec
+from simformer_cli.artifacts.split import AUDIT_LABELS, SplitSummary, SubsetSummary, create_arrays
+from simformer_cli.data.source import RawDataset, Sample, displayed_size, subsets_of
 from simformer_cli.errors import DataError
+from simformer_cli.progress import Reporter
+from simformer_cli.settings.labels import label_dtype_for
 
 Progress = Callable[[int], None]
 SCAN_BATCH = 256
@@ -38,20 +42,17 @@ def default_workers() -> int:
     return max(1, min(len(os.sched_getaffinity(0)), 8))
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
+def file_sha256(path: Path) -> str:
+    """sha256 hex digest of a dataset file; a missing or unreadable one is a :class:`DataError`."""
     try:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        return file_digest(path)
     except FileNotFoundError:
         raise DataError(path, "file is missing", "restore it or remove it from the dataset") from None
     except OSError as exc:
         raise DataError(path, f"cannot be read ({exc.strerror or exc})") from None
-    return digest.hexdigest()
 
 
-def _image_size(path: Path) -> tuple[int, int]:
+def image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             width, height = displayed_size(im)  # as decode_image turns it (EXIF orientation)
@@ -70,8 +71,8 @@ def _scan_batch(
     sizes, digests = [], []
     for sample in samples:
         files = sample.files()
-        sizes.append(_image_size(root / files[0]))
-        digests.extend((rel, _file_digest(root / rel)) for rel in files if rel not in skip)
+        sizes.append(image_size(root / files[0]))
+        digests.extend((rel, file_sha256(root / rel)) for rel in files if rel not in skip)
     return sizes, digests
 
 
@@ -241,7 +242,7 @@ def scan(
     """
     uses = Counter(rel for sample in samples for rel in sample.files())
     shared = frozenset(rel for rel, count in uses.items() if count > 1)
-    shared_digests = [(rel, _file_digest(root / rel)) for rel in sorted(shared)]
+    shared_digests = [(rel, file_sha256(root / rel)) for rel in sorted(shared)]
     batches = [(start, tuple(samples[start : start + SCAN_BATCH])) for start in range(0, len(samples), SCAN_BATCH)]
     results: dict[int, tuple[list, list]] = {}
 
@@ -277,3 +278,60 @@ def ingest_subset(pool: WorkerPool, tasks: list[ShardTask], progress: Progress) 
 
     pool.run(_ingest_shard, tasks, done)
     return sorted(results, key=lambda r: r.start)
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """What the ingest wrote: the arrays (for the manifest) and the split's figures."""
+
+    arrays: dict[str, ArraySpec]
+    summary: SplitSummary
+
+
+def ingest(raw: RawDataset, novel: tuple[int, ...], sizes: dict[str, np.ndarray], staging: Path, pool: WorkerPool,
+           reporter: Reporter, *, keep_audit: bool) -> Ingested:
+    """Create the split's arrays in ``staging`` and fill them, one worker per shard: train labels
+    weak (novel pixels ignore), the other subsets' full, and the full train labels in the audit
+    group with ``keep_audit``."""
+    base = tuple(c for c in range(raw.num_classes) if c not in novel)
+    num_classes, ignore = raw.num_classes, raw.ignore_index
+    label_dtype = str(label_dtype_for(num_classes))
+    group = zarr.open_group(store=str(staging), mode="w", zarr_format=3)
+    arrays: dict[str, ArraySpec] = {}
+    layouts = {subset: plan_layout(subset, sizes[subset]) for subset in subsets_of(raw)}
+    for subset, layout in layouts.items():
+        specs = create_arrays(group, layout, num_classes=num_classes, label_dtype=label_dtype, ignore_index=ignore,
+                              audit=subset == "train" and keep_audit)
+        arrays.update({path: ArraySpec(shape=shape, dtype=dtype) for path, (shape, dtype) in specs.items()})
+    subset_summaries: dict[str, SubsetSummary] = {}
+    image_counts = np.zeros(num_classes, dtype=np.int64)
+    val_pixels = np.zeros(num_classes, dtype=np.int64)
+    for subset, layout in layouts.items():
+        samples = raw.subsets[subset]
+        tasks = [
+            ShardTask(staging=staging, root=raw.root, layout=layout, start=r.start,
+                      samples=tuple(samples[r.start:r.stop]), lut=raw.lut, ignore_index=ignore,
+                      num_classes=num_classes, novel_classes=novel, expected_sizes=sizes[subset][r.start:r.stop],
+                      keep_audit=keep_audit)
+            for r in layout.shard_ranges()
+        ]
+        with reporter.task(f"ingesting {subset} images", len(samples)) as advance:
+            results = ingest_subset(pool, tasks, advance)
+        image_labels = np.concatenate([r.image_labels for r in results])
+        pixel_counts = np.sum([r.pixel_counts for r in results], axis=0)
+        group[f"{subset}/sizes"][...] = sizes[subset]
+        group[f"{subset}/image_labels"][...] = image_labels
+        group[subset].attrs["names"] = [sample.name for sample in samples]
+        total = int(pixel_counts.sum())
+        subset_summaries[subset] = SubsetSummary(
+            images=len(samples), canvas=layout.canvas, pixels=total,
+            base_share=round(float(pixel_counts[list(base)].sum()) / total, 6),
+            novel_share=round(float(pixel_counts[list(novel)].sum()) / total, 6),
+            ignore_share=round(float(pixel_counts[-1]) / total, 6),
+        )
+        if subset == "train":
+            image_counts = image_labels.sum(axis=0)
+        elif subset == "val":
+            val_pixels = pixel_counts[:num_classes]
+    return Ingested(arrays, SplitSummary(subsets=subset_summaries, train_images_per_class=[int(v) for v in image_counts],
+                                         val_pixels_per_class=[int(v) for v in val_pixels]))

@@ -1,8 +1,8 @@
 """SimFormer's published base/novel class splits, verbatim.
 
 Source: the official code (``prop_former/data/datasets/ADE_20k/info.py`` and
-``prop_former/data/datasets/coco_stuff_10k/meta_files/info.py``, variables ``split{k}_novel_dids``),
-as transcribed in the project's reference notes (§2.2). Ids are contiguous training ids: 0..149 for
+``prop_former/data/datasets/coco_stuff_10k/meta_files/info.py``, variables ``split{k}_novel_dids``).
+Ids are contiguous training ids: 0..149 for
 ADE20K-150 (see :data:`~simformer_cli.data.class_names.ADE20K_CLASSES`) and 0..170 for
 COCO-Stuff-10K-171 (:data:`~simformer_cli.data.class_names.COCO_STUFF_171_CLASSES`). Base = every
 id not in the novel list.
@@ -49,7 +49,8 @@ COCO_STUFF_NOVEL: dict[int, tuple[int, ...]] = {
     **{split: tuple(sorted(COCO_STUFF_RANDP[:n])) for split, n in COCO_STUFF_RANDP_PREFIX.items()},
 }  # fmt: skip
 
-_DATASETS: dict[str, tuple[str, dict[int, tuple[int, ...]]]] = {
+#: The datasets with published splits: name -> (name as the paper writes it, split number -> novel ids).
+PUBLISHED_SPLITS: dict[str, tuple[str, dict[int, tuple[int, ...]]]] = {
     "ade20k": ("ADE20K", ADE20K_NOVEL),
     "coco-stuff-10k": ("COCO-Stuff-10K", COCO_STUFF_NOVEL),
 }
@@ -68,10 +69,10 @@ def official_split_numbers(dataset: str) -> tuple[int, ...]:
 
 def _lookup(dataset: str) -> tuple[str, dict[int, tuple[int, ...]]]:
     try:
-        return _DATASETS[_canonical(dataset)]
+        return PUBLISHED_SPLITS[_canonical(dataset)]
     except KeyError:
         raise UserError(
-            f"official class splits exist only for {' and '.join(_DATASETS)}; got dataset {dataset!r}; "
+            f"official class splits exist only for {' and '.join(PUBLISHED_SPLITS)}; got dataset {dataset!r}; "
             "use --ratio or --novel-classes for other datasets"
         ) from None
 
@@ -84,6 +85,6 @@ def official_novel_classes(dataset: str, split: int) -> tuple[int, ...]:
     """
     label, splits = _lookup(dataset)
     if isinstance(split, bool) or not isinstance(split, int) or split not in splits:
-        first, last = min(splits), max(splits)
-        raise UserError(f"{label} has official splits {first}-{last}; got {split}")
+        numbers = official_split_numbers(dataset)
+        raise UserError(f"{label} has official splits {numbers[0]}-{numbers[-1]}; got {split}")
     return splits[split]

@@ -5,7 +5,7 @@ anchor image with novel classes S (from its image-level label), a novel class n 
 (usually uniformly, with a small probability the rarest one) and the partner is drawn from the
 images whose novel classes meet S in exactly {n}: the pair then shares one novel class and no
 other, so "similar across the pair" on non-base pixels means "n". Unlike the released code, an
-anchor with a single novel class gets such a partner too (bug 4 of the method reference), and an
+anchor with a single novel class gets such a partner too (the released code gave it none), and an
 anchor without novel classes gets a partner sharing a base class. Only image-level labels are read.
 """
 

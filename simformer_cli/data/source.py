@@ -7,6 +7,8 @@ split stage can hand them to worker processes.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -15,21 +17,13 @@ from typing import Protocol
 import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
-from simformer_cli.errors import DataError
+from simformer_cli.settings.labels import ignore_index_for
+from simformer_cli.errors import DataError, UserError
 
 #: Value that marks a raw label value as invalid in a label lookup table.
 INVALID = -1
 
 Image.MAX_IMAGE_PIXELS = 20_000 * 20_000  # large aerial tiles are fine; zip bombs are not
-
-
-def ignore_index_for(num_classes: int) -> int:
-    """Ignore value of a label map: 255 while the classes fit in uint8, else 65535."""
-    return 255 if num_classes < 255 else 65535
-
-
-def label_dtype_for(num_classes: int) -> np.dtype:
-    return np.dtype(np.uint8) if num_classes < 255 else np.dtype(np.uint16)
 
 
 @dataclass(frozen=True)
@@ -262,3 +256,28 @@ def cached_json(path: str) -> object:
 
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+#: Subsets in the order they are stored: test where the dataset has one, holdout with --holdout.
+SUBSET_ORDER = ("train", "val", "test", "holdout")
+
+
+def hold_out(raw: RawDataset, count: int) -> RawDataset:
+    """Move ``count`` training images to a ``holdout`` subset (kept with full labels, for tuning):
+    those whose names have the smallest ``sha256("simformer-holdout:NAME")``, so the choice does not
+    depend on the class split, the order of files or the machine."""
+    if count == 0:
+        return raw
+    train = raw.subsets["train"]
+    if count > len(train) - 2:
+        raise UserError(f"--holdout {count}: the dataset has {len(train)} training images; "
+                        "hold out fewer, leaving at least 2 to train on")
+    ranked = sorted(train, key=lambda sample: hashlib.sha256(f"simformer-holdout:{sample.name}".encode()).digest())
+    held = {sample.name for sample in ranked[:count]}
+    subsets = dict(raw.subsets, train=tuple(s for s in train if s.name not in held),
+                   holdout=tuple(s for s in train if s.name in held))
+    return dataclasses.replace(raw, subsets=subsets)
+
+
+def subsets_of(raw: RawDataset) -> tuple[str, ...]:
+    return tuple(subset for subset in SUBSET_ORDER if subset in raw.subsets)

@@ -28,10 +28,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from simformer_cli.data.png import encode_png
 from simformer_cli.errors import UserError
+from simformer_cli.settings.synthetic import SyntheticSettings
 
 #: Bump whenever the bytes written for some settings change.
 GENERATOR_VERSION = 4  # 4: a test subset
@@ -57,49 +57,12 @@ DARK_TONE = 0.42
 TEXTURES = ("noise", "stripes", "checker", "dots", "waves", "grid")
 #: Scale factor: name and pattern period in pixels at 128x128 (larger images scale it up).
 SCALES = (("coarse", 12.0), ("fine", 5.5))
-MAX_CLASSES = len(TEXTURES) * len(COLOURS)
 PIXEL_NOISE = 6  # uniform integer noise per pixel and channel, +-
 
 #: Unit vectors at whole degrees, rounded so that libm differences in the last bit cannot leak.
 DIRECTIONS = np.array(
     [(round(math.cos(math.radians(d)), 9), round(math.sin(math.radians(d)), 9)) for d in range(360)]
 )
-
-
-class SyntheticSettings(BaseModel):
-    """What the synthetic dataset looks like. Equal settings and GENERATOR_VERSION give equal bytes."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    seed: int = Field(0, ge=0, lt=2**63)
-    num_classes: int = Field(16, ge=2, le=MAX_CLASSES)
-    train_images: int = Field(1500, ge=1, le=999_999)
-    val_images: int = Field(300, ge=1, le=999_999)
-    # Held out for reporting: its images come from their own random streams (subset 2), so they
-    # never change with the train/val counts and nothing tuned on val has seen them.
-    test_images: int = Field(300, ge=0, le=999_999)
-    image_size: int = Field(128, ge=32, le=1024)
-    min_regions: int = Field(2, ge=1, le=16)
-    max_regions: int = Field(6, ge=1, le=16)
-    unlabelled_fraction: float = Field(0.03, ge=0.0, le=0.25)
-    # Co-occurrence: class id -> the share of images that contain it. A listed class is drawn for an
-    # image by its own coin flip (and never otherwise); the other regions come from the unlisted
-    # classes as usual. Street scenes are like this: trees, cars and people in nearly every image.
-    class_presence: dict[int, float] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _regions_ordered(self) -> SyntheticSettings:
-        if self.min_regions > self.max_regions:
-            raise ValueError(f"min_regions ({self.min_regions}) exceeds max_regions ({self.max_regions})")
-        for class_id, share in self.class_presence.items():
-            if not 1 <= class_id < self.num_classes:
-                raise ValueError(f"class_presence: class {class_id} is not one of 1..{self.num_classes - 1} "
-                                 "(background is in every image)")
-            if not 0.0 <= share <= 1.0:
-                raise ValueError(f"class_presence: {share} for class {class_id} is not a share between 0 and 1")
-        if len(self.class_presence) > self.num_classes - 2:
-            raise ValueError("class_presence: leave at least one class unlisted")
-        return self
 
 
 @dataclass(frozen=True)
@@ -449,47 +412,3 @@ def _value_noise(
     top = grid[iy, ix] + tx * (grid[iy, ix + 1] - grid[iy, ix])
     bottom = grid[iy + 1, ix] + tx * (grid[iy + 1, ix + 1] - grid[iy + 1, ix])
     return top + ty * (bottom - top)
-
-
-# ---------------------------------------------------------------------------------------- preview
-
-
-def render_preview(dataset_dir: Path, out_png: Path, count: int = 6) -> None:
-    """Training images over their colour-coded labels (ignore in black), with a class legend."""
-    import cv2
-
-    dataset_dir = Path(dataset_dir)
-    names = json.loads((dataset_dir / "classes.json").read_text())["classes"]
-    files = sorted((dataset_dir / "images" / "train").glob("*.png"))[:count]
-    if not files:
-        raise UserError(f"{dataset_dir}: no training images to preview")
-    hues = np.array([[[(k * 0.618034 % 1.0) * 180, 200, 235] for k in range(len(names))]], dtype=np.uint8)
-    palette = np.zeros((256, 3), dtype=np.uint8)
-    palette[: len(names)] = cv2.cvtColor(hues, cv2.COLOR_HSV2BGR)[0]
-    palette[0] = (96, 96, 96)
-    tile, gap = 128, 4
-    images, labels = [], []
-    for path in files:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        label = cv2.imread(str(dataset_dir / "labels" / "train" / path.name), cv2.IMREAD_UNCHANGED)
-        if image is None or label is None:
-            raise UserError(f"{path}: image or its label cannot be read; regenerate the dataset")
-        images.append(cv2.resize(image, (tile, tile), interpolation=cv2.INTER_NEAREST))
-        labels.append(cv2.resize(palette[label], (tile, tile), interpolation=cv2.INTER_NEAREST))
-    width = len(files) * (tile + gap) + gap
-    columns = max(1, width // 190)
-    legend_rows = -(-len(names) // columns)
-    canvas = np.full((2 * tile + 3 * gap + legend_rows * 16 + gap, width, 3), 255, dtype=np.uint8)
-    for i, (image, label) in enumerate(zip(images, labels)):
-        x = gap + i * (tile + gap)
-        canvas[gap : gap + tile, x : x + tile] = image
-        canvas[2 * gap + tile : 2 * gap + 2 * tile, x : x + tile] = label
-    for k, name in enumerate(names):
-        x = gap + (k % columns) * 190
-        y = 3 * gap + 2 * tile + (k // columns) * 16
-        cv2.rectangle(canvas, (x, y + 2), (x + 11, y + 13), tuple(int(c) for c in palette[k]), -1)
-        cv2.putText(canvas, f"{k} {name}", (x + 16, y + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out_png), canvas):
-        raise UserError(f"{out_png}: cannot write the preview image")

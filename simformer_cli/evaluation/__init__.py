@@ -1,14 +1,8 @@
 """Evaluation: streaming confusion matrix, mIoU report in both conventions, pictures."""
 
+from simformer_cli.artifacts.metrics import ClassResult, EvalReport
 from simformer_cli.evaluation.confusion import ConfusionMatrix
-from simformer_cli.evaluation.metrics import (
-    REPORT_COLUMNS,
-    ClassResult,
-    EvalReport,
-    compute_report,
-    format_report_rows,
-    summary_line,
-)
+from simformer_cli.evaluation.metrics import REPORT_COLUMNS, compute_report, format_report_rows, summary_line
 from simformer_cli.evaluation.visualize import (
     colorize,
     encode_png,

@@ -48,75 +48,17 @@ A table without any labelled pixel has nothing to evaluate and is refused with `
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
+from simformer_cli.artifacts.metrics import ClassResult, EvalReport, NovelConfusion, NovelDiagnostics
 from simformer_cli.evaluation.confusion import ConfusionMatrix
-
-Percent = Annotated[float, Field(ge=0.0, le=100.0)]
-Count = Annotated[int, Field(ge=0)]
 
 # Above this share of ignored ground-truth pixels the figures describe a small, possibly
 # unrepresentative part of the images (e.g. background mapped to ignore).
 IGNORED_SHARE_WARNING = 0.5
 DECIMALS = 4
 REPORT_COLUMNS = ("id", "class", "role", "IoU", "acc", "GT pixels", "pred pixels")
-
-
-class ClassResult(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    id: Count
-    name: str
-    iou: Percent | None
-    acc: Percent | None
-    gt_pixels: Count
-    pred_pixels: Count
-    split_role: Literal["base", "novel"]
-
-
-class NovelConfusion(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str
-    gt_pixels: Count
-    as_novel: dict[str, Percent]
-    as_base: Percent
-    as_nothing: Percent
-
-
-class NovelDiagnostics(BaseModel):
-    """Finding the novel classes (their union) apart from naming them (see the module docstring)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    union_iou: Percent
-    renamed_miou: Percent
-    renaming: dict[str, str]
-    confusion: list[NovelConfusion]
-
-
-class EvalReport(BaseModel):
-    """The eval stage's report; field names are fixed by the CLI contract."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    miou: Percent
-    base_miou: Percent | None
-    novel_miou: Percent | None
-    hiou: Percent | None
-    miou_present_only: Percent
-    pixel_accuracy: Percent
-    mean_accuracy: Percent
-    fwiou: Percent
-    per_class: list[ClassResult]
-    num_images: Count
-    evaluated_classes: Count
-    ignored_pixels: Count
-    warnings: list[str]
-    novel: NovelDiagnostics | None = None
 
 
 def _percent(value: float) -> float:

@@ -14,7 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from simformer_cli.evaluation.metrics import EvalReport, summary_line
+from simformer_cli.artifacts.metrics import EvalReport
+from simformer_cli.evaluation.metrics import summary_line
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 FONT_SCALE = 0.5

@@ -1,1 +1,2 @@
-"""Running a trained model on images: test-time resizing, multi-scale + flip, sharded writing."""
+"""Running a trained model on images: test-time views (scales, flip), sharded resumable writing of
+label maps, and the pseudo-label rule."""

@@ -1,4 +1,4 @@
-"""Per-image semantic scores at the image's original resolution (method reference section 3).
+"""Per-image semantic scores at the image's original resolution.
 
 Each view resizes the image so its short side is ``short_side x scale`` (long side capped), pads
 to a multiple of 32, runs the network, turns query outputs into class scores
@@ -9,35 +9,14 @@ and resizes to the original size. Views (scales, and mirrored copies with ``flip
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 
-from simformer_cli.model import MaskFormer, normalize_images, semantic_scores
-
-SIZE_DIVISOR = 32
-#: Test-time scale factors: at most this many, each at most MAX_SCALE (the ADE20K recipe's largest
-#: is 1.875). A view's memory grows with the square of its scale; 40 would need 1600 times more.
-MAX_SCALES = 16
-MAX_SCALE = 4.0
-
-
-class TestTimeSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    short_side: int = Field(ge=16, le=16384)
-    max_long_side: int = Field(ge=16, le=16384)
-    scales: tuple[Annotated[float, Field(gt=0, le=MAX_SCALE)], ...] = Field((1.0,), min_length=1, max_length=MAX_SCALES)
-    flip: bool = False
-
-
-def _view_size(height: int, width: int, short: float, max_long: int) -> tuple[int, int]:
-    scale = min(short / min(height, width), max_long / max(height, width))
-    return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
-
+from simformer_cli.devices import Runtime
+from simformer_cli.model import SIZE_DIVISOR, MaskFormer, normalize_images, semantic_scores
+from simformer_cli.settings.test_time import TestTimeSettings
 
 @torch.no_grad()
 def predict_scores(
@@ -52,7 +31,7 @@ def predict_scores(
         total = None
         views = 0
         for scale in settings.scales:
-            vh, vw = _view_size(height, width, settings.short_side * scale, int(settings.max_long_side * scale))
+            vh, vw = settings.view_size(height, width, scale)
             resized = F.interpolate(tensor, size=(vh, vw), mode="bilinear", align_corners=False)
             ph, pw = -(-vh // SIZE_DIVISOR) * SIZE_DIVISOR, -(-vw // SIZE_DIVISOR) * SIZE_DIVISOR
             views_in = [resized, resized.flip(-1)] if settings.flip else [resized]
@@ -68,3 +47,13 @@ def predict_scores(
             views += 2 if settings.flip else 1
         results.append((total / views).float())
     return results
+
+
+class MaskFormerScorer:
+    """``scorer(index, image)`` -> (K, H, W) float32 semantic scores of a MaskFormer under ``test_time``."""
+
+    def __init__(self, model: MaskFormer, test_time: TestTimeSettings, runtime: Runtime) -> None:
+        self.model, self.test_time, self.runtime = model, test_time, runtime
+
+    def __call__(self, index: int, image: np.ndarray) -> torch.Tensor:
+        return predict_scores(self.model, [image], self.test_time, self.runtime.device, self.runtime.autocast_dtype)[0]

@@ -1,7 +1,7 @@
 """Running a model over many images into a label-map artifact, shard by shard, resumably.
 
 Shared by ``infer`` (label = argmax of the scores) and ``pseudolabel`` (label = the pseudo-label
-rule); scores are the MaskFormer's, or those of a job's own scorer (the CAM baseline's). Each
+rule); scores come from the job's scorer (a MaskFormer's, or the CAM baseline's). Each
 finished shard leaves a marker in the hidden ``.NAME.partial`` folder, so an interrupted run
 continues with the first unfinished shard; under torchrun every process takes every n-th shard and
 writes whole shards only; rank 0 writes the manifest last.
@@ -19,16 +19,13 @@ import numpy as np
 import torch
 import zarr
 
+from simformer_cli.artifacts.layout import SubsetLayout, plan_layout, write_shard_block
 from simformer_cli.artifacts.manifest import ArraySpec, Frozen, Inputs, ManifestBase
+from simformer_cli.artifacts.predictions import SCORE_STRIDE, open_or_create_arrays
 from simformer_cli.artifacts.store import plan_key, publish, read_manifest, staged_artifact
-from simformer_cli.cam.network import CamNet
-from simformer_cli.data.split_store import SubsetLayout, plan_layout, write_shard_block
-from simformer_cli.inference import predict
-from simformer_cli.inference.predict import TestTimeSettings
-from simformer_cli.inference.store import SCORE_STRIDE, open_or_create_arrays
-from simformer_cli.model import MaskFormer
+from simformer_cli.devices import Runtime, broadcast_object
 from simformer_cli.progress import Reporter
-from simformer_cli.training.devices import Runtime, broadcast_object
+from simformer_cli.settings.labels import label_dtype_for
 
 DONE_DIR = ".done"
 M = TypeVar("M", bound=ManifestBase)
@@ -45,24 +42,16 @@ class ImageSource(Protocol):
 
 @dataclass(frozen=True)
 class PredictionJob:
-    network: MaskFormer | CamNet
     source: ImageSource
-    test_time: TestTimeSettings
+    scorer: ImageScorer  # a MaskFormer's semantic scores (``predict.MaskFormerScorer``), or the CAM baseline's
     num_classes: int
     ignore_index: int
     label_rule: LabelRule
     save_scores: bool = False
-    scorer: ImageScorer | None = None  # None: the MaskFormer's semantic scores under ``test_time``
-
-    def scores(self, index: int, runtime: Runtime) -> torch.Tensor:
-        image = self.source.image(index)
-        if self.scorer is not None:
-            return self.scorer(index, image)
-        return predict.predict_scores(self.network, [image], self.test_time, runtime.device, runtime.autocast_dtype)[0]
 
     @property
     def label_dtype(self) -> str:
-        return "uint8" if self.num_classes < 255 else "uint16"
+        return str(label_dtype_for(self.num_classes))
 
 
 def argmax_rule(index: int, scores: torch.Tensor) -> np.ndarray:
@@ -125,7 +114,7 @@ def _predict_shards(job: PredictionJob, layout: SubsetLayout, staging: Path, run
         for shard in todo:
             labels, scores = [], []
             for index in shard:
-                score = job.scores(index, runtime)
+                score = job.scorer(index, job.source.image(index))
                 labels.append(job.label_rule(index, score).astype(job.label_dtype))
                 if scores_array is not None:
                     small = torch.nn.functional.avg_pool2d(score[None], SCORE_STRIDE, ceil_mode=True)[0]

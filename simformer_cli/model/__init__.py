@@ -3,24 +3,20 @@ predictor, matcher and criterion (with the similarity net). Pure PyTorch; runs o
 
 from simformer_cli.model.backbone import BackboneWeightsError, load_backbone_weights
 from simformer_cli.model.criterion import SetCriterion, build_criterion, total_loss
-from simformer_cli.model.maskformer import MaskFormer, build_model, normalize_images, semantic_scores
-from simformer_cli.model.settings import LossSettings, ModelSettings, paper_model_settings, tiny_model_settings
+from simformer_cli.model.maskformer import SIZE_DIVISOR, MaskFormer, build_model, normalize_images, semantic_scores
 from simformer_cli.model.targets import ImageTargets, targets_from_label_map
 
 __all__ = [
     "BackboneWeightsError",
     "ImageTargets",
-    "LossSettings",
     "MaskFormer",
-    "ModelSettings",
+    "SIZE_DIVISOR",
     "SetCriterion",
     "build_criterion",
     "build_model",
     "load_backbone_weights",
     "normalize_images",
-    "paper_model_settings",
     "semantic_scores",
     "targets_from_label_map",
-    "tiny_model_settings",
     "total_loss",
 ]

@@ -1,4 +1,4 @@
-"""The SimFormer training objective (method reference section 4.7).
+"""The SimFormer training objective: the MaskFormer set losses plus the weak-shot terms.
 
 For the last decoder layer and, with deep supervision, every earlier one ("_aux{i}" suffix):
 - "loss_ce":    CE over K+1 classes for all queries (matched -> target class, base or novel;
@@ -26,7 +26,7 @@ from simformer_cli.model.losses import complementary_terms, dice_loss, sigmoid_f
 from simformer_cli.model.matcher import HungarianMatcher, small_target_masks
 from simformer_cli.model.pair_losses import PairLosses
 from simformer_cli.model.points import point_sample, shared_uncertain_points
-from simformer_cli.model.settings import LossSettings, ModelSettings
+from simformer_cli.settings.model import LossSettings, ModelSettings
 from simformer_cli.model.targets import ImageTargets
 
 

@@ -1,4 +1,4 @@
-"""Pure loss functions of the SimFormer objective (method reference sections 4.3-4.6).
+"""Pure loss functions of the SimFormer objective: focal, dice, complementary, similarity, distillation.
 
 No state, no randomness, no matching: each takes tensors and returns a loss, so each can be
 checked against hand-computed values.
@@ -37,36 +37,14 @@ def dice_loss(logits: Tensor, targets: Tensor) -> Tensor:
     return 1 - (numerator + 1) / (denominator + 1)
 
 
-def complementary_loss(
-    novel_mask_logits: Tensor,
-    non_base: Tensor,
-    *,
-    floor_logit: float,
-    focal_weight: float,
-    dice_weight: float,
-    alpha: float = 0.25,
-    gamma: float = 2.0,
-) -> Tensor:
-    """The union of the novel-matched masks must cover exactly the non-base, non-padding region.
-
-    novel_mask_logits (N, H, W): logits of the queries matched to maskless targets of one image
-    (N may be 0); non_base (H, W), 1 where not base and not padding (bool or float; a float map
-    may be soft, e.g. read between pixels). Any spatial shape works, (N, P) and (P,) included.
-    The union is the pixel-wise max of the logits and of a constant floor (sigmoid(-2.9444) = 0.05): on base pixels the loss stops
-    pushing once every novel mask is below the floor, so novel masks are not driven to -inf there.
-    Returns focal_weight * focal + dice_weight * dice, a scalar.
-    """
-    floor = torch.full(non_base.shape, floor_logit, dtype=novel_mask_logits.dtype, device=non_base.device)
-    union = torch.cat((novel_mask_logits, floor[None])).amax(dim=0)
-    return complementary_terms(union.flatten()[None], non_base.flatten()[None].to(union.dtype),
-                               focal_weight=focal_weight, dice_weight=dice_weight, alpha=alpha, gamma=gamma)[0]
-
-
 def complementary_terms(
     union_logits: Tensor, non_base: Tensor, *, focal_weight: float, dice_weight: float,
     alpha: float = 0.25, gamma: float = 2.0,
 ) -> Tensor:
-    """The complementary loss of unions already taken (with the floor): (G, P), (G, P) -> (G,),
+    """The complementary loss: the union of the novel-matched masks must cover exactly the
+    non-base, non-padding region. For unions already taken (the pixel-wise max of the novel masks'
+    logits and of a floor, sigmoid(-2.9444) = 0.05, so that on base pixels the loss stops pushing
+    once every novel mask is below it): (G, P) logits, (G, P) non-base maps -> (G,),
     focal_weight * focal + dice_weight * dice of each row."""
     focal = sigmoid_focal_loss(union_logits, non_base, alpha, gamma)
     return focal_weight * focal + dice_weight * dice_loss(union_logits, non_base)

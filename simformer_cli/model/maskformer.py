@@ -7,12 +7,14 @@ from torch import Tensor, nn
 
 from simformer_cli.model.backbone import ResNet, TinyBackbone, build_backbone
 from simformer_cli.model.pixel_decoder import BasePixelDecoder
-from simformer_cli.model.settings import ModelSettings
 from simformer_cli.model.transformer_decoder import TransformerPredictor
+from simformer_cli.settings.model import ModelSettings
 
 #: ImageNet statistics of 0-255 RGB images, as used by torchvision and detectron2 R-50 weights.
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
+#: Input sides are padded to a multiple of this: the backbone's coarsest stride.
+SIZE_DIVISOR = 32
 
 
 def normalize_images(images: Tensor) -> Tensor:

@@ -1,12 +1,13 @@
-"""Hungarian matching of queries to targets (method reference section 4.1, with bug 2 fixed).
+"""Hungarian matching of queries to targets, every decoder layer of a batch at once.
 
 Cost of query q for target j:
 - target with a mask:    -w_cls * p_q[c_j] + w_focal * FocalCost(m_q, M_j) + w_dice * DiceCost(m_q, M_j)
 - target without a mask: -w_cls * p_q[c_j]   (novel classes: only the class is known)
 
 Masks are compared at prediction resolution (stride 4) with the ground truth nearest-downsampled.
-Which targets have a mask comes from the ``has_mask`` flag, and the cost matrix keeps the targets
-in their original order, so the returned target indices are always the caller's indices.
+Which targets have a mask comes from the ``has_mask`` flag (the released code keyed it on an empty
+mask, so a base region lost to downsampling lost its mask cost), and the cost matrix keeps the
+targets in their original order, so the returned target indices are always the caller's indices.
 """
 
 from __future__ import annotations
@@ -69,35 +70,6 @@ class HungarianMatcher:
         self.focal_gamma = focal_gamma
 
     @torch.no_grad()
-    def cost_matrix(self, class_logits: Tensor, mask_logits: Tensor, target: ImageTargets) -> Tensor:
-        """class_logits (Q, K+1), mask_logits (Q, h, w) -> cost (Q, T) in the targets' order."""
-        return self.cost_matrices(class_logits[None], mask_logits[None], [target])[0]
-
-    @torch.no_grad()
-    def cost_matrices(
-        self, pred_logits: Tensor, pred_masks: Tensor, targets: Sequence[ImageTargets],
-        small_masks: Tensor | None = None,
-    ) -> list[Tensor]:
-        """Every image's cost (Q, T_b) for pred_logits (B, Q, K+1) and pred_masks (B, Q, h, w)."""
-        return self.layer_cost_matrices(pred_logits[None], pred_masks[None], targets, small_masks)[0]
-
-    @torch.no_grad()
-    def layer_cost_matrices(
-        self, pred_logits: Tensor, pred_masks: Tensor, targets: Sequence[ImageTargets],
-        small_masks: Tensor | None = None,
-    ) -> list[list[Tensor]]:
-        """Per decoder layer, every image's cost (Q, T_b), for pred_logits (L, B, Q, K+1) and
-        pred_masks (L, B, Q, h, w). Computed batch-wide: the mask costs of all layers' queries
-        against all masked targets of the batch are two matrix products, then cut per image.
-
-        ``small_masks`` (the masked targets at prediction resolution, see :func:`small_target_masks`)
-        can be passed in when the caller has them already.
-        """
-        table, sizes = self.cost_table(pred_logits, pred_masks, targets, small_masks)
-        per_image = [cost.split(sizes, dim=1) for cost in table]
-        return [list(layer) for layer in per_image]
-
-    @torch.no_grad()
     def cost_table(
         self, pred_logits: Tensor, pred_masks: Tensor, targets: Sequence[ImageTargets],
         small_masks: Tensor | None = None,
@@ -135,25 +107,15 @@ class HungarianMatcher:
         return table, sizes
 
     @torch.no_grad()
-    def __call__(
-        self, pred_logits: Tensor, pred_masks: Tensor, targets: Sequence[ImageTargets],
-        small_masks: Tensor | None = None,
-    ) -> list[tuple[Tensor, Tensor]]:
-        """pred_logits (B, Q, K+1), pred_masks (B, Q, h, w) -> per image (query_idx, target_idx).
-
-        Both index tensors are int64 of length min(Q, T) on the predictions' device, sorted by
-        query; target_idx indexes the image's targets in their original order.
-        """
-        return self.match_layers(pred_logits[None], pred_masks[None], targets, small_masks)[0]
-
-    @torch.no_grad()
     def match_layers(
         self, pred_logits: Tensor, pred_masks: Tensor, targets: Sequence[ImageTargets],
         small_masks: Tensor | None = None,
     ) -> list[list[tuple[Tensor, Tensor]]]:
-        """As :meth:`__call__` for every decoder layer at once: pred_logits (L, B, Q, K+1),
-        pred_masks (L, B, Q, h, w) -> per layer, per image (query_idx, target_idx). Each layer is
-        matched on its own; they only share the cost computation and one device-to-host copy."""
+        """pred_logits (L, B, Q, K+1), pred_masks (L, B, Q, h, w) of every decoder layer -> per
+        layer, per image (query_idx, target_idx): int64 index tensors of length min(Q, T) on the
+        predictions' device, sorted by query; target_idx indexes the image's targets in their
+        original order. Each layer is matched on its own; they only share the cost computation
+        (:meth:`cost_table`) and one device-to-host copy."""
         table, sizes = self.cost_table(pred_logits, pred_masks, targets, small_masks)
         flat = table.cpu().numpy()  # one device->host copy
         matches = []

@@ -1,4 +1,4 @@
-"""Pixel-pixel similarity transfer on image pairs (method reference sections 4.5 and 4.6).
+"""Pixel-pixel similarity transfer on image pairs: the similarity net and its distillation.
 
 The batch holds consecutive pairs [a0, b0, a1, b1, ...]. For each pair:
 - base loss: 100 points per image (80 on a base class both images show, 20 elsewhere outside
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from simformer_cli.model.losses import balanced_binary_cross_entropy, distillation_loss
-from simformer_cli.model.settings import LossSettings
+from simformer_cli.settings.model import LossSettings
 from simformer_cli.model.simnet import PairSimilarityNet
 from simformer_cli.model.targets import ImageTargets, nearest_downsample
 
@@ -195,7 +195,7 @@ class PairLosses(nn.Module):
         # Unit novel-class score vectors sum_q softmax(z_q)[novel] * sigmoid(m_q) at the points.
         class_probs = pred_logits[images].softmax(-1)[:, :, self.novel_classes]  # (D, Q, N_novel)
         scores = F.normalize(_gather_points(pred_masks[images], points).sigmoid() @ class_probs, dim=2)  # (D, n, N_novel)
-        # Released code: the student compares two points of the same image (bug 1).
+        # intra_image_released: the released code's student, two points of the same image.
         other = scores[partner] if self.settings.distill_pairs == "cross_image" else scores
         students = F.relu(scores @ other.transpose(1, 2)).flatten()
         at_points = _gather_points(features[images], points)

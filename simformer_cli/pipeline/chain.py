@@ -12,12 +12,9 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
-from simformer_cli.artifacts.split_manifest import DatasetName
-from simformer_cli.data.synthetic import SyntheticSettings
+from simformer_cli.artifacts.metrics import EvalReport
 from simformer_cli.errors import UserError
-from simformer_cli.evaluation import EvalReport
 from simformer_cli.pipeline.evaluate import run_eval
 from simformer_cli.pipeline.infer import run_infer
 from simformer_cli.pipeline.pseudolabel import run_pseudolabel
@@ -25,8 +22,9 @@ from simformer_cli.pipeline.retrain import run_retrain
 from simformer_cli.pipeline.split import run_split
 from simformer_cli.pipeline.train import run_train
 from simformer_cli.progress import Reporter, SilentReporter
-from simformer_cli.training.devices import DeviceChoice
-from simformer_cli.training.settings import MAX_BATCH_SIZE, MAX_ITERS, PresetName, batch_problem
+from simformer_cli.settings.choices import Among, DeviceChoice, RetrainStart
+from simformer_cli.settings.synthetic import SyntheticSettings
+from simformer_cli.settings.training import MAX_BATCH_SIZE, MAX_ITERS, PresetName, batch_problem
 
 
 def check_training_options(*, iters: int | None, retrain_iters: int | None, batch_size: int | None) -> None:
@@ -59,7 +57,7 @@ class PipelineResult:
 def run_pipeline(
     *,
     workdir: Path,
-    dataset: DatasetName = "synthetic",
+    dataset: str = "synthetic",
     root: Path | None = None,
     ratio: str | None = None,
     seed: int | None = None,
@@ -73,8 +71,8 @@ def run_pipeline(
     checkpoint_every: int = 50,
     pseudo_scales: tuple[float, ...] = (1.0,),
     pseudo_flip: bool = False,
-    pseudo_among: str = "all",
-    retrain_from: Literal["one-stage", "scratch"] = "one-stage",
+    pseudo_among: Among = "all",
+    retrain_from: RetrainStart = "one-stage",
     device: DeviceChoice = "auto",
     workers: int | None = None,
     reporter: Reporter | None = None,
@@ -107,7 +105,7 @@ def run_pipeline(
                              flip=pseudo_flip, among=pseudo_among, device=device, reporter=reporter)
     say("retrain (base ground truth + novel pseudo labels)")
     # From the one-stage weights by default: within the same budget it ends far above retraining
-    # from the preset's initialisation (BENCHMARKS.md, "Quality"); "scratch" is the paper's route.
+    # from the preset's initialisation (BENCHMARKS.md); "scratch" is the paper's route.
     retrained_model = run_retrain(split=split, pseudolabels=pseudo.path, out=workdir / "model-retrained.zarr",
                                   init_from=model if retrain_from == "one-stage" else None,
                                   iters=retrain_iters if retrain_iters is not None else iters, **training).path  # type: ignore[arg-type]
@@ -116,7 +114,7 @@ def run_pipeline(
     return PipelineResult(one_stage, retrained, pseudo.manifest.summary.novel_miou_vs_audit, workdir, seconds)
 
 
-def _predict_and_evaluate(model: Path, split: Path, device: Literal["auto", "cpu", "cuda"], reporter: Reporter,
+def _predict_and_evaluate(model: Path, split: Path, device: DeviceChoice, reporter: Reporter,
                           say) -> EvalReport:  # noqa: ANN001
     say(f"infer + eval {model.stem}")
     predictions = run_infer(model=model, split=split, subset="val", device=device, reporter=reporter).path

@@ -8,7 +8,7 @@
 - ``png``: one single-channel PNG per image, pixel value = class id, named after the image.
 
 Neither overwrites anything simformer did not write, nor leaves a half-written file: see
-:mod:`simformer_cli.pipeline.outputs`.
+:mod:`simformer_cli.artifacts.outputs`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from simformer_cli.inference.store import PredictionsArtifact
-from simformer_cli.pipeline.outputs import FolderOutput, check_coco_out, coco_document, plain_file_name, write_file
+from simformer_cli.artifacts.outputs import FolderOutput, check_coco_out, coco_document, plain_file_name, write_file
+from simformer_cli.artifacts.predictions import PredictionsArtifact
 from simformer_cli.progress import Reporter, SilentReporter
 
 PNG_EXPORT = "export-png"

@@ -1,22 +1,25 @@
-"""The ``retrain`` stage (method reference section 6.2): plain supervised MaskFormer training on base
-ground truth + novel pseudo labels, with the same loop, presets, resume and artifact as ``train``.
-Pseudo labels made from another split are refused; there is no fallback to ground truth."""
+"""The ``retrain`` stage: plain supervised MaskFormer training on base ground truth + novel pseudo
+labels, with the same loop, presets, resume and artifact as ``train``. Pseudo labels made from
+another split are refused; there is no fallback to ground truth."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from simformer_cli.artifacts.manifest import ArtifactRef
-from simformer_cli.model.settings import ModelSettings
-from simformer_cli.artifacts.pseudolabels_manifest import PseudoLabelsManifest
+from simformer_cli.artifacts.model import ModelManifest, checked_weights_file, load_weights_into
+from simformer_cli.artifacts.pseudolabels import PseudoLabelsManifest
+from simformer_cli.artifacts.split import SplitArtifact
 from simformer_cli.artifacts.store import open_artifact
-from simformer_cli.data.split_store import SplitArtifact
 from simformer_cli.errors import UserError
-from simformer_cli.pipeline.train import TrainResult, run_train
+from simformer_cli.model import build_model
+from simformer_cli.pipeline.stage import StageResult
+from simformer_cli.pipeline.train import run_train
+from simformer_cli.settings.model import ModelSettings
 
 
 def run_retrain(*, split: Path, pseudolabels: Path, out: Path | None = None, init_from: Path | None = None,
-                **training) -> TrainResult:  # noqa: ANN003
+                **training) -> StageResult[ModelManifest]:  # noqa: ANN003
     """``training``: the options of :func:`run_train` (preset, iters, batch_size, resume, device, ...).
 
     ``init_from``: a SimFormer model trained on this split whose weights the retraining starts
@@ -25,15 +28,13 @@ def run_retrain(*, split: Path, pseudolabels: Path, out: Path | None = None, ini
     """
     manifest, digest, _ = open_artifact(pseudolabels, PseudoLabelsManifest)  # its files checked before training
     split_artifact = SplitArtifact(split)
-    made_from = manifest.inputs.artifacts.get("split")
-    if made_from is None or made_from.digest != split_artifact.digest:
+    if not manifest.made_from(split_artifact.digest):
         raise UserError(f"--pseudolabels {pseudolabels}: made from another split than {split}; "
                         "run pseudolabel on this split first")
     if manifest.arrays["sizes"].shape[0] != split_artifact.count("train"):
         raise UserError(f"--pseudolabels {pseudolabels}: holds {manifest.arrays['sizes'].shape[0]} images, "
                         f"the split's train subset {split_artifact.count('train')}")
-    ref = ArtifactRef(path=str(Path(pseudolabels).absolute()), kind="pseudolabels", digest=digest)
-    extra_inputs = {"pseudolabels": ref}
+    extra_inputs = {"pseudolabels": ArtifactRef.of(pseudolabels, manifest, digest)}
     init_weights = None
     if init_from is not None:
         extra_inputs["init"], init_weights = _initial_model(Path(init_from), split_artifact)
@@ -47,9 +48,6 @@ def run_retrain(*, split: Path, pseudolabels: Path, out: Path | None = None, ini
 def _initial_model(path: Path, split: SplitArtifact) -> tuple[ArtifactRef, tuple[Path, ModelSettings]]:
     """The model ``--init-from`` names, checked: a segmenter trained on this split, weights intact
     (every tensor of the network's dtype and finite: checked here, before anything is written)."""
-    from simformer_cli.model import build_model
-    from simformer_cli.training.model_artifact import checked_weights_file, load_weights_into
-
     manifest, digest, weights = checked_weights_file(path)
     settings = manifest.params.settings
     if settings.method == "cam":
@@ -57,8 +55,7 @@ def _initial_model(path: Path, split: SplitArtifact) -> tuple[ArtifactRef, tuple
     if settings.method == "oracle":
         raise UserError(f"--init-from {path}: trained on the full labels (--method oracle), novel pixels included; "
                         "a weak-shot retrain starts from a weak-shot model (train without --method oracle)")
-    trained_on = manifest.inputs.artifacts.get("split")
-    if trained_on is None or trained_on.digest != split.digest:
+    if not manifest.made_from(split.digest):
         raise UserError(f"--init-from {path}: trained on another split; use a model trained on this split")
     load_weights_into(build_model(settings.model), weights, artifact=path, stage=manifest.stage)
-    return ArtifactRef(path=str(path.absolute()), kind="model", digest=digest), (weights, settings.model)
+    return ArtifactRef.of(path, manifest, digest), (weights, settings.model)

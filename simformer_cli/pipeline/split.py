@@ -2,79 +2,36 @@
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import shutil
-import socket
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from simformer_cli.artifacts.digest import files_fingerprint
-from simformer_cli.artifacts.manifest import ArraySpec, DatasetFingerprint, Inputs, Provenance
-from simformer_cli.artifacts.split_manifest import (
-    DatasetName,
-    SplitManifest,
-    SplitParams,
-    SplitSummary,
-    SubsetSummary,
-)
+from simformer_cli.artifacts.manifest import DatasetFingerprint, Inputs, Provenance
+from simformer_cli.artifacts.split import SplitManifest, SplitParams
 from simformer_cli.artifacts.store import (
     check_output_path,
     disk_full_message,
-    is_disk_full,
     is_artifact,
+    is_disk_full,
     open_artifact,
     publish,
     read_manifest,
     same_plan,
     staged_artifact,
 )
-from simformer_cli.data.class_split import draw_novel_classes, parse_ratio, resolve_class_list
-from simformer_cli.data.datasets import datasets_root, load_dataset
-from simformer_cli.data.folder import load_folder
-from simformer_cli.data.ingest import ShardTask, WorkerPool, default_workers, ingest_subset, scan
-from simformer_cli.data.official_splits import official_novel_classes
-from simformer_cli.data.source import RawDataset, label_dtype_for
-from simformer_cli.data.split_store import create_arrays, plan_layout
-from simformer_cli.data.synthetic import GENERATOR_VERSION, SyntheticSettings, generate_synthetic
+from simformer_cli.data.class_split import choose_novel, parse_ratio
+from simformer_cli.data.datasets import DATASETS, datasets_root, load_dataset
+from simformer_cli.data.ingest import WorkerPool, default_workers, ingest, scan
+from simformer_cli.data.official_splits import PUBLISHED_SPLITS, official_novel_classes
+from simformer_cli.data.source import RawDataset, hold_out, subsets_of
+from simformer_cli.data.synthetic import GENERATOR_VERSION, generate_synthetic
 from simformer_cli.errors import ArtifactError, UserError
+from simformer_cli.pipeline.stage import StageResult
 from simformer_cli.progress import Reporter, SilentReporter
-
-#: Subsets in the order they are stored: test where the dataset has one, holdout with --holdout.
-SUBSET_ORDER = ("train", "val", "test", "holdout")
-
-
-def hold_out(raw: RawDataset, count: int) -> RawDataset:
-    """Move ``count`` training images to a ``holdout`` subset (kept with full labels, for tuning):
-    those whose names have the smallest ``sha256("simformer-holdout:NAME")``, so the choice does not
-    depend on the class split, the order of files or the machine."""
-    if count == 0:
-        return raw
-    train = raw.subsets["train"]
-    if count > len(train) - 2:
-        raise UserError(f"--holdout {count}: the dataset has {len(train)} training images; "
-                        "hold out fewer, leaving at least 2 to train on")
-    ranked = sorted(train, key=lambda sample: hashlib.sha256(f"simformer-holdout:{sample.name}".encode()).digest())
-    held = {sample.name for sample in ranked[:count]}
-    subsets = dict(raw.subsets, train=tuple(s for s in train if s.name not in held),
-                   holdout=tuple(s for s in train if s.name in held))
-    return dataclasses.replace(raw, subsets=subsets)
-
-
-def subsets_of(raw: RawDataset) -> tuple[str, ...]:
-    return tuple(subset for subset in SUBSET_ORDER if subset in raw.subsets)
-
-
-@dataclass(frozen=True)
-class SplitResult:
-    manifest: SplitManifest
-    digest: str
-    path: Path
-    skipped: bool
+from simformer_cli.settings.labels import label_dtype_for
+from simformer_cli.settings.synthetic import SyntheticSettings
 
 
 def default_split_out(dataset: str, params: SplitParams) -> Path:
@@ -89,7 +46,7 @@ def default_split_out(dataset: str, params: SplitParams) -> Path:
 
 def plan_params(
     *,
-    dataset: DatasetName,
+    dataset: str,
     ratio: str | None,
     seed: int | None,
     official_split: int | None,
@@ -104,29 +61,21 @@ def plan_params(
                                        ("--novel-classes", novel_classes is not None)) if value]
     if len(chosen) > 1:
         raise UserError(f"{' and '.join(chosen)} both choose the novel classes; pass only one of them")
-    is_synthetic = dataset == "synthetic"
+    is_synthetic = DATASETS[dataset].generated
     if holdout < 0:
         raise UserError(f"--holdout {holdout}: expected 0 or more training images to hold out")
     common = {"dataset": dataset, "keep_train_labels": keep_train_labels, "holdout": holdout,
               "synthetic": (synthetic or SyntheticSettings()) if is_synthetic else None,
               "synthetic_generator_version": GENERATOR_VERSION if is_synthetic else None}
     if official_split is not None:
-        if dataset not in ("ade20k", "coco-stuff-10k"):
-            raise UserError(f"--official-split: only ade20k and coco-stuff-10k have published splits, not {dataset}")
+        if dataset not in PUBLISHED_SPLITS:
+            raise UserError(f"--official-split: only {' and '.join(PUBLISHED_SPLITS)} have published splits, not {dataset}")
         official_novel_classes(dataset, official_split)  # validates the number
         return SplitParams(selection="official", official_split=official_split, **common)
     if novel_classes is not None:
         names = [item.strip() for item in novel_classes.split(",") if item.strip()]
         return SplitParams(selection="explicit", requested_novel=names, **common)
     return SplitParams(selection="ratio", ratio=parse_ratio("3:1" if ratio is None else ratio), seed=seed or 0, **common)
-
-
-def choose_novel(params: SplitParams, raw: RawDataset) -> tuple[int, ...]:
-    if params.selection == "official":
-        return official_novel_classes(params.dataset, params.official_split)  # type: ignore[arg-type]
-    if params.selection == "explicit":
-        return resolve_class_list(",".join(params.requested_novel or []), raw.class_names)
-    return draw_novel_classes(raw.num_classes, params.ratio, params.seed, raw.always_base)  # type: ignore[arg-type]
 
 
 def _existing(out: Path) -> SplitManifest | None:
@@ -140,7 +89,7 @@ def _existing(out: Path) -> SplitManifest | None:
 
 def run_split(
     *,
-    dataset: DatasetName,
+    dataset: str,
     root: Path | None = None,
     out: Path | None = None,
     ratio: str | None = None,
@@ -153,8 +102,10 @@ def run_split(
     force: bool = False,
     workers: int | None = None,
     reporter: Reporter | None = None,
-) -> SplitResult:
+) -> StageResult[SplitManifest]:
     """Make (or confirm up to date) the split artifact at ``out``."""
+    if dataset not in DATASETS:
+        raise UserError(f"--dataset {dataset!r}: expected one of {', '.join(DATASETS)}")
     reporter = reporter or SilentReporter()
     params = plan_params(dataset=dataset, ratio=ratio, seed=seed, official_split=official_split,
                          novel_classes=novel_classes, keep_train_labels=keep_train_labels, synthetic=synthetic,
@@ -162,11 +113,11 @@ def run_split(
     out = Path(out) if out is not None else default_split_out(dataset, params)
     existing = _existing(out)
     workers = workers or default_workers()
-    if dataset == "synthetic":
+    if DATASETS[dataset].generated:
         # The generated files are a pure function of the settings, so the params decide freshness.
         if existing is not None and not force and existing.params == params:
             reporter.info(f"{out}: up to date (same settings), skipping; pass --force to rebuild")
-            return SplitResult(existing, read_manifest(out, SplitManifest)[1], out, True)
+            return StageResult(existing, read_manifest(out, SplitManifest)[1], out, True)
         source = out.absolute().parent / f".{out.name}.synthetic-source"
         check_output_path(out, "split")  # refuse before generating, not after
         try:
@@ -185,7 +136,7 @@ def run_split(
                     finished[0] = done
 
                 generate_synthetic(source, settings, progress, workers=workers)
-            raw = load_folder(source)
+            raw = DATASETS[dataset].load(source)
             return _build(raw, params, out, existing, force, workers, reporter, dataset_root=None)
         except OSError as exc:
             if is_disk_full(exc):
@@ -206,7 +157,7 @@ def _build(
     workers: int,
     reporter: Reporter,
     dataset_root: str | None,
-) -> SplitResult:
+) -> StageResult[SplitManifest]:
     raw = hold_out(raw, params.holdout)
     novel = choose_novel(params, raw)
     base = tuple(c for c in range(raw.num_classes) if c not in novel)
@@ -222,14 +173,20 @@ def _build(
             name=params.dataset, layout=raw.layout, files=len(set(digests)), digest=files_fingerprint(digests)))
         if existing is not None and not force and same_plan(existing, inputs, params):
             reporter.info(f"{out}: up to date (same dataset files and settings), skipping; pass --force to rebuild")
-            return SplitResult(existing, read_manifest(out, SplitManifest)[1], out, True)
+            return StageResult(existing, read_manifest(out, SplitManifest)[1], out, True)
         if existing is not None and not force:
             reporter.info(f"{out}: settings or dataset files changed, rebuilding")
         with staged_artifact(out, kind="split") as staging:
-            manifest = _ingest(raw, params, novel, base, sizes, inputs, staging, pool, reporter, dataset_root)
+            ingested = ingest(raw, novel, sizes, staging, pool, reporter, keep_audit=params.keep_train_labels)
+            manifest = SplitManifest(
+                inputs=inputs, arrays=ingested.arrays, provenance=Provenance.of_this_run(dataset_root),
+                params=params, summary=ingested.summary, class_names=list(raw.class_names),
+                base_classes=list(base), novel_classes=list(novel), ignore_index=raw.ignore_index,
+                label_dtype=str(label_dtype_for(raw.num_classes)),  # type: ignore[arg-type]
+            )
             warn_unlearnable_novel(manifest, reporter)
             manifest, digest = publish(staging, out, manifest)
-    return SplitResult(manifest, digest, out, False)
+    return StageResult(manifest, digest, out)
 
 
 def warn_unlearnable_novel(manifest: SplitManifest, reporter: Reporter) -> None:
@@ -244,67 +201,3 @@ def warn_unlearnable_novel(manifest: SplitManifest, reporter: Reporter) -> None:
                       "(choose novel classes the training images show)")
 
 
-def _ingest(
-    raw: RawDataset,
-    params: SplitParams,
-    novel: tuple[int, ...],
-    base: tuple[int, ...],
-    sizes: dict[str, np.ndarray],
-    inputs: Inputs,
-    staging: Path,
-    pool: WorkerPool,
-    reporter: Reporter,
-    dataset_root: str | None,
-) -> SplitManifest:
-    num_classes, ignore = raw.num_classes, raw.ignore_index
-    label_dtype = str(label_dtype_for(num_classes))
-    group = zarr.open_group(store=str(staging), mode="w", zarr_format=3)
-    arrays: dict[str, ArraySpec] = {}
-    layouts = {subset: plan_layout(subset, sizes[subset]) for subset in subsets_of(raw)}
-    for subset, layout in layouts.items():
-        specs = create_arrays(group, layout, num_classes=num_classes, label_dtype=label_dtype, ignore_index=ignore,
-                              audit=subset == "train" and params.keep_train_labels)
-        arrays.update({path: ArraySpec(shape=shape, dtype=dtype) for path, (shape, dtype) in specs.items()})
-    subset_summaries: dict[str, SubsetSummary] = {}
-    image_counts = np.zeros(num_classes, dtype=np.int64)
-    val_pixels = np.zeros(num_classes, dtype=np.int64)
-    for subset, layout in layouts.items():
-        samples = raw.subsets[subset]
-        tasks = [
-            ShardTask(staging=staging, root=raw.root, layout=layout, start=r.start,
-                      samples=tuple(samples[r.start:r.stop]), lut=raw.lut, ignore_index=ignore,
-                      num_classes=num_classes, novel_classes=novel, expected_sizes=sizes[subset][r.start:r.stop],
-                      keep_audit=params.keep_train_labels)
-            for r in layout.shard_ranges()
-        ]
-        with reporter.task(f"ingesting {subset} images", len(samples)) as advance:
-            results = ingest_subset(pool, tasks, advance)
-        image_labels = np.concatenate([r.image_labels for r in results])
-        pixel_counts = np.sum([r.pixel_counts for r in results], axis=0)
-        group[f"{subset}/sizes"][...] = sizes[subset]
-        group[f"{subset}/image_labels"][...] = image_labels
-        group[subset].attrs["names"] = [sample.name for sample in samples]
-        total = int(pixel_counts.sum())
-        subset_summaries[subset] = SubsetSummary(
-            images=len(samples), canvas=layout.canvas, pixels=total,
-            base_share=round(float(pixel_counts[list(base)].sum()) / total, 6),
-            novel_share=round(float(pixel_counts[list(novel)].sum()) / total, 6),
-            ignore_share=round(float(pixel_counts[-1]) / total, 6),
-        )
-        if subset == "train":
-            image_counts = image_labels.sum(axis=0)
-        elif subset == "val":
-            val_pixels = pixel_counts[:num_classes]
-    return SplitManifest(
-        inputs=inputs,
-        arrays=arrays,
-        provenance=Provenance(command=list(sys.argv), dataset_root=dataset_root, host=socket.gethostname()),
-        params=params,
-        summary=SplitSummary(subsets=subset_summaries, train_images_per_class=[int(v) for v in image_counts],
-                             val_pixels_per_class=[int(v) for v in val_pixels]),
-        class_names=list(raw.class_names),
-        base_classes=list(base),
-        novel_classes=list(novel),
-        ignore_index=ignore,
-        label_dtype=label_dtype,  # type: ignore[arg-type]
-    )

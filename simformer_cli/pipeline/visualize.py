@@ -1,20 +1,19 @@
 """The ``viz`` command: overlays of predictions (and ground truth, where there is some) as PNGs.
 
 The overlays go into a folder that is written whole or not at all, and only ever replaces an empty
-folder or earlier overlays of viz (see :mod:`simformer_cli.pipeline.outputs`).
+folder or earlier overlays of viz (see :mod:`simformer_cli.artifacts.outputs`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from simformer_cli.data.split_store import SplitArtifact
+from simformer_cli.artifacts.outputs import FolderOutput, plain_file_name
+from simformer_cli.artifacts.predictions import PredictionsArtifact
+from simformer_cli.artifacts.split import SplitArtifact
+from simformer_cli.data.images import FolderImages
 from simformer_cli.errors import UserError
 from simformer_cli.evaluation import encode_png, overlay_triptych, palette
-from simformer_cli.inference.store import PredictionsArtifact
-from simformer_cli.pipeline.evaluate import check_predictions_match, ground_truth_reader
-from simformer_cli.pipeline.infer import FolderImages
-from simformer_cli.pipeline.outputs import FolderOutput, plain_file_name
 from simformer_cli.progress import Reporter, SilentReporter
 
 VIZ = "viz"
@@ -31,9 +30,9 @@ def run_viz(
         if split is None:
             raise UserError("viz: these predictions were made on a split; pass it with --split")
         split_artifact = SplitArtifact(split)
-        subset = check_predictions_match(preds, split_artifact, split)
+        subset = preds.subset_of(split_artifact, split)
         read_image = lambda index: split_artifact.image(subset, index)  # noqa: E731
-        truth = ground_truth_reader(split_artifact, subset)
+        truth = split_artifact.full_labels(subset)
     else:
         if images is None:
             raise UserError("viz: these predictions were made on a folder of images; pass it with --images")

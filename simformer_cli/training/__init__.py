@@ -1,1 +1,1 @@
-"""The training loop, its settings and presets, optimiser and schedule, checkpoints, devices."""
+"""Training: the loop, which labels it reads, how a run's settings resolve, batches, checkpoints, the optimiser."""

@@ -18,8 +18,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from simformer_cli.artifacts.model import tensor_problem
 from simformer_cli.errors import UserError
-from simformer_cli.training.model_artifact import tensor_problem
 
 STEP_DIR = re.compile(r"^step-(\d{7})$")
 
@@ -72,6 +72,20 @@ def save_checkpoint(
         if old != final and (STEP_DIR.match(old.name) or old.name.startswith(".tmp-step-")):
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def drop_checkpoints(folder: Path) -> None:
+    """Delete checkpoints so that a kill half-way never leaves one that looks complete.
+
+    ``latest_checkpoint`` only sees a step folder with its ``state.json``: that file goes first, so a
+    folder whose tensors are already gone is never offered to ``--resume``.
+    """
+    if not folder.is_dir():
+        return
+    for step in folder.iterdir():
+        if step.is_dir():
+            (step / "state.json").unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def latest_checkpoint(folder: Path) -> Path | None:

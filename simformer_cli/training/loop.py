@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,29 +21,41 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from simformer_cli.artifacts.model import load_weights_into
+from simformer_cli.artifacts.split import SplitArtifact
 from simformer_cli.cam.losses import CamObjective
 from simformer_cli.cam.network import build_cam_model
 from simformer_cli.data.pairs import PartnerSampler
-from simformer_cli.data.split_store import SplitArtifact
-from simformer_cli.data.train_data import LabelReader, StepBatchSampler, StepPlan, WeakTrainingSet, collate
+from simformer_cli.devices import Runtime, sum_over_processes
 from simformer_cli.model import build_criterion, build_model, load_backbone_weights, normalize_images, total_loss
 from simformer_cli.model.criterion import SetCriterion, count_masks
 from simformer_cli.model.maskformer import MaskFormer
 from simformer_cli.model.targets import ImageTargets
 from simformer_cli.progress import Reporter
+from simformer_cli.settings.training import TrainSettings, accumulation_steps
 from simformer_cli.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from simformer_cli.training.devices import Runtime, sum_over_processes
-from simformer_cli.training.model_artifact import load_weights_into
 from simformer_cli.training.optim import build_optimizer, clear_gradients, poly_factor, set_learning_rate
-from simformer_cli.training.settings import TrainSettings, accumulation_steps
+from simformer_cli.training.train_data import LabelReader, StepBatchSampler, StepPlan, WeakTrainingSet, collate
 
 LOG_FILE = "train_log.jsonl"
 CHECKPOINTS = "checkpoints"
 #: Decoded training images and their labels kept in memory by the data path, shared among the
-#: loader's worker processes: the synthetic default's 1500 training images take about 100 MB, so
-#: a tiny run reads them once, by shards, before its first step (WeakTrainingSet.preload); large
-#: datasets fill it as they are read and read the rest each time.
+#: loader's worker processes: a small dataset is read once, by shards, before the first step
+#: (WeakTrainingSet.preload); a large one fills it as it is read and reads the rest each time.
 SAMPLE_CACHE_BYTES = 1 << 30
+
+
+def default_workers(device_type: str) -> int:
+    """Data-loading worker processes of a training process when --workers is not given.
+
+    None on CPU: the training threads already use every core there, and a worker competes with
+    them (BENCHMARKS.md, "Training step"). On CUDA, this process's share of the cores less one for
+    itself, at most 4; under torchrun the LOCAL_WORLD_SIZE processes of a machine share the cores.
+    """
+    if device_type != "cuda":
+        return 0
+    cores = len(os.sched_getaffinity(0)) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(4, cores - 1))
 
 
 class TrainingModule(nn.Module):
@@ -111,7 +122,6 @@ def train_loop(
     crop_label_reader: LabelReader | None = None,
     backbone_weights: Path | None = None,
     init_weights: Path | None = None,
-    on_step: Callable[[int], None] | None = None,
 ) -> LoopResult:
     split = SplitArtifact(split_path)
     manifest = split.manifest
@@ -194,8 +204,6 @@ def train_loop(
                 runtime.barrier()
             last_layer = " ".join(f"{k[5:]} {v:.3f}" for k, v in sums.items() if "_aux" not in k)
             advance(1, note=f"loss {sum(sums.values()):.3f} ({last_layer})")
-            if on_step is not None:
-                on_step(done)
     seconds = time.perf_counter() - began
     steps = settings.iters - start
     state = {k: v.detach().cpu() for k, v in module.model.state_dict().items()}

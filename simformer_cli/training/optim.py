@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from simformer_cli.training.settings import OptimSettings
+from simformer_cli.settings.training import OptimSettings
 
 NO_DECAY_TYPES = (nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.Embedding)
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
-from simformer_cli.artifacts.split_manifest import SplitManifest
-from simformer_cli.console import stderr
+from simformer_cli.cli.console import stderr
+
+if TYPE_CHECKING:
+    from simformer_cli.artifacts.split import SplitManifest
 
 
 def _names(manifest: SplitManifest, ids: list[int], limit: int = 12) -> str:

@@ -27,6 +27,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from simformer_cli.artifacts.digest import file_digest
 from simformer_cli.artifacts.store import disk_full_message, fsync_dir, is_artifact, is_disk_full
 from simformer_cli.errors import UserError
 
@@ -36,14 +37,6 @@ NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def enclosing_artifact(path: Path) -> Path | None:
@@ -169,7 +162,7 @@ class FolderOutput:
             if name not in files or path.is_symlink() or not path.is_file():
                 raise UserError(f"--out {self.out}: holds files that are not {self.describe} (e.g. {name}); "
                                 "refusing to overwrite them. Choose a new folder or remove them yourself")
-            if _file_digest(path) != files[name]:
+            if file_digest(path) != files[name]:
                 raise UserError(f"--out {self.out}: {name} was changed after simformer wrote it; refusing to "
                                 "overwrite it. Choose a new folder or remove it yourself")
         return entries

@@ -3,8 +3,8 @@
 ``ModelSettings`` fixes the network (what a checkpoint needs to be rebuilt); ``LossSettings`` fixes
 the SimFormer objective (what a training run needs besides the network). Both are frozen pydantic
 models with ``extra="forbid"`` so a typo in a manifest is an error, not a silently ignored key.
-Defaults follow the official ADE20K configuration (section 4 of the method reference); COCO-Stuff-10K
-uses ``complementary_weight=0.15`` and ``distill_weight=0.1``.
+Defaults follow the official ADE20K configuration of SimFormer (NeurIPS 2022); COCO-Stuff-10K uses
+``complementary_weight=0.15`` and ``distill_weight=0.1``.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ class ModelSettings(BaseModel):
 
 
 class LossSettings(BaseModel):
-    """Weights and switches of the SimFormer objective (method reference, sections 4.1-4.7).
+    """Weights and switches of the SimFormer objective (matching, set losses, complementary loss,
+    similarity transfer, distillation).
 
     Weights are finite and at most 1000, point counts at most a million: bounds that refuse absurd
     values (a forged manifest, a typo in ``--set``) and nothing a real run uses.
@@ -125,12 +126,9 @@ def tiny_model_settings(num_classes: int) -> ModelSettings:
     """A MaskFormer small enough for a training step well under a second on two CPU cores.
 
     Batch 8 at 128x128: a 4-stage conv backbone (24/48/96/192 channels), 64-d features,
-    3 decoder layers and 16 queries. The backbone was 16/32/64/128 until the seventh round: at
-    the preset's 1000 steps, 24/48/96/192 gave 16 more novel mIoU points on average over three
-    training seeds (BENCHMARKS.md, "Quality: the tiny backbone's width"). Dropout is off because tiny runs are too short to need it.
-    The queries attend to the stride-4 pixel embeddings with masked attention: with the paper's
-    res5 memory (4x4 cells at 128 pixels) masks were learnt but 55% of the segments were named
-    wrongly after 1600 steps (BENCHMARKS.md, "Quality", what was tried).
+    3 decoder layers and 16 queries; no dropout, tiny runs are too short to need it. The queries
+    attend to the stride-4 pixel embeddings with masked attention: on 128-pixel images the paper's
+    res5 memory is a 4x4 grid, too coarse to name the segments (BENCHMARKS.md, "Quality").
     """
     return ModelSettings(
         num_classes=num_classes,

@@ -6,15 +6,8 @@ model manifest under ``settings.cam``. The random walk and the score floor are s
 model rather than of ``pseudolabel`` so that a model artifact fixes its pseudo labels; changing
 them with ``--set cam.walk_iterations=...`` means training again.
 
-Defaults, measured on the default synthetic split (tiny preset, 1000 steps; novel mIoU of the pseudo
-labels of 300 training images against their full labels): assigning every ignored pixel to one of
-the image's novel classes scores 50; plain CAMs from image-level labels alone stayed at that level
-(the classifier barely beats chance after 1000 steps, image-level AP 34 against a 26 base rate);
-adding the per-cell loss on base cells (``base_pixel_weight``) with log-sum-exp pooling gave 52
-before the walk and 61 after 16 steps of it; average pooling with the per-cell loss fell back to 50
-(a class covering a fifth of the image must then score high on cells the per-cell loss pushes
-down); any ``min_score`` above 0 lowered it (to 33 at 0.1): three quarters of the weak labels'
-ignored pixels are novel, so dropping uncertain ones loses more true novel pixels than wrong ones.
+Defaults: the per-cell loss on base cells with log-sum-exp pooling, a 16-step walk and no score
+floor gave the best pseudo labels on the default synthetic split (docs/benchmarks-history.md, "CAM").
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from simformer_cli.cam.settings import CamSettings, paper_cam_settings, tiny_cam_settings
-from simformer_cli.data.augment import ADE20K_AUGMENT, COCO_AUGMENT, AugmentSettings, tiny_augment
-from simformer_cli.model.settings import LossSettings, ModelSettings, paper_model_settings, tiny_model_settings
+from simformer_cli.settings.augment import ADE20K_AUGMENT, COCO_AUGMENT, AugmentSettings, tiny_augment
+from simformer_cli.settings.cam import CamSettings, paper_cam_settings, tiny_cam_settings
+from simformer_cli.settings.model import LossSettings, ModelSettings, paper_model_settings, tiny_model_settings
 
 PresetName = Literal["tiny", "paper"]
 #: simformer: weak labels + image-level novel labels (the method); supervised: the labels given
@@ -57,7 +57,7 @@ class TrainSettings(BaseModel):
     seed: int = Field(0, ge=0, le=MAX_SEED)
     # image: a novel class is known for the whole image (weak labels; the default). crop: for each
     # training crop, the novel classes with pixels inside it, read from the full train labels, as
-    # the released code does (paper parity; leaks where novel pixels are, see METHOD.md).
+    # the released code does (paper parity, though it leaks where novel pixels are).
     image_labels: Literal["image", "crop"] = "image"
     model: ModelSettings
     loss: LossSettings
@@ -108,41 +108,35 @@ def batch_problem(batch_size: int, world_size: int, pairs: bool) -> str | None:
                else f"the nearest size that works is {nearest[0]}"))
 
 
-def dataset_family(dataset: str) -> Literal["ade20k", "coco-stuff-10k", "other"]:
-    return dataset if dataset in ("ade20k", "coco-stuff-10k") else "other"  # type: ignore[return-value]
-
-
 def preset_settings(
     preset: PresetName, *, num_classes: int, dataset: str, image_size: int, method: Method = "simformer"
 ) -> TrainSettings:
-    """The preset for a split: paper weights per dataset (0.2/0.5 ADE20K, 0.15/0.1 COCO-Stuff)."""
-    family = dataset_family(dataset)
-    comp, distill = (0.15, 0.1) if family == "coco-stuff-10k" else (0.2, 0.5)
+    """The preset for a split. The paper has two recipes (loss weights 0.2/0.5, ADE20K's
+    augmentation and 160k steps; COCO-Stuff-10K's 0.15/0.1, its augmentation and 60k steps):
+    COCO-Stuff-10K takes its own, every other dataset ADE20K's."""
+    coco = dataset == "coco-stuff-10k"
+    comp, distill = (0.15, 0.1) if coco else (0.2, 0.5)
     weak_shot = method == "simformer"  # the CAM baseline has its own objective: no SimFormer terms, no pairs
     loss = LossSettings(complementary=weak_shot, complementary_weight=comp, similarity=weak_shot,
                         distillation=weak_shot, distill_weight=distill)
     if preset == "paper":
         return TrainSettings(
-            preset="paper", method=method, iters=60_000 if family == "coco-stuff-10k" else 160_000, batch_size=8,
+            preset="paper", method=method, iters=60_000 if coco else 160_000, batch_size=8,
             model=paper_model_settings(num_classes), loss=loss, optim=OptimSettings(),
-            augment=COCO_AUGMENT if family == "coco-stuff-10k" else ADE20K_AUGMENT,
+            augment=COCO_AUGMENT if coco else ADE20K_AUGMENT,
             cam=paper_cam_settings() if method == "cam" else None,
         )
-    # A quarter of the paper's pixel pairs: the similarity net then costs as much as the rest of
-    # the criterion on a CPU, not four times more. Class cost 5 in the matching (the paper: 1, next
-    # to focal 20 and dice 1): matched by masks alone, queries did not settle on classes and a
-    # fully supervised run named its segments slowly (1500-step oracle, seed-0 split: 60.5 mIoU
-    # with 1, 72.5 with 5; SimFormer 72.2 -> 83.6; BENCHMARKS.md "Quality: what was tried").
-    # Mask losses on 1024 points per mask (Mask2Former's point loss; the paper: all 16384 pixels of
-    # a crop): SimFormer after 1200 steps, novel mIoU 57.8 / 49.9 -> 69.4 / 55.9 on the seed-0/1
-    # splits, and the losses' backward nearly vanishes (BENCHMARKS.md "Training step").
+    # A quarter of the paper's pixel pairs: on a CPU the similarity net then costs as much as the
+    # rest of the criterion. Class cost 5 in the matching (the paper: 1): matched by masks alone,
+    # queries settle on classes slowly. Mask losses on 1024 points per mask (Mask2Former's point
+    # loss) instead of every pixel: better novel mIoU at a fraction of the backward's cost.
+    # Measurements: BENCHMARKS.md, "Training step" and docs/benchmarks-history.md.
     tiny_loss = loss.model_copy(update={"base_points": 50, "base_positive_points": 40, "novel_points": 50,
                                         "match_class_weight": 5.0, "mask_points": 1024})
     return TrainSettings(
         preset="tiny", method=method, iters=1000, batch_size=8,
         model=tiny_model_settings(num_classes), loss=LossSettings.model_validate(tiny_loss.model_dump()),
-        # No clipping: a full-model clip at 1.0 held the class head back (oracle mIoU after 400
-        # steps 13.1 with the clip, 29.1 without; BENCHMARKS.md "Quality").
+        # No clipping: a full-model clip held the class head back on short runs.
         optim=OptimSettings(lr=1e-3, weight_decay=1e-4, backbone_lr_multiplier=1.0, grad_clip_norm=None),
         augment=tiny_augment(min(image_size, 256) // 32 * 32 or 32),
         cam=tiny_cam_settings() if method == "cam" else None,

@@ -1,6 +1,6 @@
-"""The array layout of a split artifact, and reading it back.
+"""The split artifact: its manifest, its arrays, and reading it back.
 
-Per subset (``train``, ``val``)::
+Per subset (``train``, ``val``, and ``test`` or ``holdout`` where there are such images)::
 
     SUBSET/images        (N, H, W, 3) uint8   zero padded to the largest image, cropped on read
     SUBSET/labels        (N, H, W)    uint8|uint16  train: weak labels (novel pixels -> ignore);
@@ -9,62 +9,85 @@ Per subset (``train``, ``val``)::
     SUBSET/image_labels  (N, K) bool  classes present anywhere in the full label (image-level labels)
     audit/train_labels   (N, H, W)    full train labels, for judging pseudo labels; training never opens it
 
-Chunks are one image by at most 256x256 pixels; shards hold whole groups of images along the first
-axis, so one writer owns a shard and padding chunks (all fill value) are never stored. Every chunk
-ends in a crc32c of its compressed bytes, checked on every read (a shard's index has its own).
+The group attribute ``names`` of each subset lists its image names. Chunks and shards: ``layout``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import zarr
-from zarr.codecs import Crc32cCodec, ZstdCodec
+from pydantic import Field, model_validator
 from zarr.core.sync import sync
 
 from simformer_cli.artifacts.inventory import named_damage, read_stored
-from simformer_cli.artifacts.split_manifest import SplitManifest
+from simformer_cli.artifacts.layout import COMPRESSORS, SubsetLayout, read_cut
+from simformer_cli.artifacts.manifest import ArtifactRef, Frozen, ManifestBase
 from simformer_cli.artifacts.store import open_artifact
+from simformer_cli.errors import UserError
+from simformer_cli.settings.synthetic import SyntheticSettings
 
-CHUNK_EDGE = 256
-SHARD_TARGET_BYTES = 32 << 20
-MAX_SHARD_IMAGES = 64
-COMPRESSORS = (ZstdCodec(level=3), Crc32cCodec())  # the crc makes damaged bytes fail to decode
 AUDIT_LABELS = "audit/train_labels"
 
 
-@dataclass(frozen=True)
-class SubsetLayout:
-    """Where the images of one subset go: padded canvas, chunk edge, images per shard."""
+class SplitParams(Frozen):
+    """Every setting that changes the split artifact."""
 
-    subset: str
-    count: int
+    dataset: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$", description="the reader that made it (data.datasets)")
+    selection: Literal["ratio", "official", "explicit"]
+    ratio: tuple[int, int] | None = None
+    seed: int | None = None
+    official_split: int | None = None
+    requested_novel: list[str] | None = None
+    keep_train_labels: bool = True
+    # Training images moved to the ``holdout`` subset (full labels, like val) for tuning, where the
+    # val images are the reported set; chosen by name hash, whatever the class split.
+    holdout: int = Field(0, ge=0)
+    synthetic: SyntheticSettings | None = None
+    synthetic_generator_version: int | None = None
+
+
+class SubsetSummary(Frozen):
+    images: int = Field(ge=0)
     canvas: tuple[int, int]
-    chunk: tuple[int, int]
-    shard_images: int
-
-    def shard_ranges(self) -> list[range]:
-        step = self.shard_images
-        return [range(start, min(start + step, self.count)) for start in range(0, self.count, step)]
+    pixels: int = Field(ge=0)
+    base_share: float
+    novel_share: float
+    ignore_share: float
 
 
-def _round_up(value: int, step: int) -> int:
-    return -(-value // step) * step
+class SplitSummary(Frozen):
+    subsets: dict[str, SubsetSummary]
+    train_images_per_class: list[int]
+    val_pixels_per_class: list[int]
 
 
-def plan_layout(subset: str, sizes: np.ndarray) -> SubsetLayout:
-    """Pick canvas, chunk and shard sizes from the (N, 2) image sizes of a subset."""
-    max_h, max_w = (int(v) for v in sizes.max(axis=0))
-    chunk = (min(CHUNK_EDGE, max_h), min(CHUNK_EDGE, max_w))
-    canvas = (_round_up(max_h, chunk[0]), _round_up(max_w, chunk[1]))
-    typical = float(np.median(sizes[:, 0].astype(np.float64) * sizes[:, 1])) * 3
-    per_shard = int(np.clip(SHARD_TARGET_BYTES // max(typical, 1.0), 1, MAX_SHARD_IMAGES))
-    per_shard = 1 << (per_shard.bit_length() - 1)  # a power of two keeps shard files evenly sized
-    return SubsetLayout(subset, len(sizes), canvas, chunk, per_shard)
+class SplitManifest(ManifestBase):
+    kind: Literal["split"] = "split"
+    schema_version: Literal[1] = 1
+    params: SplitParams
+    summary: SplitSummary
+    class_names: list[str]
+    base_classes: list[int]
+    novel_classes: list[int]
+    ignore_index: int
+    label_dtype: Literal["uint8", "uint16"]
+
+    @model_validator(mode="after")
+    def _classes_partition(self) -> SplitManifest:
+        num = len(self.class_names)
+        base, novel = set(self.base_classes), set(self.novel_classes)
+        if base & novel or base | novel != set(range(num)):
+            raise ValueError("base_classes and novel_classes must partition 0..K-1")
+        if self.base_classes != sorted(base) or self.novel_classes != sorted(novel):
+            raise ValueError("base_classes and novel_classes must be sorted")
+        if not novel or not base:
+            raise ValueError("a split needs at least one base and one novel class")
+        return self
 
 
 def create_arrays(
@@ -94,19 +117,6 @@ def create_arrays(
     return {path: (list(spec[0]), spec[3]) for path, spec in specs.items()}
 
 
-def write_shard_block(array: zarr.Array, start: int, items: list[np.ndarray], fill: int) -> None:
-    """Write consecutive images (whole shard) at once, padded to the block's largest size."""
-    height = max(item.shape[0] for item in items)
-    width = max(item.shape[1] for item in items)
-    ch, cw = array.chunks[1], array.chunks[2]
-    height = min(_round_up(height, ch), array.shape[1])
-    width = min(_round_up(width, cw), array.shape[2])
-    block = np.full((len(items), height, width, *items[0].shape[2:]), fill, dtype=array.dtype)
-    for k, item in enumerate(items):
-        block[k, : item.shape[0], : item.shape[1]] = item
-    array[start : start + len(items), :height, :width] = block
-
-
 class SplitArtifact:
     """Read access to a checked split artifact (train code reaches weak labels only)."""
 
@@ -119,6 +129,11 @@ class SplitArtifact:
     @property
     def num_classes(self) -> int:
         return len(self.manifest.class_names)
+
+    @property
+    def ref(self) -> ArtifactRef:
+        """This split as an input of a stage's manifest."""
+        return ArtifactRef.of(self.path, self.manifest, self.digest)
 
     def _small(self, key: str) -> np.ndarray:
         if key not in self._cache:
@@ -182,13 +197,14 @@ class SplitArtifact:
         array = self._array(f"{subset}/images")
         return int((array.shards or array.chunks)[0])
 
-
-def read_cut(array: zarr.Array, start: int, sizes: np.ndarray) -> list[np.ndarray]:
-    """Items ``start..start+len(sizes)-1`` of a padded (N, H, W[, C]) array in one read, each cut
-    to its (height, width) in ``sizes`` (copies, so the padded block is not kept alive)."""
-    height, width = (int(v) for v in sizes.max(axis=0))
-    block = read_stored(array, (slice(start, start + len(sizes)), slice(0, height), slice(0, width)))
-    return [block[n, :h, :w].copy() for n, (h, w) in enumerate(sizes)]
+    def full_labels(self, subset: str) -> Callable[[int], np.ndarray]:
+        """Full labels by index: a labelled subset's own, or the audit copy of the train labels
+        (train labels are weak)."""
+        if subset != "train":
+            return lambda index: self.label(subset, index)
+        if AUDIT_LABELS not in self.manifest.arrays:
+            raise UserError("eval on train predictions needs the full train labels; rebuild the split with --keep-train-labels")
+        return lambda index: read_audit_label(self, index)
 
 
 def read_audit_label(split: SplitArtifact, index: int) -> np.ndarray:

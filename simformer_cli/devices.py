@@ -5,14 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Literal
-
 import torch
 import torch.distributed as dist
 
 from simformer_cli.errors import UserError
-
-DeviceChoice = Literal["auto", "cpu", "cuda"]
+from simformer_cli.settings.choices import DeviceChoice
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from simformer_cli.data.augment import AugmentSettings, augment
+from simformer_cli.artifacts.split import SplitArtifact
+from simformer_cli.data.augment import augment
 from simformer_cli.data.pairs import PartnerSampler
-from simformer_cli.data.split_store import SplitArtifact
 from simformer_cli.model.targets import ImageTargets, targets_from_label_map
+from simformer_cli.settings.augment import AugmentSettings
 
 SampleKey = tuple[int, int, int]  # (step, slot in the global batch, image index)
 

@@ -1,0 +1,76 @@
+"""The pseudo-label artifact: its manifest (the model and split it came from, and its quality), and
+reading its labels back for retraining. Arrays: ``labels`` and ``sizes``, laid out as a predictions
+artifact's (``predictions``), one label map per training image of the split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from simformer_cli.artifacts.inventory import read_stored
+from simformer_cli.artifacts.layout import read_cut
+from simformer_cli.artifacts.manifest import Frozen, ManifestBase
+from simformer_cli.artifacts.store import open_artifact
+from simformer_cli.settings.choices import Among
+from simformer_cli.settings.test_time import TestTimeSettings
+
+
+class PseudoLabelParams(Frozen):
+    test_time: TestTimeSettings
+    min_score: float | None = Field(None, ge=0.0, le=1.0, description="novel pixels scoring lower become ignore")
+    among: Among = Field(
+        "all", description="all: argmax over all classes, kept where it is one of the image's novel classes (the "
+                           "paper); image: pixels without base ground truth take the best of the image's novel classes")
+
+
+class PseudoLabelSummary(Frozen):
+    images: int = Field(ge=0)
+    seconds: float
+    novel_pixel_share: float
+    ignore_pixel_share: float
+    novel_miou_vs_audit: float | None = None
+    novel_iou_per_class: dict[str, float | None] = Field(default_factory=dict)
+
+
+class PseudoLabelsManifest(ManifestBase):
+    kind: Literal["pseudolabels"] = "pseudolabels"
+    schema_version: Literal[1] = 1
+    params: PseudoLabelParams
+    summary: PseudoLabelSummary
+    class_names: list[str]
+    base_classes: list[int]
+    novel_classes: list[int]
+    ignore_index: int
+    label_dtype: Literal["uint8", "uint16"]
+
+
+class PseudoLabelReader:
+    """Pseudo label of a training image by index, for ``retrain`` (picklable; opens lazily)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._group = None
+        self._sizes: np.ndarray | None = None
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "_group": None, "_sizes": None}
+
+    def _open(self) -> np.ndarray:
+        if self._group is None:
+            _, _, self._group = open_artifact(self.path, PseudoLabelsManifest)
+            self._sizes = read_stored(self._group["sizes"])
+            self._labels = self._group["labels"]
+        return self._sizes  # type: ignore[return-value]
+
+    def __call__(self, index: int) -> np.ndarray:
+        h, w = self._open()[index]
+        return read_stored(self._labels, (index, slice(0, h), slice(0, w)))
+
+    def read_range(self, start: int, stop: int) -> list[np.ndarray]:
+        """Labels ``start..stop-1`` in one read (the training cache's fill)."""
+        sizes = self._open()[start:stop]
+        return read_cut(self._labels, start, sizes)

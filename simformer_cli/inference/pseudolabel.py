@@ -1,0 +1,97 @@
+"""Pseudo labels: the labelling rule, and how good the labels it made are.
+
+For each training image: a pixel takes novel class n where the scores say so and n is in the
+image's image-level label (optionally only where its score reaches ``min_score``); base ground
+truth is pasted over; every other pixel is ignore. When the split kept its audit labels, the
+quality measure reports the novel pseudo labels' mIoU against the full train labels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+
+from simformer_cli.artifacts.pseudolabels import PseudoLabelSummary
+from simformer_cli.artifacts.split import AUDIT_LABELS, SplitArtifact, read_audit_label
+from simformer_cli.evaluation import ConfusionMatrix, compute_report
+from simformer_cli.progress import Reporter
+
+
+class PseudoLabelRule:
+    """The labelling rule for one split: novel classes of the image-level label where the scores say
+    so, base ground truth on top, ignore elsewhere.
+
+    ``among="all"`` (the paper): a pixel takes novel class n where the argmax over all K classes is
+    n and n is in the image-level label. ``among="image"``: every pixel without base ground truth
+    takes the best-scoring of the image's novel classes (none in the image: ignore), the rule the
+    CAM baseline uses too.
+    """
+
+    def __init__(self, split: SplitArtifact, min_score: float | None, among: str = "all") -> None:
+        manifest = split.manifest
+        self.split = split
+        self.ignore = manifest.ignore_index
+        self.is_novel = np.zeros(len(manifest.class_names), dtype=bool)
+        self.is_novel[manifest.novel_classes] = True
+        self.min_score = min_score
+        self.among = among
+
+    def __call__(self, index: int, scores: torch.Tensor) -> np.ndarray:
+        allowed = self.is_novel & self.split.image_labels("train")[index]
+        weak = self.split.label("train", index)  # base pixels carry their class, all else is ignore
+        if self.among == "image":
+            classes = np.flatnonzero(allowed)
+            if len(classes):
+                best, position = scores[torch.from_numpy(classes).to(scores.device)].max(0)
+                predicted = classes[position.cpu().numpy()]
+                keep = np.ones(predicted.shape, dtype=bool)
+            else:
+                best, predicted = None, np.zeros(weak.shape, dtype=np.int64)
+                keep = np.zeros(weak.shape, dtype=bool)
+        else:
+            best, predicted = scores.max(0)
+            predicted = predicted.cpu().numpy()
+            keep = allowed[predicted]
+        if self.min_score is not None and best is not None:
+            keep &= best.cpu().numpy() >= self.min_score
+        label = np.where(keep, predicted, self.ignore).astype(weak.dtype)
+        base = weak != self.ignore
+        label[base] = weak[base]
+        return label
+
+
+def measure_quality(staging: Path, split: SplitArtifact, seconds: float, reporter: Reporter) -> PseudoLabelSummary:
+    """Pixel shares of the finished labels (not yet committed, in ``staging``) and, where the split
+    kept its audit labels, their novel-class IoU against them."""
+    group = zarr.open_group(store=str(staging), mode="r")
+    labels, sizes = group["labels"], np.asarray(group["sizes"][...])
+    manifest = split.manifest
+    num_classes, ignore = len(manifest.class_names), manifest.ignore_index
+    audit = AUDIT_LABELS in manifest.arrays
+    confusion = ConfusionMatrix(num_classes, ignore)
+    novel_pixels = ignore_pixels = total = 0
+    novel = np.asarray(manifest.novel_classes)
+    with reporter.task("measuring pseudo-label quality", len(sizes)) as advance:
+        for index, (h, w) in enumerate(sizes):
+            label = np.asarray(labels[index, :h, :w])
+            total += label.size
+            ignore_pixels += int((label == ignore).sum())
+            novel_pixels += int(np.isin(label, novel).sum())
+            if audit:
+                truth = read_audit_label(split, index)
+                # Judge only novel decisions: pixels whose truth is novel or that were labelled novel.
+                judged = np.isin(truth, novel) | np.isin(label, novel)
+                confusion.update(np.where(judged, label, ignore), np.where(judged, truth, ignore))
+            advance(1)
+    summary = dict(images=len(sizes), seconds=round(seconds, 2),
+                   novel_pixel_share=round(novel_pixels / max(total, 1), 6),
+                   ignore_pixel_share=round(ignore_pixels / max(total, 1), 6))
+    if audit and confusion.counts.sum() > 0:
+        report = compute_report(confusion, manifest.class_names, manifest.base_classes, manifest.novel_classes,
+                                num_images=len(sizes), ignored_pixels=confusion.ignored_pixels)
+        summary["novel_miou_vs_audit"] = report.novel_miou
+        summary["novel_iou_per_class"] = {r.name: r.iou for r in report.per_class if r.split_role == "novel"}
+    return PseudoLabelSummary(**summary)

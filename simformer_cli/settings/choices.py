@@ -1,0 +1,16 @@
+"""Named choices that the command line, the stages and the manifests share."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+#: Where a stage runs: auto picks CUDA when PyTorch sees a GPU, else the CPU (``devices`` resolves it).
+DeviceChoice = Literal["auto", "cpu", "cuda"]
+#: train: weak labels; val: the usual validation images; test: held out for reporting (synthetic, or a
+#: folder dataset with images/test); holdout: training images held out for tuning (split --holdout).
+SubsetName = Literal["train", "val", "test", "holdout"]
+#: Which classes a pixel's pseudo label is chosen among: all (the argmax over every class, kept where
+#: it is one of the image's novel classes: the paper) or image (the best of the image's novel classes).
+Among = Literal["all", "image"]
+#: Where the pipeline's retraining starts: the one-stage model's weights, or the preset's initialisation (the paper).
+RetrainStart = Literal["one-stage", "scratch"]
