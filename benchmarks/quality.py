@@ -28,8 +28,9 @@ each) on the tuning splits and writes its learning curve: the budget where it st
 is the converged oracle's ``--oracle-iters``.
 
 Rows run as CLI commands, ``--parallel`` chains at a time, each with its share of the cores as
-torch threads. Artifacts stay in ``--workdir`` (default ``runs/bench/quality-SETTING-PROTOCOL``)
-and every stage skips what is already there, so an interrupted table continues where it stopped.
+torch threads. Artifacts stay in ``--workdir`` (default ``runs/bench/quality-SETTING-PROTOCOL``; the curve shares
+the tuning workdir, and both oracle rows and the curve share one model per budget and seed) and
+every stage skips what is already there, so an interrupted table continues where it stopped.
 
     python benchmarks/quality.py --protocol tuning --out BENCHMARKS.md
     python benchmarks/quality.py --protocol report --out BENCHMARKS.md
@@ -178,12 +179,18 @@ def chains_for(unit: str, split: Path, folder: Path, rows: list[str], subset: st
         if row == "finetune" and "simformer" in rows:
             continue  # made by the chain that trains the one-stage model
         source = "simformer" if row == "finetune" else row
-        model = folder / f"{source}.zarr"
         steps = oracle_iters if row == "oracle-conv" else iters
+        if row.startswith("oracle"):
+            # One home per (budget, seed), shared by both oracle rows and the curve: the same
+            # training is never run twice in one workdir.
+            folder = split.parent / (f"oracle-{steps}" + (f"-seed{seed}" if seed else ""))
+            folder.mkdir(parents=True, exist_ok=True)
+        tag = "oracle" if row.startswith("oracle") else source
+        model = folder / f"{tag}.zarr"
         chain = Chain(f"{row}/{unit}", [simformer("train", "--out", model, *TRAIN_FLAGS[source], *common,
                                                   "--iters", steps)], 1)
         if row not in ("cam", "finetune"):  # those rows score the retrained model only
-            commands, chain.scores[row] = score(model, split, subset, row, folder)
+            commands, chain.scores[row] = score(model, split, subset, tag, folder)
             chain.commands += commands
         if row == "cam" or "finetune" in rows and source == "simformer":
             target = "cam" if row == "cam" else "finetune"
@@ -394,7 +401,10 @@ def main() -> None:
     split_seeds = args.split_seeds or list(protocol.split_seeds if setting.seeded else protocol.split_seeds[:1])
     train_seeds = args.train_seeds or list(protocol.train_seeds)
     name = f"{args.setting}-{'curve' if args.curve else protocol.kind}"
-    work = args.workdir or REPO / "runs" / "bench" / f"quality-{name}"
+    if args.oracle_iters == args.iters and "oracle-conv" in args.rows and not args.curve:
+        parser.error("--oracle-iters equals --iters: the converged oracle would be the equal-budget one")
+    # The curve runs on the tuning splits, so it shares their workdir (and its oracle runs).
+    work = args.workdir or REPO / "runs" / "bench" / f"quality-{args.setting}-{protocol.kind}"
     work.mkdir(parents=True, exist_ok=True)
     log = work / "quality.log"
     began = time.perf_counter()
