@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ from simformer_cli.cli import run
 # Ctrl-C would: give this process (and so its children) SIGINT as a terminal gives it.
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+# Whether the machine looks busy must not change what a test sees (tests of the warning turn it on).
+os.environ["SIMFORMER_BUSY_WARNING"] = "0"
 
 # No property test may fail for being slow: on a loaded machine an example can take longer than
 # hypothesis's default 200 ms deadline, and drawing data can trip its too_slow health check.

@@ -58,6 +58,8 @@ def test_retrain_batch_that_the_loop_cannot_cut(refusals: Refusals, shared, tmp_
     ("option-iters-too-large", "--iters", str(10**23), "100000000"),
     ("option-workers-too-many-train", "--workers", "100000", "--workers 100000"),
     ("option-checkpoint-every-negative", "--checkpoint-every", "-5", "--checkpoint-every -5"),
+    ("option-threads-zero", "--threads", "0", "--threads 0"),
+    ("option-threads-too-many", "--threads", "100000", "--threads 100000"),
 ])
 def test_numeric_training_options_out_of_range(refusals: Refusals, shared, tmp_path: Path, case: str, option: str,
                                                value: str, fragment: str) -> None:  # noqa: ANN001

@@ -66,11 +66,12 @@ class Provenance(Frozen):
     command: list[str] = Field(default_factory=list)
     dataset_root: str | None = None
     host: str | None = None
+    threads: int | None = None  # CPU threads of the process: float sums, and so weights, depend on it
 
     @classmethod
-    def of_this_run(cls, dataset_root: str | None = None) -> Provenance:
-        """This process's command line and host."""
-        return cls(command=list(sys.argv), dataset_root=dataset_root, host=socket.gethostname())
+    def of_this_run(cls, dataset_root: str | None = None, threads: int | None = None) -> Provenance:
+        """This process's command line, host and (where it computed with torch) thread count."""
+        return cls(command=list(sys.argv), dataset_root=dataset_root, host=socket.gethostname(), threads=threads)
 
 
 def utc_now() -> datetime:

@@ -44,11 +44,13 @@ def pipeline(
         "--retrain-from", RetrainStart, help="Retraining starts from the one-stage model's weights (retrain --init-from), "
                                              "or from the preset's initialisation (scratch, as the paper).")] = "one-stage",
     device: DeviceOption = "auto",
+    threads: options.ThreadsOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Run the whole chain into one folder; rerunning skips finished stages and resumes interrupted ones."""
     from simformer_cli.cli.report import print_pipeline_table
     from simformer_cli.pipeline.chain import run_pipeline
+    options.use_threads(threads)
 
     seed = options.seed("--seed", seed)
     synthetic = (options.synthetic_settings(synthetic_train, synthetic_val, synthetic_size, None)

@@ -16,6 +16,8 @@ from simformer_cli.settings.training import MAX_SEED
 
 #: Worker processes of split and train: more never helps (the work is CPU-bound) and each costs memory.
 MAX_WORKERS = 64
+#: Threads of one process: far more than any machine's cores only adds scheduling overhead.
+MAX_THREADS = 1024
 
 
 def choice(option: str, allowed: Any, **kwargs: Any) -> Any:
@@ -44,6 +46,11 @@ SetOption = Annotated[Optional[list[str]], typer.Option(
 DeviceOption = Annotated[DeviceChoice, choice("--device", DeviceChoice, help="Where to run: CUDA when PyTorch sees a GPU "
                                                                              "(auto), or the one named.")]
 RootOption = Annotated[Optional[Path], typer.Option(help="Dataset folder (default: $SIMFORMER_DATASETS, else ./datasets).")]
+ThreadsOption = Annotated[Optional[int], typer.Option(
+    help="CPU threads of this process (default: OMP_NUM_THREADS, else PyTorch's choice, at most the cores it "
+         "may use). On a shared "
+         "machine give each process its share: processes that each use every core slow one another down many "
+         "times over. The count changes float sums, so the same count reproduces the same weights.")]
 WorkersOption = Annotated[Optional[int], typer.Option(help="Data-loading worker processes (default: 0 on CPU, where "
                                                            "the training threads use every core; up to 4 on CUDA).")]
 
@@ -72,6 +79,15 @@ def workers(value: int | None) -> int | None:
     if value is not None and not 0 <= value <= MAX_WORKERS:
         raise UserError(f"--workers {value}: expected 0 to {MAX_WORKERS} worker processes")
     return value
+
+
+def use_threads(value: int | None) -> int:
+    """Check ``--threads`` and give this process that many torch threads."""
+    if value is not None and not 1 <= value <= MAX_THREADS:
+        raise UserError(f"--threads {value}: expected 1 to {MAX_THREADS}")
+    from simformer_cli.devices import use_threads as set_threads  # torch: imported only when a command runs
+
+    return set_threads(value)
 
 
 def seed(option: str, value: int | None) -> int | None:

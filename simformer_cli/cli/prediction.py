@@ -39,11 +39,13 @@ def infer(
     flip: FlipOption = False,
     save_scores: Annotated[bool, typer.Option("--save-scores", help="Keep per-class scores at 1/4 resolution.")] = False,
     device: DeviceOption = "auto",
+    threads: options.ThreadsOption = None,
     force: ForceOption = False,
     json_out: JsonOption = False,
 ) -> None:
     """Segment a split subset (val by default) or a folder of images into a predictions artifact."""
     from simformer_cli.pipeline.infer import run_infer
+    options.use_threads(threads)
 
     result = run_infer(
         model=model, split=split, subset=subset, images=images, out=out, scales=options.scales("--scales", scales),
@@ -68,11 +70,13 @@ def pseudolabel(
                                                           "image (the paper); image: pixels without base ground truth "
                                                           "take the best novel class of the image.")] = "all",
     device: DeviceOption = "auto",
+    threads: options.ThreadsOption = None,
     force: ForceOption = False,
     json_out: JsonOption = False,
 ) -> None:
     """Label the training images' novel pixels with the model's predictions (base ground truth kept)."""
     from simformer_cli.pipeline.pseudolabel import run_pseudolabel
+    options.use_threads(threads)
 
     if min_score is not None and not 0 <= min_score <= 1:
         raise UserError(f"--min-score {min_score}: expected a score between 0 and 1")

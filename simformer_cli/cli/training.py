@@ -51,6 +51,7 @@ def train(
     checkpoint_every: CheckpointOption = 100,
     resume: ResumeOption = False,
     device: DeviceOption = "auto",
+    threads: options.ThreadsOption = None,
     workers: WorkersOption = None,
     backbone_weights: BackboneOption = None,
     set_: SetOption = None,
@@ -59,6 +60,7 @@ def train(
 ) -> None:
     """Train SimFormer on a split (weak labels only) into a model artifact."""
     from simformer_cli.pipeline.train import run_train
+    options.use_threads(threads)
 
     result = run_train(
         split=split, out=out, preset=preset, method=method, iters=iters, batch_size=batch_size, lr=lr, seed=seed,
@@ -87,6 +89,7 @@ def retrain(
     checkpoint_every: CheckpointOption = 100,
     resume: ResumeOption = False,
     device: DeviceOption = "auto",
+    threads: options.ThreadsOption = None,
     workers: WorkersOption = None,
     backbone_weights: BackboneOption = None,
     set_: SetOption = None,
@@ -95,6 +98,7 @@ def retrain(
 ) -> None:
     """Retrain a plain MaskFormer on base ground truth + novel pseudo labels."""
     from simformer_cli.pipeline.retrain import run_retrain
+    options.use_threads(threads)
 
     result = run_retrain(
         split=split, pseudolabels=pseudolabels, out=out, init_from=init_from, preset=preset,

@@ -14,7 +14,7 @@ from simformer_cli.data.images import FolderImages, SplitImages
 from simformer_cli.errors import UserError
 from simformer_cli.inference.predict import MaskFormerScorer
 from simformer_cli.inference.sharded import PredictionJob, argmax_rule, run_prediction_job
-from simformer_cli.pipeline.stage import StageResult, load_model, running_on, up_to_date
+from simformer_cli.pipeline.stage import StageResult, load_model, running_on, up_to_date, warn_if_busy
 from simformer_cli.progress import Reporter
 from simformer_cli.settings.choices import DeviceChoice, SubsetName
 from simformer_cli.settings.test_time import TestTimeSettings
@@ -69,13 +69,14 @@ def run_infer(
                              same="same model, images and settings", redo="redo")
         if current is not None:
             return current
+        warn_if_busy(runtime, reporter)
         job = PredictionJob(source=source, scorer=MaskFormerScorer(network, test_time, runtime),  # type: ignore[arg-type]
                             num_classes=len(model_manifest.class_names), ignore_index=model_manifest.ignore_index,
                             label_rule=argmax_rule, save_scores=save_scores)
 
         def make_manifest(staging: Path, arrays: dict[str, ArraySpec], seconds: float) -> PredictionsManifest:
             return PredictionsManifest(
-                inputs=inputs, params=params, arrays=arrays, provenance=Provenance.of_this_run(),
+                inputs=inputs, params=params, arrays=arrays, provenance=Provenance.of_this_run(threads=runtime.threads),
                 summary=InferSummary(images=len(source.names), seconds=round(seconds, 2),
                                      images_per_second=round(len(source.names) / max(seconds, 1e-9), 2),
                                      device=str(runtime.device)),

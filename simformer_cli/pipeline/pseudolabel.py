@@ -17,7 +17,7 @@ from simformer_cli.errors import UserError
 from simformer_cli.inference.predict import MaskFormerScorer
 from simformer_cli.inference.pseudolabel import PseudoLabelRule, measure_quality
 from simformer_cli.inference.sharded import PredictionJob, run_prediction_job
-from simformer_cli.pipeline.stage import StageResult, load_model, running_on, up_to_date
+from simformer_cli.pipeline.stage import StageResult, load_model, running_on, up_to_date, warn_if_busy
 from simformer_cli.progress import Reporter
 from simformer_cli.settings.choices import Among, DeviceChoice
 from simformer_cli.settings.test_time import TestTimeSettings
@@ -56,6 +56,7 @@ def run_pseudolabel(
                              same="same model, split and settings", redo="redo")
         if current is not None:
             return current
+        warn_if_busy(runtime, reporter)
         classes = split_artifact.manifest
         scorer = (MaskFormerScorer(network, test_time, runtime) if cam is None  # type: ignore[arg-type]
                   else CamScorer(network, split_artifact, cam, test_time, runtime))  # type: ignore[arg-type]
@@ -66,7 +67,7 @@ def run_pseudolabel(
         def make_manifest(staging: Path, arrays: dict[str, ArraySpec], seconds: float) -> PseudoLabelsManifest:
             return PseudoLabelsManifest(
                 inputs=inputs, params=params, arrays=arrays, summary=measure_quality(staging, split_artifact, seconds, reporter),
-                provenance=Provenance.of_this_run(),
+                provenance=Provenance.of_this_run(threads=runtime.threads),
                 class_names=classes.class_names, base_classes=classes.base_classes,
                 novel_classes=classes.novel_classes, ignore_index=classes.ignore_index,
                 label_dtype=job.label_dtype,  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ from simformer_cli.artifacts.manifest import ManifestBase
 from simformer_cli.artifacts.model import ModelManifest, checked_weights_file, load_weights_into
 from simformer_cli.artifacts.store import current_artifact
 from simformer_cli.cam.network import CamNet, build_cam_model
-from simformer_cli.devices import Runtime, start_runtime, stop_runtime
+from simformer_cli.devices import Runtime, busy_machine_warning, start_runtime, stop_runtime
 from simformer_cli.model import MaskFormer, build_model
 from simformer_cli.progress import Reporter, SilentReporter
 from simformer_cli.settings.choices import DeviceChoice
@@ -41,6 +41,14 @@ def running_on(device: DeviceChoice, reporter: Reporter | None) -> Iterator[tupl
         yield runtime, reporter if (reporter is not None and runtime.is_main) else SilentReporter()
     finally:
         stop_runtime(runtime)
+
+
+def warn_if_busy(runtime: Runtime, reporter: Reporter) -> None:
+    """Say so when this stage's CPU threads will fight other processes for the cores; called once
+    the inputs are accepted and the work starts, so that a refusal stays one line."""
+    message = busy_machine_warning(runtime.device) if runtime.is_main else None
+    if message is not None:
+        reporter.info(f"warning: {message}")
 
 
 def up_to_date(out: Path, model: type[M], inputs: Any, params: Any, *, force: bool, reporter: Reporter,

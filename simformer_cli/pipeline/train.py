@@ -19,7 +19,7 @@ from simformer_cli.artifacts.store import partial_dir, pending_resume_key, plan_
 from simformer_cli.devices import broadcast_object
 from simformer_cli.errors import UserError
 from simformer_cli.model import build_model, load_backbone_weights
-from simformer_cli.pipeline.stage import StageResult, running_on, up_to_date
+from simformer_cli.pipeline.stage import StageResult, running_on, up_to_date, warn_if_busy
 from simformer_cli.progress import Reporter
 from simformer_cli.settings.choices import DeviceChoice
 from simformer_cli.settings.model import ModelSettings
@@ -118,6 +118,7 @@ def run_train(
                 # only once the inputs are accepted, so that a refusal stays one line
                 reporter.info("warning: training a ResNet with frozen batch norm from random weights; "
                               "pass --backbone-weights (ImageNet, torchvision layout) as the paper does")
+            warn_if_busy(runtime, reporter)
             if not resume:
                 drop_checkpoints(staging / CHECKPOINTS)
             broadcast_object(runtime, str(staging))
@@ -127,7 +128,7 @@ def run_train(
                 stage=stage,
                 inputs=inputs,
                 params=params,
-                provenance=Provenance.of_this_run(),
+                provenance=Provenance.of_this_run(threads=runtime.threads),
                 summary=TrainSummary(steps=result.steps, resumed_from=result.resumed_from,
                                      seconds=round(result.seconds, 2),
                                      images_per_second=round(result.images_per_second, 2),
