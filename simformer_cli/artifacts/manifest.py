@@ -60,17 +60,34 @@ class ArraySpec(Frozen):
     dtype: str
 
 
+class LabelFile(Frozen):
+    """A file that gave labels to a split (a tag file, a COCO annotation file) and its sha256."""
+
+    role: Literal["tags", "annotations", "val-annotations"]
+    path: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class LabelSources(Frozen):
+    """Where a split's base masks and novel image-level labels came from."""
+
+    base_masks: str = Field(description="e.g. 'label PNGs', 'COCO JSON annotations'")
+    novel_labels: Literal["derived from full masks", "tags"]
+    files: list[LabelFile] = Field(default_factory=list)
+
+
 class Provenance(Frozen):
     """Where and how the artifact was made; informative only, not part of the digest."""
 
     command: list[str] = Field(default_factory=list)
     dataset_root: str | None = None
     host: str | None = None
+    labels: LabelSources | None = None  # splits only
 
     @classmethod
-    def of_this_run(cls, dataset_root: str | None = None) -> Provenance:
+    def of_this_run(cls, dataset_root: str | None = None, labels: LabelSources | None = None) -> Provenance:
         """This process's command line and host."""
-        return cls(command=list(sys.argv), dataset_root=dataset_root, host=socket.gethostname())
+        return cls(command=list(sys.argv), dataset_root=dataset_root, host=socket.gethostname(), labels=labels)
 
 
 def utc_now() -> datetime:

@@ -17,11 +17,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import zarr
-from pydantic import Field, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 from zarr.core.sync import sync
 
 from simformer_cli.artifacts.inventory import named_damage, read_stored
@@ -32,13 +32,15 @@ from simformer_cli.errors import UserError
 from simformer_cli.settings.synthetic import SyntheticSettings
 
 AUDIT_LABELS = "audit/train_labels"
+#: Manifest fields a split made from full masks does not have (not written, not digested).
+OPTIONAL_FIELDS = ("label_coverage",)
 
 
 class SplitParams(Frozen):
     """Every setting that changes the split artifact."""
 
     dataset: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$", description="the reader that made it (data.datasets)")
-    selection: Literal["ratio", "official", "explicit"]
+    selection: Literal["ratio", "official", "explicit", "tags"]  # tags: the classes a tag file names
     ratio: tuple[int, int] | None = None
     seed: int | None = None
     official_split: int | None = None
@@ -76,6 +78,21 @@ class SplitManifest(ManifestBase):
     novel_classes: list[int]
     ignore_index: int
     label_dtype: Literal["uint8", "uint16"]
+    # What each subset's stored labels hold where not every class has masks (``--tags``): "base"
+    # (base classes only, novel classes known from tags) or "none" (no masks); absent: every class.
+    label_coverage: dict[str, Literal["full", "base", "none"]] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Left out when absent, so splits made from full masks keep the digest they always had.
+        data = handler(self)
+        for key in OPTIONAL_FIELDS:
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
+
+    def coverage(self, subset: str) -> str:
+        return (self.label_coverage or {}).get(subset, "full")
 
     @model_validator(mode="after")
     def _classes_partition(self) -> SplitManifest:

@@ -44,6 +44,9 @@ SetOption = Annotated[Optional[list[str]], typer.Option(
 DeviceOption = Annotated[DeviceChoice, choice("--device", DeviceChoice, help="Where to run: CUDA when PyTorch sees a GPU "
                                                                              "(auto), or the one named.")]
 RootOption = Annotated[Optional[Path], typer.Option(help="Dataset folder (default: $SIMFORMER_DATASETS, else ./datasets).")]
+TagsOption = Annotated[Optional[Path], typer.Option(
+    help="Tag file naming the novel classes each image shows (CSV image,labels or JSON image -> [classes]); the "
+         "masks then hold base classes only. Every training image needs a row.")]
 WorkersOption = Annotated[Optional[int], typer.Option(help="Data-loading worker processes (default: 0 on CPU, where "
                                                            "the training threads use every core; up to 4 on CUDA).")]
 

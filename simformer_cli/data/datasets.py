@@ -24,15 +24,18 @@ ENV_ROOT = "SIMFORMER_DATASETS"
 class Dataset:
     """How one dataset is read: ``load(root)`` lists its files and classes (nothing is decoded)."""
 
-    load: Callable[[Path], RawDataset]
+    load: Callable[..., RawDataset]
     generated: bool = False  # made by simformer (data.synthetic) into a folder dataset, not found under --root
+    # Reads base masks with novel classes as tags (--tags): ``load(root, masks_optional=True)``
+    # then lists images of val and test without masks too.
+    takes_tags: bool = False
 
 
 DATASETS: dict[str, Dataset] = {
     "synthetic": Dataset(load_folder, generated=True),
     "ade20k": Dataset(load_ade20k),
     "coco-stuff-10k": Dataset(load_coco_stuff_10k),
-    "folder": Dataset(load_folder),
+    "folder": Dataset(load_folder, takes_tags=True),
 }
 
 
@@ -46,5 +49,7 @@ def datasets_root(root: Path | None) -> Path:
     return Path("datasets")
 
 
-def load_dataset(name: str, root: Path | None) -> RawDataset:
+def load_dataset(name: str, root: Path | None, *, masks_optional: bool = False) -> RawDataset:
+    if masks_optional:
+        return DATASETS[name].load(datasets_root(root), masks_optional=True)
     return DATASETS[name].load(datasets_root(root))

@@ -33,6 +33,7 @@ class DecodedSample:
     name: str
     image: np.ndarray  # (H, W, 3) uint8 RGB
     label: np.ndarray | None  # (H, W) class ids, ignore_index where unlabelled
+    tags: tuple[int, ...] | None = None  # novel classes the image shows, where they come as tags (data.tags)
 
 
 class Sample(Protocol):
