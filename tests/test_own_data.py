@@ -12,6 +12,7 @@ import zarr
 from simformer_cli.artifacts.split import SplitArtifact
 from simformer_cli.data.tags import read_tags
 from simformer_cli.pipeline.split import run_split
+from simformer_cli.pipeline.train import run_train
 
 from conftest import make_folder_dataset
 from own_data import tags_of, to_base_masks, write_tags
@@ -44,6 +45,29 @@ def test_the_three_tag_file_forms_read_alike(datasets: dict[str, Path], tmp_path
     parsed = read_tags(path)
     assert parsed.rows == {image: tuple(names) for image, names in tags.items()}
     assert parsed.digest == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_tags_route_stores_what_the_benchmark_route_stores_and_trains_bit_identically(
+        datasets: dict[str, Path], tmp_path: Path) -> None:
+    """Done-when: base masks + tags give the benchmark route's weak labels and image-level labels,
+    so a few training steps give the same weights, bit for bit, on CPU."""
+    tags = write_tags(datasets["own"] / "tags.csv", tags_of(datasets["full"], NOVEL), "list")
+    benchmark = run_split(dataset="folder", root=datasets["full"], out=tmp_path / "bench.zarr",
+                          novel_classes=",".join(NOVEL), workers=1)
+    tagged = run_split(dataset="folder", root=datasets["own"], tags=tags, out=tmp_path / "tags.zarr", workers=1)
+    assert tagged.manifest.novel_classes == benchmark.manifest.novel_classes
+    assert tagged.manifest.params.selection == "tags" and tagged.manifest.params.requested_novel == NOVEL
+    assert tagged.manifest.label_coverage == {"train": "base", "val": "full"}
+    expected, got = arrays(benchmark.path), arrays(tagged.path)
+    for name in SHARED_ARRAYS:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    assert got["train/image_labels"][:, benchmark.manifest.novel_classes].any()  # the tags reached the labels
+    weights = []
+    for split in (benchmark.path, tagged.path):
+        model = run_train(split=split, out=split.with_suffix(".model.zarr"), iters=2, batch_size=2, device="cpu",
+                          workers=0).path
+        weights.append(hashlib.sha256((model / "weights.safetensors").read_bytes()).hexdigest())
+    assert weights[0] == weights[1]
 
 
 def test_provenance_records_the_tag_file_and_its_digest(datasets: dict[str, Path], tmp_path: Path) -> None:
