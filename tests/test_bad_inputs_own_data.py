@@ -5,12 +5,13 @@ Machinery and the table they feed: ``refusals.py`` and ``docs/bad_inputs.md``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from conftest import make_folder_dataset
-from own_data import tags_of, to_base_masks, write_tags
+from own_data import category_id, tags_of, to_base_masks, to_coco, write_tags
 from refusals import Refusals, split_args
 
 NOVEL = ["car", "person"]
@@ -96,3 +97,52 @@ def test_tags_for_a_dataset_with_full_masks(refusals: Refusals, tmp_path: Path) 
     refusals.check("tags-wrong-dataset", "`--tags` with a dataset whose masks hold every class (ADE20K)",
                    ["split", "--dataset", "ade20k", "--root", tmp_path, "--out", tmp_path / "s.zarr",
                     "--tags", tmp_path / "tags.csv"], "tags go with")
+
+
+# ---------------------------------------------------------------- COCO JSON masks
+
+
+@pytest.fixture(scope="module")
+def coco(own: dict[str, Path]) -> dict[str, Path]:
+    files = to_coco(own["full"], own["base"] / "coco", NOVEL)
+    files["tags"] = write_tags(own["base"] / "coco-tags.csv", tags_of(own["full"], NOVEL), "list")
+    return files
+
+
+def coco_args(coco: dict[str, Path], out: Path, **change: Path) -> list:
+    files = {**coco, **change}
+    return ["split", "--dataset", "coco-json", "--images", files["images"], "--annotations", files["train"],
+            "--val-annotations", files["val"], "--tags", files["tags"], "--out", out, "--workers", "1"]
+
+
+def test_coco_file_that_does_not_parse(refusals: Refusals, coco: dict[str, Path], tmp_path: Path) -> None:
+    broken = tmp_path / "train.json"
+    broken.write_text(coco["train"].read_text()[:-20])
+    refusals.check("coco-does-not-parse", "a COCO annotation file that is not valid JSON",
+                   coco_args(coco, tmp_path / "s.zarr", train=broken), "does not parse as JSON")
+
+
+def test_coco_polygon_outside_its_image(refusals: Refusals, coco: dict[str, Path], tmp_path: Path) -> None:
+    document = json.loads(coco["train"].read_text())
+    first = document["images"][0]
+    document["annotations"].append({"id": 999, "image_id": first["id"], "category_id": category_id(1), "iscrowd": 0,
+                                    "segmentation": [[0, 0, first["width"] + 5, 0, first["width"] + 5, 4, 0, 4]]})
+    edited = tmp_path / "train.json"
+    edited.write_text(json.dumps(document))
+    refusals.check("coco-polygon-outside", "a COCO polygon reaching outside its image",
+                   coco_args(coco, tmp_path / "s.zarr", train=edited), "annotation 999", "outside its")
+
+
+def test_coco_category_with_masks_and_tags(refusals: Refusals, coco: dict[str, Path], tmp_path: Path) -> None:
+    tags = tags_of(coco["images"].parent.parent / "full", NOVEL)
+    image = next(iter(tags))
+    tags[image] = [*tags[image], "road"]  # road has masks in train.json
+    path = write_tags(tmp_path / "tags.csv", tags, "list")
+    refusals.check("coco-category-masks-and-tags", "a COCO category that has masks is also tagged",
+                   coco_args(coco, tmp_path / "s.zarr", tags=path), "'road'", "never both")
+
+
+def test_coco_without_annotations(refusals: Refusals, coco: dict[str, Path], tmp_path: Path) -> None:
+    refusals.check("coco-needs-annotations", "`--dataset coco-json` without `--annotations`",
+                   ["split", "--dataset", "coco-json", "--images", coco["images"], "--out", tmp_path / "s.zarr"],
+                   "--annotations")

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
 
+from pycocotools import mask as mask_utils
+
+from simformer_cli.artifacts.predictions import PredictionsArtifact
 from simformer_cli.artifacts.split import SplitArtifact
+from simformer_cli.data.coco_json import load_coco_json
 from simformer_cli.data.tags import read_tags
+from simformer_cli.pipeline.infer import run_infer
 from simformer_cli.pipeline.split import run_split
 from simformer_cli.pipeline.train import run_train
 
-from conftest import make_folder_dataset
-from own_data import tags_of, to_base_masks, write_tags
+from conftest import make_folder_dataset, write_png
+from own_data import category_id, tags_of, to_base_masks, to_coco, write_tags
 
 NOVEL = ["car", "person"]
 #: What the benchmark route and the tags route must store alike (the full train labels aside).
@@ -135,3 +141,97 @@ def test_a_training_image_may_show_no_tagged_class(datasets: dict[str, Path], tm
                                         workers=1).path)
         index = split.names("train").index(Path(image).stem)
         assert not split.image_labels("train")[index, split.manifest.novel_classes].any()
+
+
+# ---------------------------------------------------------------- COCO JSON masks
+
+
+def test_coco_json_route_stores_what_the_benchmark_route_stores_and_trains_bit_identically(
+        datasets: dict[str, Path], tmp_path: Path) -> None:
+    """Done-when, COCO form: base masks as a COCO export (RLE, non-contiguous category ids) + tags."""
+    files = to_coco(datasets["full"], tmp_path / "coco", NOVEL)
+    tags = write_tags(tmp_path / "tags.json", tags_of(datasets["full"], NOVEL), "json")
+    benchmark = run_split(dataset="folder", root=datasets["full"], out=tmp_path / "bench.zarr",
+                          novel_classes=",".join(NOVEL), workers=1)
+    coco = run_split(dataset="coco-json", images=files["images"], annotations=files["train"],
+                     val_annotations=files["val"], tags=tags, out=tmp_path / "coco.zarr", workers=1)
+    assert coco.manifest.class_names == benchmark.manifest.class_names
+    assert coco.manifest.category_ids == [category_id(c) for c in range(len(coco.manifest.class_names))]
+    assert coco.manifest.label_coverage == {"train": "base", "val": "full"}
+    assert [f.role for f in coco.manifest.provenance.labels.files] == ["annotations", "val-annotations", "tags"]
+    expected, got = arrays(benchmark.path), arrays(coco.path)
+    for name in SHARED_ARRAYS:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    weights = []
+    for split in (benchmark.path, coco.path):
+        model = run_train(split=split, out=split.with_suffix(".model.zarr"), iters=2, batch_size=2, device="cpu",
+                          workers=0)
+        weights.append(hashlib.sha256((model.path / "weights.safetensors").read_bytes()).hexdigest())
+    assert weights[0] == weights[1]
+    assert model.manifest.category_ids == coco.manifest.category_ids
+
+
+def write_coco(path: Path, images: list[dict], annotations: list[dict], categories: dict[int, str]) -> Path:
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": [{"id": i, "name": n} for i, n in categories.items()]}))
+    return path
+
+
+def test_coco_overlaps_crowds_polygons_and_sizes(tmp_path: Path) -> None:
+    """The documented painting rule: crowd regions first, then the larger mask first, so a smaller
+    region lying on a larger one stays visible whatever the file's order; uncovered = ignore."""
+    images = tmp_path / "images"
+    write_png(images / "a.png", np.zeros((10, 12, 3), np.uint8))
+    write_png(images / "b.png", np.zeros((6, 8, 3), np.uint8))
+    table, cup, crowd = 9, 40, 2  # category ids, not contiguous
+    anns = [
+        {"id": 1, "image_id": 1, "category_id": cup, "iscrowd": 0, "segmentation": [[4, 4, 8, 4, 8, 8, 4, 8]]},
+        {"id": 2, "image_id": 1, "category_id": table, "iscrowd": 0, "segmentation": [[0, 0, 12, 0, 12, 9, 0, 9]]},
+        {"id": 3, "image_id": 1, "category_id": crowd, "iscrowd": 1,
+         "segmentation": {"size": [10, 12], "counts": [0, 120]}},  # the whole image, uncompressed RLE
+    ]
+    categories = {table: "table", cup: "cup", crowd: "people"}
+    train = write_coco(tmp_path / "train.json", [{"id": 1, "file_name": "a.png", "height": 10, "width": 12}],
+                       anns, categories)
+    val = write_coco(tmp_path / "val.json", [{"id": 7, "file_name": "b.png", "height": 6, "width": 8}], [], categories)
+    raw = load_coco_json(images, train, val)
+    assert raw.class_names == ("people", "table", "cup") and raw.category_ids == (2, 9, 40)
+    label = raw.subsets["train"][0].decode(raw.root, raw.lut, raw.ignore_index).label
+    assert label[6, 6] == 2  # the cup lies on the table
+    assert label[1, 1] == 1  # the table lies on the crowd
+    assert (label[9:, :] == 0).all()  # the crowd shows where nothing else is
+    empty = raw.subsets["val"][0].decode(raw.root, raw.lut, raw.ignore_index)
+    assert empty.image.shape[:2] == (6, 8) and (empty.label == raw.ignore_index).all()
+    assert raw.unmasked_subsets == frozenset({"val"})
+
+
+def test_export_coco_gives_back_the_category_ids(datasets: dict[str, Path], tmp_path: Path, cli) -> None:  # noqa: ANN001
+    files = to_coco(datasets["full"], tmp_path / "coco", NOVEL)
+    tags = write_tags(tmp_path / "tags.csv", tags_of(datasets["full"], NOVEL), "pairs")
+    split = run_split(dataset="coco-json", images=files["images"], annotations=files["train"],
+                      val_annotations=files["val"], tags=tags, out=tmp_path / "s.zarr", workers=1).path
+    model = run_train(split=split, out=tmp_path / "m.zarr", iters=1, batch_size=2, device="cpu", workers=0).path
+    predictions = run_infer(model=model, split=split, out=tmp_path / "p.zarr", device="cpu")
+    assert predictions.manifest.category_ids == [category_id(c) for c in range(6)]
+    result = cli("export", "--predictions", predictions.path, "--format", "coco", "--out", tmp_path / "p.json")
+    assert result.code == 0, result.err
+    document = json.loads((tmp_path / "p.json").read_text())
+    assert [c["id"] for c in document["categories"]] == [category_id(c) for c in range(6)]
+    used = {entry["category_id"] for entry in document["annotations"]}
+    assert used and used <= {category_id(c) for c in range(6)}
+    reader = PredictionsArtifact(predictions.path)
+    first = [entry for entry in document["annotations"] if entry["image_id"] == reader.names()[0]]
+    for entry in first:  # each mask is the predicted class's pixels, under its own category id
+        class_id = [category_id(c) for c in range(6)].index(entry["category_id"])
+        np.testing.assert_array_equal(mask_utils.decode({"size": entry["segmentation"]["size"],
+                                                         "counts": entry["segmentation"]["counts"].encode()}),
+                                      (reader.label(0) == class_id).astype(np.uint8))
+
+
+def test_coco_val_without_novel_masks_is_base_coverage(datasets: dict[str, Path], tmp_path: Path) -> None:
+    """A val file with masks of the base classes only (no tag rows): the split says so."""
+    files = to_coco(datasets["full"], tmp_path / "coco", NOVEL, val_novel_masks=False)
+    tags = write_tags(tmp_path / "tags.csv", tags_of(datasets["full"], NOVEL), "list")
+    split = run_split(dataset="coco-json", images=files["images"], annotations=files["train"],
+                      val_annotations=files["val"], tags=tags, out=tmp_path / "s.zarr", workers=1)
+    assert split.manifest.label_coverage == {"train": "base", "val": "base"}

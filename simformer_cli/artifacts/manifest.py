@@ -12,9 +12,9 @@ import socket
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from simformer_cli import __version__
 
@@ -25,6 +25,21 @@ class Frozen(BaseModel):
     """Base of every manifest model: immutable, unknown fields rejected."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OmitsAbsent(BaseModel):
+    """A manifest whose ``OPTIONAL_FIELDS`` are left out of its JSON when they are None, so that
+    manifests of runs that do not use them keep the bytes and digests they always had."""
+
+    OPTIONAL_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for key in self.OPTIONAL_FIELDS:
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
 
 class ArtifactRef(Frozen):

@@ -17,23 +17,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import zarr
-from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
+from pydantic import Field, model_validator
 from zarr.core.sync import sync
 
 from simformer_cli.artifacts.inventory import named_damage, read_stored
 from simformer_cli.artifacts.layout import COMPRESSORS, SubsetLayout, read_cut
-from simformer_cli.artifacts.manifest import ArtifactRef, Frozen, ManifestBase
+from simformer_cli.artifacts.manifest import ArtifactRef, Frozen, ManifestBase, OmitsAbsent
 from simformer_cli.artifacts.store import open_artifact
 from simformer_cli.errors import UserError
 from simformer_cli.settings.synthetic import SyntheticSettings
 
 AUDIT_LABELS = "audit/train_labels"
-#: Manifest fields a split made from full masks does not have (not written, not digested).
-OPTIONAL_FIELDS = ("label_coverage",)
 
 
 class SplitParams(Frozen):
@@ -68,7 +66,9 @@ class SplitSummary(Frozen):
     val_pixels_per_class: list[int]
 
 
-class SplitManifest(ManifestBase):
+class SplitManifest(OmitsAbsent, ManifestBase):
+    OPTIONAL_FIELDS = ("label_coverage", "category_ids")  # absent from splits made from full masks
+
     kind: Literal["split"] = "split"
     schema_version: Literal[1] = 1
     params: SplitParams
@@ -81,15 +81,8 @@ class SplitManifest(ManifestBase):
     # What each subset's stored labels hold where not every class has masks (``--tags``): "base"
     # (base classes only, novel classes known from tags) or "none" (no masks); absent: every class.
     label_coverage: dict[str, Literal["full", "base", "none"]] | None = None
-
-    @model_serializer(mode="wrap")
-    def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Left out when absent, so splits made from full masks keep the digest they always had.
-        data = handler(self)
-        for key in OPTIONAL_FIELDS:
-            if data.get(key) is None:
-                data.pop(key, None)
-        return data
+    # The dataset's own id of each class (COCO category ids), where they are not 0..K-1.
+    category_ids: list[int] | None = None
 
     def coverage(self, subset: str) -> str:
         return (self.label_coverage or {}).get(subset, "full")

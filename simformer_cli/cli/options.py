@@ -44,6 +44,12 @@ SetOption = Annotated[Optional[list[str]], typer.Option(
 DeviceOption = Annotated[DeviceChoice, choice("--device", DeviceChoice, help="Where to run: CUDA when PyTorch sees a GPU "
                                                                              "(auto), or the one named.")]
 RootOption = Annotated[Optional[Path], typer.Option(help="Dataset folder (default: $SIMFORMER_DATASETS, else ./datasets).")]
+ImagesOption = Annotated[Optional[Path], typer.Option(
+    help="coco-json: the folder the annotation files' file_name entries are relative to.")]
+AnnotationsOption = Annotated[Optional[Path], typer.Option(
+    help="coco-json: COCO JSON of the training images (polygons or RLE, as annotation tools export).")]
+ValAnnotationsOption = Annotated[Optional[Path], typer.Option(
+    help="coco-json: COCO JSON of the val images (same categories; may hold no annotations).")]
 TagsOption = Annotated[Optional[Path], typer.Option(
     help="Tag file naming the novel classes each image shows (CSV image,labels or JSON image -> [classes]); the "
          "masks then hold base classes only. Every training image needs a row.")]

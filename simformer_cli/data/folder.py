@@ -122,4 +122,5 @@ def load_folder(root: Path, *, masks_optional: bool = False) -> RawDataset:
         lut=lut,
         subsets=subsets,
         always_base=tuple(names.index(n) for n in always_base),
+        unmasked_subsets=frozenset(name for name, samples in subsets.items() if all(s.label is None for s in samples)),
     )

@@ -232,6 +232,12 @@ class RawDataset:
     lut: np.ndarray
     subsets: dict[str, tuple[Sample, ...]] = field(default_factory=dict)
     always_base: tuple[int, ...] = ()
+    # Own data (base masks + tags, data.tags): subsets listed without any mask, classes that have a
+    # training mask (where the reader knows it without decoding), and the files that hold labels.
+    unmasked_subsets: frozenset[str] = frozenset()
+    masked_classes: frozenset[int] | None = None
+    label_files: dict[str, Path] = field(default_factory=dict)
+    category_ids: tuple[int, ...] | None = None  # the file's own class ids (COCO), where not 0..K-1
 
     @property
     def num_classes(self) -> int:

@@ -201,6 +201,12 @@ def apply_tags(raw: RawDataset, tags: TagFile) -> tuple[RawDataset, tuple[int, .
     completely or not at all, since its masks then either hold every class or only the base ones.
     """
     novel = tagged_novel_classes(tags, raw)
+    both = sorted(set(novel) & (raw.masked_classes or frozenset()))
+    if both:
+        masks = raw.label_files.get("annotations", raw.root)
+        raise _fail(tags.path, f"class {raw.class_names[both[0]]!r} is tagged but has masks in {masks}; a class has "
+                               "either masks (base) or tags (novel), never both",
+                    "remove its tags, or its annotations")
     index = {name.lower(): i for i, name in enumerate(raw.class_names)}
     subsets = [s for s in ("train", "val", "test", "holdout") if s in raw.subsets]
     resolved = _resolve(tags, raw, subsets)
@@ -220,5 +226,5 @@ def apply_tags(raw: RawDataset, tags: TagFile) -> tuple[RawDataset, tuple[int, .
             coverage[subset] = "base"
         else:
             wrapped[subset] = samples
-            coverage[subset] = "full" if all(len(s.files()) > 1 for s in samples) else "none"
+            coverage[subset] = "none" if subset in raw.unmasked_subsets else "full"
     return dataclasses.replace(raw, subsets=wrapped), novel, coverage

@@ -64,6 +64,9 @@ def run_pipeline(
     official_split: int | None = None,
     novel_classes: str | None = None,
     tags: Path | None = None,
+    images: Path | None = None,
+    annotations: Path | None = None,
+    val_annotations: Path | None = None,
     synthetic: SyntheticSettings | None = None,
     preset: PresetName = "tiny",
     iters: int | None = None,
@@ -95,6 +98,7 @@ def run_pipeline(
     say("split")
     split = run_split(dataset=dataset, root=root, out=workdir / "split.zarr", ratio=ratio, seed=seed,
                       official_split=official_split, novel_classes=novel_classes, tags=tags,
+                      images=images, annotations=annotations, val_annotations=val_annotations,
                       synthetic=synthetic, workers=workers, reporter=reporter).path
     training = dict(preset=preset, batch_size=batch_size, checkpoint_every=checkpoint_every, resume="auto",
                     device=device, reporter=reporter)

@@ -3,7 +3,8 @@
 - ``coco``: one JSON file in the COCO results style used for semantic segmentation
   (``[{"image_id", "category_id", "segmentation": {"size": [h, w], "counts": "..."}}]``), one
   entry per image and predicted class, masks run-length encoded with pycocotools. ``image_id`` is
-  the image's name; ``category_id`` the class id (``categories`` gives the names). ``info`` (first)
+  the image's name; ``category_id`` the class id, or the dataset's own category id where the split
+  was read from COCO JSON (``categories`` gives the names). ``info`` (first)
   names simformer and the predictions' digest: that is how a later export knows the file is its own.
 - ``png``: one single-channel PNG per image, pixel value = class id, named after the image.
 
@@ -28,13 +29,15 @@ from simformer_cli.progress import Reporter, SilentReporter
 PNG_EXPORT = "export-png"
 
 
-def coco_entries(name: str, label: np.ndarray, num_classes: int) -> list[dict]:
+def coco_entries(name: str, label: np.ndarray, category_ids: list[int]) -> list[dict]:
+    """One entry per predicted class; ``category_ids[c]`` is class c's id in the dataset."""
+    num_classes = len(category_ids)
     entries = []
     for class_id in np.unique(label):
         if class_id >= num_classes:
             continue
         rle = mask_utils.encode(np.asfortranarray(label == class_id, dtype=np.uint8))
-        entries.append({"image_id": name, "category_id": int(class_id),
+        entries.append({"image_id": name, "category_id": category_ids[int(class_id)],
                         "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}})
     return entries
 
@@ -56,11 +59,13 @@ def run_export(
     if format == "coco":
         check_coco_out(out)
         results: list[dict] = []
+        # A dataset read from COCO JSON gets its own category ids back (its annotation tool knows them).
+        ids = manifest.category_ids or list(range(len(manifest.class_names)))
         with reporter.task("exporting coco", preds.count()) as advance:
             for index, name in enumerate(names):
-                results.extend(coco_entries(name, preds.label(index), len(manifest.class_names)))
+                results.extend(coco_entries(name, preds.label(index), ids))
                 advance(1)
-        categories = [{"id": i, "name": n} for i, n in enumerate(manifest.class_names)]
+        categories = [{"id": i, "name": n} for i, n in zip(ids, manifest.class_names)]
         write_file(out, coco_document(preds.digest, categories, results))
         return out
     target = FolderOutput(out, PNG_EXPORT, "simformer's own PNG export",

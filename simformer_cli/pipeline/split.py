@@ -10,7 +10,7 @@ import numpy as np
 
 from simformer_cli.artifacts.digest import files_fingerprint
 from simformer_cli.artifacts.manifest import DatasetFingerprint, Inputs, LabelFile, LabelSources, Provenance
-from simformer_cli.artifacts.split import SplitManifest, SplitParams
+from simformer_cli.artifacts.split import SplitManifest, SplitParams, SplitSummary
 from simformer_cli.artifacts.store import (
     check_output_path,
     disk_full_message,
@@ -23,8 +23,8 @@ from simformer_cli.artifacts.store import (
     staged_artifact,
 )
 from simformer_cli.data.class_split import choose_novel, parse_ratio
-from simformer_cli.data.datasets import DATASETS, datasets_root, load_dataset
-from simformer_cli.data.ingest import WorkerPool, default_workers, ingest, scan
+from simformer_cli.data.datasets import DATASETS, DataSources, datasets_root, load_dataset
+from simformer_cli.data.ingest import WorkerPool, default_workers, file_sha256, ingest, scan
 from simformer_cli.data.official_splits import PUBLISHED_SPLITS, official_novel_classes
 from simformer_cli.data.source import RawDataset, hold_out, subsets_of
 from simformer_cli.data.synthetic import GENERATOR_VERSION, generate_synthetic
@@ -108,6 +108,9 @@ def run_split(
     synthetic: SyntheticSettings | None = None,
     holdout: int = 0,
     tags: Path | None = None,
+    images: Path | None = None,
+    annotations: Path | None = None,
+    val_annotations: Path | None = None,
     force: bool = False,
     workers: int | None = None,
     reporter: Reporter | None = None,
@@ -120,7 +123,9 @@ def run_split(
     if tags is not None and not DATASETS[dataset].takes_tags:
         takers = [name for name, entry in DATASETS.items() if entry.takes_tags]
         raise UserError(f"--tags: --dataset {dataset} has masks of every class; tags go with {' or '.join(takers)}")
-    own = own_data(dataset, root, tags) if tags is not None else None
+    sources = DataSources(root=root, images=images, annotations=annotations, val_annotations=val_annotations,
+                          masks_optional=tags is not None)
+    own = own_data(dataset, sources, Path(tags)) if tags is not None else None
     params = plan_params(dataset=dataset, ratio=ratio, seed=seed, official_split=official_split,
                          novel_classes=novel_classes, keep_train_labels=keep_train_labels, synthetic=synthetic,
                          holdout=holdout, tags=own.tags if own else None,
@@ -151,7 +156,7 @@ def run_split(
                     finished[0] = done
 
                 generate_synthetic(source, settings, progress, workers=workers)
-            raw = DATASETS[dataset].load(source)
+            raw = load_dataset(dataset, DataSources(root=source))
             return _build(raw, params, out, existing, force, workers, reporter, dataset_root=None)
         except OSError as exc:
             if is_disk_full(exc):
@@ -159,9 +164,9 @@ def run_split(
             raise
         finally:
             shutil.rmtree(source, ignore_errors=True)
-    raw = own.raw if own is not None else load_dataset(dataset, root)
-    return _build(raw, params, out, existing, force, workers, reporter, dataset_root=str(datasets_root(root).absolute()),
-                  own=own)
+    raw = own.raw if own is not None else load_dataset(dataset, sources)
+    where = raw.root if DATASETS[dataset].load_files is not None else datasets_root(root)
+    return _build(raw, params, out, existing, force, workers, reporter, dataset_root=str(where.absolute()), own=own)
 
 
 @dataclass(frozen=True)
@@ -175,18 +180,21 @@ class OwnData:
     coverage: dict[str, str]
 
 
-def own_data(dataset: str, root: Path | None, tags: Path) -> OwnData:
-    tag_file = read_tags(Path(tags))
-    raw = load_dataset(dataset, root, masks_optional=True)
+def own_data(dataset: str, sources: DataSources, tags: Path) -> OwnData:
+    tag_file = read_tags(tags)
+    raw = load_dataset(dataset, sources)
     tagged, novel, coverage = apply_tags(raw, tag_file)
     return OwnData(tagged, tag_file, tuple(raw.class_names[c] for c in novel), coverage)
 
 
-def label_sources(raw: RawDataset, own: OwnData | None) -> LabelSources:
+def label_sources(raw: RawDataset, own: OwnData | None, label_digests: dict[str, str]) -> LabelSources:
+    masks = "COCO JSON annotations" if raw.layout == "coco-json" else f"{raw.layout} label maps"
+    files = [LabelFile(role=role, path=str(path.absolute()), sha256=label_digests[role])  # type: ignore[arg-type]
+             for role, path in raw.label_files.items()]
     if own is None:
-        return LabelSources(base_masks=f"{raw.layout} label maps", novel_labels="derived from full masks")
-    return LabelSources(base_masks=f"{raw.layout} label maps", novel_labels="tags",
-                        files=[LabelFile(role="tags", path=str(own.tags.path.absolute()), sha256=own.tags.digest)])
+        return LabelSources(base_masks=masks, novel_labels="derived from full masks", files=files)
+    return LabelSources(base_masks=masks, novel_labels="tags",
+                        files=[*files, LabelFile(role="tags", path=str(own.tags.path.absolute()), sha256=own.tags.digest)])
 
 
 def _build(
@@ -214,7 +222,10 @@ def _build(
             for subset in subsets_of(raw):
                 sizes[subset], subset_digests = scan(pool, raw.root, raw.subsets[subset], advance)
                 digests.extend(subset_digests)
-        if own is not None:  # by role, not path: moving the tag file does not make the split stale
+        # By role, not path: moving a label file does not make the split stale.
+        label_digests = {role: file_sha256(path) for role, path in raw.label_files.items()}
+        digests.extend((f"--{role}", digest) for role, digest in label_digests.items())
+        if own is not None:
             digests.append(("--tags", own.tags.digest))
         inputs = Inputs(dataset=DatasetFingerprint(
             name=params.dataset, layout=raw.layout, files=len(set(digests)), digest=files_fingerprint(digests)))
@@ -228,8 +239,9 @@ def _build(
                               coverage=coverage)
             manifest = SplitManifest(
                 inputs=inputs, arrays=ingested.arrays,
-                provenance=Provenance.of_this_run(dataset_root, label_sources(raw, own)),
-                label_coverage=coverage,  # type: ignore[arg-type]
+                provenance=Provenance.of_this_run(dataset_root, label_sources(raw, own, label_digests)),
+                label_coverage=settled_coverage(coverage, ingested.summary, novel),  # type: ignore[arg-type]
+                category_ids=list(raw.category_ids) if raw.category_ids is not None else None,
                 params=params, summary=ingested.summary, class_names=list(raw.class_names),
                 base_classes=list(base), novel_classes=list(novel), ignore_index=raw.ignore_index,
                 label_dtype=str(label_dtype_for(raw.num_classes)),  # type: ignore[arg-type]
@@ -237,6 +249,16 @@ def _build(
             warn_unlearnable_novel(manifest, reporter)
             manifest, digest = publish(staging, out, manifest)
     return StageResult(manifest, digest, out)
+
+
+def settled_coverage(coverage: dict[str, str] | None, summary: SplitSummary,
+                     novel: tuple[int, ...]) -> dict[str, str] | None:
+    """Masks of a subset without tag rows hold every class; where they hold no pixel of any novel
+    class, they are base masks in fact (an export of the base classes only), and say so."""
+    if coverage is None:
+        return None
+    return {subset: "base" if kind == "full" and summary.subsets[subset].novel_share == 0 else kind
+            for subset, kind in coverage.items()}
 
 
 def warn_unlearnable_novel(manifest: SplitManifest, reporter: Reporter) -> None:

@@ -138,6 +138,7 @@ def run_train(
                 novel_classes=split_artifact.manifest.novel_classes,
                 ignore_index=split_artifact.manifest.ignore_index,
                 label_sources=list(labels.sources),
+                category_ids=split_artifact.manifest.category_ids,
                 weights_sha256=write_weights(staging, result.model_state),
             )
             manifest, digest = publish(staging, out, manifest)
