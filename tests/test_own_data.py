@@ -235,3 +235,77 @@ def test_coco_val_without_novel_masks_is_base_coverage(datasets: dict[str, Path]
     split = run_split(dataset="coco-json", images=files["images"], annotations=files["train"],
                       val_annotations=files["val"], tags=tags, out=tmp_path / "s.zarr", workers=1)
     assert split.manifest.label_coverage == {"train": "base", "val": "base"}
+
+
+# ---------------------------------------------------------------- validation with or without masks
+
+
+def test_eval_scores_the_base_classes_where_val_masks_hold_only_them(datasets: dict[str, Path], tmp_path: Path,
+                                                                       cli) -> None:  # noqa: ANN001
+    files = to_coco(datasets["full"], tmp_path / "coco", NOVEL, val_novel_masks=False)
+    tags = write_tags(tmp_path / "tags.csv", tags_of(datasets["full"], NOVEL), "list")
+    split = run_split(dataset="coco-json", images=files["images"], annotations=files["train"],
+                      val_annotations=files["val"], tags=tags, out=tmp_path / "s.zarr", workers=1)
+    model = run_train(split=split.path, out=tmp_path / "m.zarr", iters=1, batch_size=2, device="cpu", workers=0).path
+    predictions = run_infer(model=model, split=split.path, out=tmp_path / "p.zarr", device="cpu").path
+    result = cli("eval", "--predictions", predictions, "--split", split.path, "--out", tmp_path / "e.zarr", "--json")
+    assert result.code == 0, result.err
+    assert "warning: novel classes not scored: the val masks hold the base classes only" in result.err
+    assert "novel labels: tags" in result.err and str(tags.absolute()) in result.err
+    report = json.loads(result.out)
+    assert report["novel_miou"] is None and report["hiou"] is None and report["novel"] is None
+    for row in report["per_class"]:
+        assert (row["iou"] is None) == (row["split_role"] == "novel" or row["gt_pixels"] + row["pred_pixels"] == 0)
+    # the base classes' IoUs, by hand: novel predictions on their pixels count against them
+    reader, truth = PredictionsArtifact(predictions), SplitArtifact(split.path)
+    pairs = [(reader.label(i), truth.label("val", i)) for i in range(reader.count())]
+    checked = 0
+    for c in split.manifest.base_classes:
+        tp = sum(int(((pred == c) & (gt == c)).sum()) for pred, gt in pairs)
+        fp = sum(int(((pred == c) & (gt != c) & (gt != split.manifest.ignore_index)).sum()) for pred, gt in pairs)
+        fn = sum(int(((pred != c) & (gt == c)).sum()) for pred, gt in pairs)
+        if tp + fp + fn:
+            assert report["per_class"][c]["iou"] == pytest.approx(100 * tp / (tp + fp + fn), abs=5e-4)  # 3 places
+            checked += 1
+    assert checked >= 2
+
+
+def test_val_without_masks_is_predicted_and_exported_but_not_scored(datasets: dict[str, Path], tmp_path: Path,
+                                                                     cli) -> None:  # noqa: ANN001
+    import shutil
+
+    own = to_base_masks(datasets["full"], tmp_path / "own", NOVEL)
+    shutil.rmtree(own / "labels" / "val")
+    tags = write_tags(tmp_path / "tags.csv", tags_of(datasets["full"], NOVEL), "list")
+    split = run_split(dataset="folder", root=own, tags=tags, out=tmp_path / "s.zarr", workers=1).path
+    model = run_train(split=split, out=tmp_path / "m.zarr", iters=1, batch_size=2, device="cpu", workers=0).path
+    predictions = run_infer(model=model, split=split, out=tmp_path / "p.zarr", device="cpu").path
+    assert cli("viz", "--predictions", predictions, "--split", split, "--out", tmp_path / "viz").code == 0
+    assert len(list((tmp_path / "viz").glob("*.png"))) == 2
+    assert cli("export", "--predictions", predictions, "--format", "png", "--out", tmp_path / "png").code == 0
+    assert sorted(p.name for p in (tmp_path / "png").glob("*.png")) == ["img000.png", "img001.png"]
+    refused = cli("eval", "--predictions", predictions, "--split", split, "--out", tmp_path / "e.zarr")
+    assert refused.code == 2 and "nothing to score" in refused.err and len(refused.err.strip().splitlines()) == 1
+    assert not (tmp_path / "e.zarr").exists()
+
+
+def test_the_chain_on_coco_masks_and_tags_ends_in_exported_predictions(datasets: dict[str, Path],
+                                                                       tmp_path: Path, cli) -> None:  # noqa: ANN001
+    """Done-when, small: base classes as COCO JSON, novel as tags, val without novel masks; the whole
+    pipeline, then predictions exported with the file's own category ids."""
+    files = to_coco(datasets["full"], tmp_path / "coco", NOVEL, val_novel_masks=False)
+    tags = write_tags(tmp_path / "tags.json", tags_of(datasets["full"], NOVEL), "json")
+    result = cli("pipeline", "--workdir", tmp_path / "run", "--dataset", "coco-json", "--images", files["images"],
+                 "--annotations", files["train"], "--val-annotations", files["val"], "--tags", tags,
+                 "--iters", "2", "--batch-size", "2", "--device", "cpu", "--json")
+    assert result.code == 0, result.err
+    table = json.loads(result.out)
+    for stage in ("one_stage", "retrained"):
+        assert table[stage]["novel_miou"] is None and table[stage]["base_miou"] is not None
+    assert table["pseudo_label_novel_miou"] is None  # no full train labels to judge pseudo labels against
+    out = tmp_path / "predicted.json"
+    assert cli("export", "--predictions", tmp_path / "run" / "model-retrained.pred-val.zarr", "--format", "coco",
+               "--out", out).code == 0
+    document = json.loads(out.read_text())
+    assert {c["id"] for c in document["categories"]} == {category_id(c) for c in range(6)}
+    assert {a["image_id"] for a in document["annotations"]} == {"img000", "img001"}
