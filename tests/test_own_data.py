@@ -309,3 +309,12 @@ def test_the_chain_on_coco_masks_and_tags_ends_in_exported_predictions(datasets:
     document = json.loads(out.read_text())
     assert {c["id"] for c in document["categories"]} == {category_id(c) for c in range(6)}
     assert {a["image_id"] for a in document["annotations"]} == {"img000", "img001"}
+
+
+def test_held_out_training_images_keep_their_tags(datasets: dict[str, Path], tmp_path: Path) -> None:
+    tags = write_tags(tmp_path / "tags.csv", tags_of(datasets["full"], NOVEL), "list")
+    split = run_split(dataset="folder", root=datasets["own"], tags=tags, holdout=1, out=tmp_path / "s.zarr", workers=1)
+    assert split.manifest.label_coverage == {"train": "base", "val": "full", "holdout": "base"}
+    full = SplitArtifact(run_split(dataset="folder", root=datasets["full"], novel_classes=",".join(NOVEL), holdout=1,
+                                   out=tmp_path / "b.zarr", workers=1).path)
+    np.testing.assert_array_equal(SplitArtifact(split.path).image_labels("holdout"), full.image_labels("holdout"))
