@@ -91,8 +91,10 @@ class LabelSources(Frozen):
     files: list[LabelFile] = Field(default_factory=list)
 
 
-class Provenance(Frozen):
+class Provenance(OmitsAbsent, Frozen):
     """Where and how the artifact was made; informative only, not part of the digest."""
+
+    OPTIONAL_FIELDS = ("labels",)
 
     command: list[str] = Field(default_factory=list)
     dataset_root: str | None = None
