@@ -303,6 +303,7 @@ def test_the_chain_on_coco_masks_and_tags_ends_in_exported_predictions(datasets:
     for stage in ("one_stage", "retrained"):
         assert table[stage]["novel_miou"] is None and table[stage]["base_miou"] is not None
     assert table["pseudo_label_novel_miou"] is None  # no full train labels to judge pseudo labels against
+    assert result.err.count("warning: novel classes not scored: the val masks hold the base classes only") == 1
     out = tmp_path / "predicted.json"
     assert cli("export", "--predictions", tmp_path / "run" / "model-retrained.pred-val.zarr", "--format", "coco",
                "--out", out).code == 0

@@ -19,6 +19,9 @@ from simformer_cli.evaluation import ConfusionMatrix, compute_report, iou_bar_ch
 from simformer_cli.pipeline.stage import StageResult
 from simformer_cli.progress import Reporter, SilentReporter
 
+#: How the report's warning begins when the ground truth holds base masks only.
+NOVEL_NOT_SCORED = "novel classes not scored"
+
 
 def run_eval(
     *, predictions: Path, split: Path, out: Path | None = None, chart: bool = True, reporter: Reporter | None = None
@@ -32,7 +35,7 @@ def run_eval(
     if coverage == "none":
         raise UserError(f"{split}: the {subset} images came without masks (split --tags), so eval has nothing to score; "
                         f"infer, viz and export work without masks, or give {subset} masks and rerun split")
-    novel_unscored = (f"novel classes not scored: the {subset} masks hold the base classes only (the novel classes "
+    novel_unscored = (f"{NOVEL_NOT_SCORED}: the {subset} masks hold the base classes only (the novel classes "
                       "came as tags); base classes are scored") if coverage == "base" else None
     truth = split_artifact.full_labels(subset)
     confusion = ConfusionMatrix(len(manifest.class_names), manifest.ignore_index)
