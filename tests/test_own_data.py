@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -219,13 +221,25 @@ def test_export_coco_gives_back_the_category_ids(datasets: dict[str, Path], tmp_
     assert [c["id"] for c in document["categories"]] == [category_id(c) for c in range(6)]
     used = {entry["category_id"] for entry in document["annotations"]}
     assert used and used <= {category_id(c) for c in range(6)}
+    val_ids = {Path(e["file_name"]).stem: e["id"] for e in json.loads(files["val"].read_text())["images"]}
     reader = PredictionsArtifact(predictions.path)
-    first = [entry for entry in document["annotations"] if entry["image_id"] == reader.names()[0]]
+    assert {entry["image_id"] for entry in document["annotations"]} <= set(val_ids.values())
+    first = [entry for entry in document["annotations"] if entry["image_id"] == val_ids[reader.names()[0]]]
+    assert first
     for entry in first:  # each mask is the predicted class's pixels, under its own category id
         class_id = [category_id(c) for c in range(6)].index(entry["category_id"])
         np.testing.assert_array_equal(mask_utils.decode({"size": entry["segmentation"]["size"],
                                                          "counts": entry["segmentation"]["counts"].encode()}),
                                       (reader.label(0) == class_id).astype(np.uint8))
+    from pycocotools.coco import COCO  # the annotation tool's side: the results load against its own file
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        loaded = COCO(str(files["val"])).loadRes(document["annotations"])
+    assert len(loaded.getAnnIds()) == len(document["annotations"])
+    split.rename(tmp_path / "moved.zarr")  # without its split, the export still works, with image names
+    again = cli("export", "--predictions", predictions.path, "--format", "coco", "--out", tmp_path / "q.json")
+    assert again.code == 0 and "image_id holds image names" in again.err
+    assert {e["image_id"] for e in json.loads((tmp_path / "q.json").read_text())["annotations"]} <= set(val_ids)
 
 
 def test_coco_val_without_novel_masks_is_base_coverage(datasets: dict[str, Path], tmp_path: Path) -> None:
@@ -309,7 +323,7 @@ def test_the_chain_on_coco_masks_and_tags_ends_in_exported_predictions(datasets:
                "--out", out).code == 0
     document = json.loads(out.read_text())
     assert {c["id"] for c in document["categories"]} == {category_id(c) for c in range(6)}
-    assert {a["image_id"] for a in document["annotations"]} == {"img000", "img001"}
+    assert {a["image_id"] for a in document["annotations"]} == {1, 2}  # val.json's image ids
 
 
 def test_held_out_training_images_keep_their_tags(datasets: dict[str, Path], tmp_path: Path) -> None:

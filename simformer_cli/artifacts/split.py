@@ -9,7 +9,8 @@ Per subset (``train``, ``val``, and ``test`` or ``holdout`` where there are such
     SUBSET/image_labels  (N, K) bool  classes present anywhere in the full label (image-level labels)
     audit/train_labels   (N, H, W)    full train labels, for judging pseudo labels; training never opens it
 
-The group attribute ``names`` of each subset lists its image names. Chunks and shards: ``layout``.
+The group attribute ``names`` of each subset lists its image names (and ``coco_image_ids``, in a
+split read from COCO JSON, their ids in the annotation file). Chunks and shards: ``layout``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from simformer_cli.errors import UserError
 from simformer_cli.settings.synthetic import SyntheticSettings
 
 AUDIT_LABELS = "audit/train_labels"
+#: Subset attribute of a split read from COCO JSON: each image's id in its annotation file.
+SOURCE_IMAGE_IDS = "coco_image_ids"
 
 
 class SplitParams(Frozen):
@@ -161,6 +164,11 @@ class SplitArtifact:
 
     def names(self, subset: str) -> list[str]:
         return list(self._group[subset].attrs["names"])
+
+    def source_image_ids(self, subset: str) -> list[int] | None:
+        """Each image's id in the COCO file it came from, where the split was read from one."""
+        ids = self._group[subset].attrs.get(SOURCE_IMAGE_IDS)
+        return None if ids is None else [int(i) for i in ids]
 
     def sizes(self, subset: str) -> np.ndarray:
         return self._small(f"{subset}/sizes")

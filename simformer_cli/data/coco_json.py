@@ -213,5 +213,7 @@ def load_coco_json(images: Path | None, annotations: Path | None, val_annotation
         category_ids=train.category_ids,
         masked_classes=frozenset(k for k, cid in enumerate(train.category_ids) if cid in masked),
         label_files={"annotations": train.path, "val-annotations": val.path},
+        image_ids={subset: {Path(e["file_name"]).stem: e["id"] for e in coco.images}
+                   for subset, coco in (("train", train), ("val", val))},
         unmasked_subsets=frozenset(subset for subset, coco in (("train", train), ("val", val)) if not coco.annotations),
     )

@@ -28,7 +28,7 @@ from PIL import Image, UnidentifiedImageError
 from simformer_cli.artifacts.digest import file_digest
 from simformer_cli.artifacts.layout import SubsetLayout, plan_layout, write_shard_block
 from simformer_cli.artifacts.manifest import ArraySpec
-from simformer_cli.artifacts.split import AUDIT_LABELS, SplitSummary, SubsetSummary, create_arrays
+from simformer_cli.artifacts.split import AUDIT_LABELS, SOURCE_IMAGE_IDS, SplitSummary, SubsetSummary, create_arrays
 from simformer_cli.data.source import RawDataset, Sample, displayed_size, subsets_of
 from simformer_cli.errors import DataError
 from simformer_cli.progress import Reporter
@@ -341,6 +341,9 @@ def ingest(raw: RawDataset, novel: tuple[int, ...], sizes: dict[str, np.ndarray]
         group[f"{subset}/sizes"][...] = sizes[subset]
         group[f"{subset}/image_labels"][...] = image_labels
         group[subset].attrs["names"] = [sample.name for sample in samples]
+        source_ids = raw.image_ids.get("train" if subset == "holdout" else subset)
+        if source_ids is not None:  # export --format coco gives predictions the annotation file's image ids
+            group[subset].attrs[SOURCE_IMAGE_IDS] = [source_ids[sample.name] for sample in samples]
         total = int(pixel_counts.sum())
         subset_summaries[subset] = SubsetSummary(
             images=len(samples), canvas=layout.canvas, pixels=total,

@@ -238,6 +238,7 @@ class RawDataset:
     masked_classes: frozenset[int] | None = None
     label_files: dict[str, Path] = field(default_factory=dict)
     category_ids: tuple[int, ...] | None = None  # the file's own class ids (COCO), where not 0..K-1
+    image_ids: dict[str, dict[str, int]] = field(default_factory=dict)  # subset -> name -> the file's image id (COCO)
 
     @property
     def num_classes(self) -> int:
