@@ -12,9 +12,9 @@ import socket
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from simformer_cli import __version__
 
@@ -25,6 +25,21 @@ class Frozen(BaseModel):
     """Base of every manifest model: immutable, unknown fields rejected."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OmitsAbsent(BaseModel):
+    """A manifest whose ``OPTIONAL_FIELDS`` are left out of its JSON when they are None, so that
+    manifests of runs that do not use them keep the bytes and digests they always had."""
+
+    OPTIONAL_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for key in self.OPTIONAL_FIELDS:
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
 
 class ArtifactRef(Frozen):
@@ -60,18 +75,40 @@ class ArraySpec(Frozen):
     dtype: str
 
 
-class Provenance(Frozen):
+class LabelFile(Frozen):
+    """A file that gave labels to a split (a tag file, a COCO annotation file) and its sha256."""
+
+    role: Literal["tags", "annotations", "val-annotations"]
+    path: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class LabelSources(Frozen):
+    """Where a split's base masks and novel image-level labels came from."""
+
+    base_masks: str = Field(description="e.g. 'label PNGs', 'COCO JSON annotations'")
+    novel_labels: Literal["derived from full masks", "tags"]
+    files: list[LabelFile] = Field(default_factory=list)
+
+
+class Provenance(OmitsAbsent, Frozen):
     """Where and how the artifact was made; informative only, not part of the digest."""
+
+    OPTIONAL_FIELDS = ("labels", "threads")
 
     command: list[str] = Field(default_factory=list)
     dataset_root: str | None = None
     host: str | None = None
     threads: int | None = None  # CPU threads of the process: float sums, and so weights, depend on it
+    labels: LabelSources | None = None  # splits only
 
     @classmethod
-    def of_this_run(cls, dataset_root: str | None = None, threads: int | None = None) -> Provenance:
-        """This process's command line, host and (where it computed with torch) thread count."""
-        return cls(command=list(sys.argv), dataset_root=dataset_root, host=socket.gethostname(), threads=threads)
+    def of_this_run(cls, dataset_root: str | None = None, labels: LabelSources | None = None,
+                    threads: int | None = None) -> Provenance:
+        """This process's command line, host, (splits) label sources and (where it computed with
+        torch) thread count."""
+        return cls(command=list(sys.argv), dataset_root=dataset_root, host=socket.gethostname(), labels=labels,
+                   threads=threads)
 
 
 def utc_now() -> datetime:

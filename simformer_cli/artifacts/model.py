@@ -16,7 +16,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from simformer_cli.artifacts.digest import file_digest
 from simformer_cli.artifacts.inventory import InputChanged, rebuilt_message, repair_hint
 from simformer_cli.settings.labels import ignore_index_for
-from simformer_cli.artifacts.manifest import Frozen, ManifestBase
+from simformer_cli.artifacts.manifest import Frozen, ManifestBase, OmitsAbsent
 from simformer_cli.artifacts.store import open_artifact, read_manifest
 from simformer_cli.errors import ArtifactError
 from simformer_cli.settings.training import TrainSettings
@@ -42,7 +42,9 @@ class TrainSummary(Frozen):
     world_size: int
 
 
-class ModelManifest(ManifestBase):
+class ModelManifest(OmitsAbsent, ManifestBase):
+    OPTIONAL_FIELDS = ("category_ids",)
+
     kind: Literal["model"] = "model"
     schema_version: Literal[1] = 1
     stage: Literal["train", "retrain"]
@@ -56,6 +58,7 @@ class ModelManifest(ManifestBase):
                                      "weak train labels and image-level labels, its full labels (oracle), pseudo labels")
     weights_file: Literal["weights.safetensors"] = WEIGHTS_FILE
     weights_sha256: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    category_ids: list[int] | None = None  # the dataset's own class ids (the split's), where not 0..K-1
 
     # Field validators (not one for the whole model) so that a refusal names its field; the
     # classes, the network's output and the ignore value must agree, so that a forged manifest with

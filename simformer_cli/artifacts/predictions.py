@@ -21,7 +21,7 @@ from pydantic import Field
 
 from simformer_cli.artifacts.inventory import read_stored
 from simformer_cli.artifacts.layout import COMPRESSORS
-from simformer_cli.artifacts.manifest import ArtifactRef, Frozen, ManifestBase
+from simformer_cli.artifacts.manifest import ArtifactRef, Frozen, ManifestBase, OmitsAbsent
 from simformer_cli.artifacts.split import SplitArtifact
 from simformer_cli.artifacts.store import open_artifact
 from simformer_cli.errors import UserError
@@ -45,7 +45,9 @@ class InferSummary(Frozen):
     device: str
 
 
-class PredictionsManifest(ManifestBase):
+class PredictionsManifest(OmitsAbsent, ManifestBase):
+    OPTIONAL_FIELDS = ("category_ids",)
+
     kind: Literal["predictions"] = "predictions"
     schema_version: Literal[1] = 1
     params: InferParams
@@ -55,6 +57,7 @@ class PredictionsManifest(ManifestBase):
     novel_classes: list[int]
     ignore_index: int
     label_dtype: Literal["uint8", "uint16"]
+    category_ids: list[int] | None = None  # the dataset's own class ids (the split's), where not 0..K-1
 
 
 class PredictionsArtifact:

@@ -9,7 +9,8 @@ Per subset (``train``, ``val``, and ``test`` or ``holdout`` where there are such
     SUBSET/image_labels  (N, K) bool  classes present anywhere in the full label (image-level labels)
     audit/train_labels   (N, H, W)    full train labels, for judging pseudo labels; training never opens it
 
-The group attribute ``names`` of each subset lists its image names. Chunks and shards: ``layout``.
+The group attribute ``names`` of each subset lists its image names (and ``coco_image_ids``, in a
+split read from COCO JSON, their ids in the annotation file). Chunks and shards: ``layout``.
 """
 
 from __future__ import annotations
@@ -26,19 +27,21 @@ from zarr.core.sync import sync
 
 from simformer_cli.artifacts.inventory import named_damage, read_stored
 from simformer_cli.artifacts.layout import COMPRESSORS, SubsetLayout, read_cut
-from simformer_cli.artifacts.manifest import ArtifactRef, Frozen, ManifestBase
+from simformer_cli.artifacts.manifest import ArtifactRef, Frozen, ManifestBase, OmitsAbsent
 from simformer_cli.artifacts.store import open_artifact
 from simformer_cli.errors import UserError
 from simformer_cli.settings.synthetic import SyntheticSettings
 
 AUDIT_LABELS = "audit/train_labels"
+#: Subset attribute of a split read from COCO JSON: each image's id in its annotation file.
+SOURCE_IMAGE_IDS = "coco_image_ids"
 
 
 class SplitParams(Frozen):
     """Every setting that changes the split artifact."""
 
     dataset: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$", description="the reader that made it (data.datasets)")
-    selection: Literal["ratio", "official", "explicit"]
+    selection: Literal["ratio", "official", "explicit", "tags"]  # tags: the classes a tag file names
     ratio: tuple[int, int] | None = None
     seed: int | None = None
     official_split: int | None = None
@@ -66,7 +69,9 @@ class SplitSummary(Frozen):
     val_pixels_per_class: list[int]
 
 
-class SplitManifest(ManifestBase):
+class SplitManifest(OmitsAbsent, ManifestBase):
+    OPTIONAL_FIELDS = ("label_coverage", "category_ids")  # absent from splits made from full masks
+
     kind: Literal["split"] = "split"
     schema_version: Literal[1] = 1
     params: SplitParams
@@ -76,6 +81,14 @@ class SplitManifest(ManifestBase):
     novel_classes: list[int]
     ignore_index: int
     label_dtype: Literal["uint8", "uint16"]
+    # What each subset's stored labels hold where not every class has masks (``--tags``): "base"
+    # (base classes only, novel classes known from tags) or "none" (no masks); absent: every class.
+    label_coverage: dict[str, Literal["full", "base", "none"]] | None = None
+    # The dataset's own id of each class (COCO category ids), where they are not 0..K-1.
+    category_ids: list[int] | None = None
+
+    def coverage(self, subset: str) -> str:
+        return (self.label_coverage or {}).get(subset, "full")
 
     @model_validator(mode="after")
     def _classes_partition(self) -> SplitManifest:
@@ -151,6 +164,11 @@ class SplitArtifact:
 
     def names(self, subset: str) -> list[str]:
         return list(self._group[subset].attrs["names"])
+
+    def source_image_ids(self, subset: str) -> list[int] | None:
+        """Each image's id in the COCO file it came from, where the split was read from one."""
+        ids = self._group[subset].attrs.get(SOURCE_IMAGE_IDS)
+        return None if ids is None else [int(i) for i in ids]
 
     def sizes(self, subset: str) -> np.ndarray:
         return self._small(f"{subset}/sizes")

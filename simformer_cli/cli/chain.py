@@ -9,7 +9,10 @@ import typer
 
 from simformer_cli.cli import options
 from simformer_cli.cli.console import RichReporter, print_json
-from simformer_cli.cli.options import DeviceOption, JsonOption, RootOption, choice, examples
+from simformer_cli.cli.options import (
+    AnnotationsOption, DeviceOption, ImagesOption, JsonOption, RootOption, TagsOption, ValAnnotationsOption, choice,
+    examples,
+)
 from simformer_cli.data.datasets import DATASETS
 from simformer_cli.settings.choices import Among, RetrainStart
 from simformer_cli.settings.training import PresetName
@@ -29,6 +32,10 @@ def pipeline(
     seed: Annotated[Optional[int], typer.Option(help="Seed of the ratio split.")] = None,
     official_split: Annotated[Optional[int], typer.Option(help="A published split: ADE20K 1-4, COCO-Stuff-10K 1-9.")] = None,
     novel_classes: Annotated[Optional[str], typer.Option(help="Comma-separated novel class names or ids.")] = None,
+    tags: TagsOption = None,
+    images: ImagesOption = None,
+    annotations: AnnotationsOption = None,
+    val_annotations: ValAnnotationsOption = None,
     synthetic_train: Annotated[Optional[int], typer.Option(help="Synthetic data: training images.")] = None,
     synthetic_val: Annotated[Optional[int], typer.Option(help="Synthetic data: validation images.")] = None,
     synthetic_size: Annotated[Optional[int], typer.Option(help="Synthetic data: image side in pixels.")] = None,
@@ -57,7 +64,8 @@ def pipeline(
                  if DATASETS[dataset].generated else None)
     result = run_pipeline(
         workdir=workdir, dataset=dataset, root=root, ratio=ratio, seed=seed,
-        official_split=official_split, novel_classes=novel_classes, synthetic=synthetic, preset=preset, iters=iters,
+        official_split=official_split, novel_classes=novel_classes, tags=tags, images=images, annotations=annotations,
+        val_annotations=val_annotations, synthetic=synthetic, preset=preset, iters=iters,
         retrain_iters=retrain_iters, batch_size=batch_size,
         checkpoint_every=options.positive("--checkpoint-every", checkpoint_every),
         pseudo_scales=options.scales("--pseudo-scales", pseudo_scales), pseudo_flip=pseudo_flip,

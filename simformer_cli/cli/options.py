@@ -51,6 +51,15 @@ ThreadsOption = Annotated[Optional[int], typer.Option(
          "may use). On a shared "
          "machine give each process its share: processes that each use every core slow one another down many "
          "times over. The count changes float sums, so the same count reproduces the same weights.")]
+ImagesOption = Annotated[Optional[Path], typer.Option(
+    help="coco-json: the folder the annotation files' file_name entries are relative to.")]
+AnnotationsOption = Annotated[Optional[Path], typer.Option(
+    help="coco-json: COCO JSON of the training images (polygons or RLE, as annotation tools export).")]
+ValAnnotationsOption = Annotated[Optional[Path], typer.Option(
+    help="coco-json: COCO JSON of the val images (same categories; may hold no annotations).")]
+TagsOption = Annotated[Optional[Path], typer.Option(
+    help="Tag file naming the novel classes each image shows (CSV image,labels or JSON image -> [classes]); the "
+         "masks then hold base classes only. Every training image needs a row.")]
 WorkersOption = Annotated[Optional[int], typer.Option(help="Data-loading worker processes (default: 0 on CPU, where "
                                                            "the training threads use every core; up to 4 on CUDA).")]
 

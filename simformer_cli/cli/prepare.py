@@ -9,13 +9,19 @@ import typer
 
 from simformer_cli.cli import options
 from simformer_cli.cli.console import RichReporter, print_json, stderr
-from simformer_cli.cli.options import ForceOption, JsonOption, RootOption, choice, examples
+from simformer_cli.cli.options import (
+    AnnotationsOption, ForceOption, ImagesOption, JsonOption, RootOption, TagsOption, ValAnnotationsOption, choice,
+    examples,
+)
 from simformer_cli.data.datasets import DATASETS
 
 SPLIT_EXAMPLES = examples(
     "simformer split --dataset synthetic --ratio 3:1 --seed 0 --out runs/syn/split.zarr",
     "simformer split --dataset ade20k --root datasets --official-split 1",
     "simformer split --dataset folder --root my_data --novel-classes car,person --json",
+    "simformer split --dataset folder --root shop --tags shop/tags.csv --out runs/shop/split.zarr",
+    "simformer split --dataset coco-json --images shop/images --annotations shop/train.json "
+    "--val-annotations shop/val.json --tags shop/tags.json --out runs/shop/split.zarr",
 )
 SCHEMA_EXAMPLES = examples("simformer schema --out manifests", "simformer schema --check")
 
@@ -27,6 +33,10 @@ def split(
     seed: Annotated[Optional[int], typer.Option(help="Seed of the ratio split (default 0).")] = None,
     official_split: Annotated[Optional[int], typer.Option(help="A published split: ADE20K 1-4, COCO-Stuff-10K 1-9.")] = None,
     novel_classes: Annotated[Optional[str], typer.Option(help="Comma-separated novel class names or ids.")] = None,
+    tags: TagsOption = None,
+    images: ImagesOption = None,
+    annotations: AnnotationsOption = None,
+    val_annotations: ValAnnotationsOption = None,
     out: Annotated[Optional[Path], typer.Option(help="Output artifact (default runs/DATASET-SPLIT/split.zarr).")] = None,
     keep_train_labels: Annotated[bool, typer.Option(help="Keep full train labels in an audit group (never read by training).")] = True,
     holdout: Annotated[int, typer.Option(help="Hold out this many training images (with full labels) as a 'holdout' "
@@ -52,7 +62,8 @@ def split(
     result = run_split(
         dataset=dataset, root=root, out=out, ratio=ratio, seed=options.seed("--seed", seed),
         official_split=official_split, novel_classes=novel_classes, keep_train_labels=keep_train_labels,
-        synthetic=synthetic, holdout=holdout, force=force, workers=options.workers(workers),
+        synthetic=synthetic, holdout=holdout, tags=tags, images=images, annotations=annotations,
+        val_annotations=val_annotations, force=force, workers=options.workers(workers),
         reporter=RichReporter("split"),
     )
     print_split_summary(result.manifest, result.path, result.digest)

@@ -79,6 +79,10 @@ def print_pipeline_table(one_stage, retrained, pseudo_novel_miou, workdir: Path)
                       cell(report.miou_present_only), cell(novel.union_iou if novel else None),
                       cell(novel.renamed_miou if novel else None))
     stderr.print(table)
+    from simformer_cli.pipeline.evaluate import NOVEL_NOT_SCORED
+
+    for warning in dict.fromkeys(w for r in (one_stage, retrained) for w in r.warnings if w.startswith(NOVEL_NOT_SCORED)):
+        stderr.print(f"warning: {warning}", markup=False)
     if pseudo_novel_miou is not None:
         stderr.print(f"pseudo labels on train: novel mIoU {pseudo_novel_miou:.2f} against the full train labels",
                      markup=False)

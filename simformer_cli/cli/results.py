@@ -40,6 +40,11 @@ def evaluate(
 
     result = run_eval(predictions=predictions, split=split, out=out, chart=chart, reporter=RichReporter("eval"))
     print_eval_report(result.manifest.summary, result.path)
+    labels = result.manifest.provenance.labels
+    if labels is not None:
+        files = "".join(f"; {f.role} {f.path} (sha256 {f.sha256[:12]})" for f in labels.files)
+        stderr.print(f"labels: base masks: {labels.base_masks}; novel labels: {labels.novel_labels}{files}",
+                     markup=False)
     if json_out:
         print_json(result.manifest.summary.model_dump(mode="json"))
 

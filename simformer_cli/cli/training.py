@@ -34,7 +34,9 @@ LearningRateOption = Annotated[Optional[float], typer.Option(help="Base learning
 SeedOption = Annotated[Optional[int], typer.Option(help="Seed of initialisation, data order and augmentation.")]
 CheckpointOption = Annotated[int, typer.Option(help="Write a resumable checkpoint every N steps.")]
 ResumeOption = Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint of this run.")]
-BackboneOption = Annotated[Optional[Path], typer.Option(help="Local torchvision-layout ResNet weights (.pth).")]
+BackboneOption = Annotated[Optional[str], typer.Option(
+    help="Backbone weights: imagenet (or imagenet-r50 / imagenet-r101: torchvision's ImageNet ResNet, fetched once "
+         "into torch's hub cache), or a local torchvision-layout ResNet file (.pth).")]
 
 
 def train(

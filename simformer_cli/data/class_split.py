@@ -87,6 +87,6 @@ def resolve_class_list(spec: str, class_names: Sequence[str]) -> tuple[int, ...]
 def choose_novel(params: SplitParams, raw: RawDataset) -> tuple[int, ...]:
     if params.selection == "official":
         return official_novel_classes(params.dataset, params.official_split)  # type: ignore[arg-type]
-    if params.selection == "explicit":
+    if params.selection in ("explicit", "tags"):
         return resolve_class_list(",".join(params.requested_novel or []), raw.class_names)
     return draw_novel_classes(raw.num_classes, params.ratio, params.seed, raw.always_base)  # type: ignore[arg-type]

@@ -164,7 +164,7 @@ def _rle_string_counts(counts: str | bytes) -> list[int]:
     return runs
 
 
-def _annotation_mask(ann: dict, height: int, width: int) -> np.ndarray:
+def annotation_mask(ann: dict, height: int, width: int) -> np.ndarray:
     """Boolean (height, width) mask of one annotation; raise ValueError when it is malformed.
 
     pycocotools decodes run lengths without checking that they cover the image exactly (short runs
@@ -266,7 +266,7 @@ class CocoJsonSample:
                     "use the COCO-Stuff v1.1 JSON (things 1..90, stuff 92..182)",
                 )
             try:
-                mask = _annotation_mask(ann, height, width)
+                mask = annotation_mask(ann, height, width)
             except (ValueError, TypeError) as exc:
                 raise DataError(json_path, f"{where} has an unusable segmentation ({exc})") from None
             is_thing = category in _THING_RAW_IDS

@@ -66,8 +66,15 @@ def _files_by_stem(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
     return found
 
 
-def pair_by_stem(root: Path, images_dir: Path, labels_dir: Path, subset: str) -> tuple[PngSample, ...]:
-    """Pair ``images_dir/*`` with ``labels_dir/*.png`` by stem; an unpaired file is an error."""
+def pair_by_stem(root: Path, images_dir: Path, labels_dir: Path, subset: str, *,
+                 masks_optional: bool = False) -> tuple[PngSample, ...]:
+    """Pair ``images_dir/*`` with ``labels_dir/*.png`` by stem; an unpaired file is an error.
+    With ``masks_optional``, a missing ``labels_dir`` gives images without labels."""
+    if masks_optional and images_dir.is_dir() and not labels_dir.exists():
+        images = _files_by_stem(images_dir, IMAGE_SUFFIXES)
+        if not images:
+            raise UserError(f"{images_dir}: no images (.jpg, .jpeg, .png) in the {subset} subset")
+        return tuple(PngSample(name=stem, image=str(images[stem].relative_to(root)), label=None) for stem in sorted(images))
     for folder in (images_dir, labels_dir):
         if not folder.is_dir():
             raise UserError(f"{folder}: missing; expected images and labels of the {subset} subset there")
@@ -91,7 +98,9 @@ def pair_by_stem(root: Path, images_dir: Path, labels_dir: Path, subset: str) ->
     )
 
 
-def load_folder(root: Path) -> RawDataset:
+def load_folder(root: Path, *, masks_optional: bool = False) -> RawDataset:
+    """The folder dataset at ``root``; ``masks_optional`` lets val and test come without ``labels/``
+    (their images are then predicted, not scored)."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root}: dataset folder not found; pass --root with a folder holding classes.json, images/ and labels/")
@@ -101,7 +110,8 @@ def load_folder(root: Path) -> RawDataset:
     lut[: len(names)] = np.arange(len(names))
     lut[file_ignore] = ignore
     subsets = {
-        subset: pair_by_stem(root, root / "images" / subset, root / "labels" / subset, subset)
+        subset: pair_by_stem(root, root / "images" / subset, root / "labels" / subset, subset,
+                             masks_optional=masks_optional and subset != "train")
         for subset in (*SUBSETS, *(s for s in OPTIONAL_SUBSETS if (root / "images" / s).is_dir()))
     }
     return RawDataset(
@@ -112,4 +122,5 @@ def load_folder(root: Path) -> RawDataset:
         lut=lut,
         subsets=subsets,
         always_base=tuple(names.index(n) for n in always_base),
+        unmasked_subsets=frozenset(name for name, samples in subsets.items() if all(s.label is None for s in samples)),
     )

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from PIL import Image, UnidentifiedImageError
 from simformer_cli.artifacts.digest import file_digest
 from simformer_cli.artifacts.layout import SubsetLayout, plan_layout, write_shard_block
 from simformer_cli.artifacts.manifest import ArraySpec
-from simformer_cli.artifacts.split import AUDIT_LABELS, SplitSummary, SubsetSummary, create_arrays
+from simformer_cli.artifacts.split import AUDIT_LABELS, SOURCE_IMAGE_IDS, SplitSummary, SubsetSummary, create_arrays
 from simformer_cli.data.source import RawDataset, Sample, displayed_size, subsets_of
 from simformer_cli.errors import DataError
 from simformer_cli.progress import Reporter
@@ -89,6 +89,8 @@ class ShardTask:
     novel_classes: tuple[int, ...]
     expected_sizes: np.ndarray
     keep_audit: bool
+    coverage: str = "full"  # what the subset's masks hold: "full", "base" (novel classes as tags) or "none"
+    class_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -108,12 +110,18 @@ def _ingest_shard(task: ShardTask) -> ShardResult:
     pixel_counts = np.zeros(task.num_classes + 1, dtype=np.int64)
     for k, sample in enumerate(task.samples):
         decoded = sample.decode(task.root, task.lut, task.ignore_index)
-        if decoded.label is None:
+        if decoded.label is None and task.coverage != "none":
             raise DataError(task.root / sample.files()[0], "has no label; every image of a split needs one")
         if tuple(decoded.image.shape[:2]) != tuple(task.expected_sizes[k]):
             raise DataError(task.root / sample.files()[0], "changed while it was being read; rerun split")
+        if decoded.label is None:  # a subset without masks: every pixel unlabelled
+            decoded = replace(decoded, label=np.full(decoded.image.shape[:2], task.ignore_index,
+                                                     dtype=label_dtype_for(task.num_classes)))
         counts = np.bincount(decoded.label.ravel(), minlength=task.ignore_index + 1)
         image_labels[k] = counts[: task.num_classes] > 0
+        if decoded.tags is not None:
+            check_masks_untagged(task.root / sample.files()[-1], counts, task.novel_classes, task.class_names)
+            image_labels[k, list(decoded.tags)] = True
         pixel_counts[: task.num_classes] += counts[: task.num_classes]
         pixel_counts[-1] += counts[task.ignore_index]
         images.append(decoded.image)
@@ -127,6 +135,16 @@ def _ingest_shard(task: ShardTask) -> ShardResult:
     if subset == "train" and task.keep_audit:
         write_shard_block(group[AUDIT_LABELS], task.start, full_labels, task.ignore_index)
     return ShardResult(task.start, image_labels, pixel_counts)
+
+
+def check_masks_untagged(label_path: Path, counts: np.ndarray, novel: tuple[int, ...],
+                         class_names: tuple[str, ...]) -> None:
+    """A tagged image's mask holds base classes only: a class is either masked (base) or tagged (novel)."""
+    masked = [class_names[c] for c in novel if counts[c] > 0]
+    if masked:
+        raise DataError(label_path, f"has pixels of {', '.join(masked)}, which the tag file names as novel; "
+                                    "a class has either masks (base) or tags (novel), never both",
+                        "remove the class from the tags, or set its pixels to the ignore value")
 
 
 def _worker_setup(parent: int) -> None:
@@ -289,10 +307,11 @@ class Ingested:
 
 
 def ingest(raw: RawDataset, novel: tuple[int, ...], sizes: dict[str, np.ndarray], staging: Path, pool: WorkerPool,
-           reporter: Reporter, *, keep_audit: bool) -> Ingested:
+           reporter: Reporter, *, keep_audit: bool, coverage: dict[str, str] | None = None) -> Ingested:
     """Create the split's arrays in ``staging`` and fill them, one worker per shard: train labels
     weak (novel pixels ignore), the other subsets' full, and the full train labels in the audit
-    group with ``keep_audit``."""
+    group with ``keep_audit``. ``coverage`` says per subset what its masks hold (default: full)."""
+    coverage = coverage or {}
     base = tuple(c for c in range(raw.num_classes) if c not in novel)
     num_classes, ignore = raw.num_classes, raw.ignore_index
     label_dtype = str(label_dtype_for(num_classes))
@@ -312,7 +331,7 @@ def ingest(raw: RawDataset, novel: tuple[int, ...], sizes: dict[str, np.ndarray]
             ShardTask(staging=staging, root=raw.root, layout=layout, start=r.start,
                       samples=tuple(samples[r.start:r.stop]), lut=raw.lut, ignore_index=ignore,
                       num_classes=num_classes, novel_classes=novel, expected_sizes=sizes[subset][r.start:r.stop],
-                      keep_audit=keep_audit)
+                      keep_audit=keep_audit, coverage=coverage.get(subset, "full"), class_names=raw.class_names)
             for r in layout.shard_ranges()
         ]
         with reporter.task(f"ingesting {subset} images", len(samples)) as advance:
@@ -322,6 +341,9 @@ def ingest(raw: RawDataset, novel: tuple[int, ...], sizes: dict[str, np.ndarray]
         group[f"{subset}/sizes"][...] = sizes[subset]
         group[f"{subset}/image_labels"][...] = image_labels
         group[subset].attrs["names"] = [sample.name for sample in samples]
+        source_ids = raw.image_ids.get("train" if subset == "holdout" else subset)
+        if source_ids is not None:  # export --format coco gives predictions the annotation file's image ids
+            group[subset].attrs[SOURCE_IMAGE_IDS] = [source_ids[sample.name] for sample in samples]
         total = int(pixel_counts.sum())
         subset_summaries[subset] = SubsetSummary(
             images=len(samples), canvas=layout.canvas, pixels=total,

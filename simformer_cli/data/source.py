@@ -33,6 +33,7 @@ class DecodedSample:
     name: str
     image: np.ndarray  # (H, W, 3) uint8 RGB
     label: np.ndarray | None  # (H, W) class ids, ignore_index where unlabelled
+    tags: tuple[int, ...] | None = None  # novel classes the image shows, where they come as tags (data.tags)
 
 
 class Sample(Protocol):
@@ -231,6 +232,13 @@ class RawDataset:
     lut: np.ndarray
     subsets: dict[str, tuple[Sample, ...]] = field(default_factory=dict)
     always_base: tuple[int, ...] = ()
+    # Own data (base masks + tags, data.tags): subsets listed without any mask, classes that have a
+    # training mask (where the reader knows it without decoding), and the files that hold labels.
+    unmasked_subsets: frozenset[str] = frozenset()
+    masked_classes: frozenset[int] | None = None
+    label_files: dict[str, Path] = field(default_factory=dict)
+    category_ids: tuple[int, ...] | None = None  # the file's own class ids (COCO), where not 0..K-1
+    image_ids: dict[str, dict[str, int]] = field(default_factory=dict)  # subset -> name -> the file's image id (COCO)
 
     @property
     def num_classes(self) -> int:

@@ -95,9 +95,12 @@ def compute_report(
     *,
     num_images: int,
     ignored_pixels: int,
+    novel_unscored: str | None = None,
 ) -> EvalReport:
     """Build the report from a confusion table: a :class:`ConfusionMatrix`, or its saved (K, K)
-    or (K, K+1) ``counts`` array. Conventions are in the module docstring."""
+    or (K, K+1) ``counts`` array. Conventions are in the module docstring. ``novel_unscored``:
+    the ground truth has no masks of the novel classes (given as tags), so they get no figures
+    (a novel prediction on a base pixel still counts against that base class); the text says why."""
     table = matrix if isinstance(matrix, ConfusionMatrix) else ConfusionMatrix.from_array(matrix)
     k = table.num_classes
     _check_roles(k, class_names, base_classes, novel_classes)
@@ -112,6 +115,9 @@ def compute_report(
 
     in_gt = gt > 0
     in_union = union > 0
+    if novel_unscored is not None:
+        in_gt[list(novel_classes)] = False
+        in_union[list(novel_classes)] = False
     iou = np.divide(tp, union, out=np.zeros(k), where=in_union)
     acc = np.divide(tp, gt, out=np.zeros(k), where=in_gt)
     base_mask = np.zeros(k, dtype=bool)
@@ -148,8 +154,8 @@ def compute_report(
         num_images=num_images,
         evaluated_classes=int(in_union.sum()),
         ignored_pixels=ignored_pixels,
-        warnings=_warnings(table, in_union, in_gt, base_mask, total_gt, ignored_pixels),
-        novel=novel_diagnostics(table, class_names, novel_classes),
+        warnings=_warnings(table, in_union, in_gt, base_mask, total_gt, ignored_pixels, novel_unscored),
+        novel=None if novel_unscored is not None else novel_diagnostics(table, class_names, novel_classes),
     )
 
 
@@ -194,9 +200,10 @@ def novel_diagnostics(table: ConfusionMatrix, class_names: Sequence[str],
 
 
 def _warnings(
-    table: ConfusionMatrix, in_union: np.ndarray, in_gt: np.ndarray, base_mask: np.ndarray, total_gt: int, ignored: int
+    table: ConfusionMatrix, in_union: np.ndarray, in_gt: np.ndarray, base_mask: np.ndarray, total_gt: int, ignored: int,
+    novel_unscored: str | None = None,
 ) -> list[str]:
-    warnings = []
+    warnings = [novel_unscored] if novel_unscored is not None else []
     evaluated = int(in_union.sum())
     if evaluated < 2:
         warnings.append(
@@ -210,7 +217,7 @@ def _warnings(
             "images (check the ignore value and label offsets)"
         )
     for role, members in (("base", base_mask), ("novel", ~base_mask)):
-        if not (in_gt & members).any():
+        if not (in_gt & members).any() and not (role == "novel" and novel_unscored is not None):
             warnings.append(
                 f"no {role} class has ground-truth pixels in the evaluated images: "
                 f"{role}_miou and hiou are undefined (null)"

@@ -63,6 +63,10 @@ def run_pipeline(
     seed: int | None = None,
     official_split: int | None = None,
     novel_classes: str | None = None,
+    tags: Path | None = None,
+    images: Path | None = None,
+    annotations: Path | None = None,
+    val_annotations: Path | None = None,
     synthetic: SyntheticSettings | None = None,
     preset: PresetName = "tiny",
     iters: int | None = None,
@@ -93,8 +97,9 @@ def run_pipeline(
     check_training_options(iters=iters, retrain_iters=retrain_iters, batch_size=batch_size)
     say("split")
     split = run_split(dataset=dataset, root=root, out=workdir / "split.zarr", ratio=ratio, seed=seed,
-                      official_split=official_split, novel_classes=novel_classes, synthetic=synthetic,
-                      workers=workers, reporter=reporter).path
+                      official_split=official_split, novel_classes=novel_classes, tags=tags,
+                      images=images, annotations=annotations, val_annotations=val_annotations,
+                      synthetic=synthetic, workers=workers, reporter=reporter).path
     training = dict(preset=preset, batch_size=batch_size, checkpoint_every=checkpoint_every, resume="auto",
                     device=device, reporter=reporter)
     say("train (SimFormer, weak labels)")

@@ -14,9 +14,13 @@ from simformer_cli.artifacts.manifest import Inputs, Provenance
 from simformer_cli.artifacts.predictions import PredictionsArtifact
 from simformer_cli.artifacts.split import SplitArtifact
 from simformer_cli.artifacts.store import publish, staged_artifact
+from simformer_cli.errors import UserError
 from simformer_cli.evaluation import ConfusionMatrix, compute_report, iou_bar_chart, write_png
 from simformer_cli.pipeline.stage import StageResult
 from simformer_cli.progress import Reporter, SilentReporter
+
+#: How the report's warning begins when the ground truth holds base masks only.
+NOVEL_NOT_SCORED = "novel classes not scored"
 
 
 def run_eval(
@@ -27,6 +31,12 @@ def run_eval(
     split_artifact = SplitArtifact(split)
     subset = preds.subset_of(split_artifact, split)
     manifest = split_artifact.manifest
+    coverage = manifest.coverage(subset)
+    if coverage == "none":
+        raise UserError(f"{split}: the {subset} images came without masks (split --tags), so eval has nothing to score; "
+                        f"infer, viz and export work without masks, or give {subset} masks and rerun split")
+    novel_unscored = (f"{NOVEL_NOT_SCORED}: the {subset} masks hold the base classes only (the novel classes "
+                      "came as tags); base classes are scored") if coverage == "base" else None
     truth = split_artifact.full_labels(subset)
     confusion = ConfusionMatrix(len(manifest.class_names), manifest.ignore_index)
     with reporter.task(f"evaluating {subset}", preds.count()) as advance:
@@ -34,7 +44,8 @@ def run_eval(
             confusion.update(preds.label(index), truth(index))
             advance(1)
     report = compute_report(confusion, manifest.class_names, manifest.base_classes, manifest.novel_classes,
-                            num_images=preds.count(), ignored_pixels=confusion.ignored_pixels)
+                            num_images=preds.count(), ignored_pixels=confusion.ignored_pixels,
+                            novel_unscored=novel_unscored)
     out = Path(out) if out is not None else Path(predictions).with_name(Path(predictions).stem + ".metrics.zarr")
     inputs = Inputs(artifacts={"predictions": preds.ref, "split": split_artifact.ref})
     with staged_artifact(out, kind="metrics", inputs=inputs) as staging:
@@ -43,7 +54,7 @@ def run_eval(
             write_png(staging / CHART_FILE, iou_bar_chart(report))
         metrics = MetricsManifest(
             inputs=inputs, params=EvalParams(subset=subset), summary=report, arrays=arrays,
-            provenance=Provenance.of_this_run(),
+            provenance=Provenance.of_this_run(labels=manifest.provenance.labels),  # where the split's labels came from
             class_names=manifest.class_names, base_classes=manifest.base_classes,
             novel_classes=manifest.novel_classes,
         )

@@ -83,6 +83,7 @@ def run_infer(
                 class_names=model_manifest.class_names, base_classes=model_manifest.base_classes,
                 novel_classes=model_manifest.novel_classes, ignore_index=model_manifest.ignore_index,
                 label_dtype=job.label_dtype,  # type: ignore[arg-type]
+                category_ids=model_manifest.category_ids,
             )
 
         manifest, digest = run_prediction_job(job, out=out, inputs=inputs, params=params, runtime=runtime,

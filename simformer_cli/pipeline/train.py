@@ -19,6 +19,7 @@ from simformer_cli.artifacts.store import partial_dir, pending_resume_key, plan_
 from simformer_cli.devices import broadcast_object
 from simformer_cli.errors import UserError
 from simformer_cli.model import build_model, load_backbone_weights
+from simformer_cli.model.pretrained import NAMES as PRETRAINED_NAMES, imagenet_weights
 from simformer_cli.pipeline.stage import StageResult, running_on, up_to_date, warn_if_busy
 from simformer_cli.progress import Reporter
 from simformer_cli.settings.choices import DeviceChoice
@@ -67,7 +68,7 @@ def run_train(
     resume: bool | Literal["auto"] = False,
     device: DeviceChoice = "auto",
     workers: int | None = None,
-    backbone_weights: Path | None = None,
+    backbone_weights: Path | str | None = None,
     force: bool = False,
     reporter: Reporter | None = None,
     stage: Literal["train", "retrain"] = "train",
@@ -87,6 +88,8 @@ def run_train(
             raise UserError("--init-from: that model's network differs from this run's "
                             "(another preset or --set model.*); use the same network settings")
         labels = training_labels(settings, split_artifact, pseudolabels)
+        if backbone_weights is not None and str(backbone_weights) in PRETRAINED_NAMES:
+            backbone_weights = imagenet_weights(str(backbone_weights), settings.model.backbone)
         if backbone_weights is not None and not Path(backbone_weights).is_file():
             raise UserError(f"--backbone-weights {backbone_weights}: no such file")
         if backbone_weights is not None:
@@ -139,6 +142,7 @@ def run_train(
                 novel_classes=split_artifact.manifest.novel_classes,
                 ignore_index=split_artifact.manifest.ignore_index,
                 label_sources=list(labels.sources),
+                category_ids=split_artifact.manifest.category_ids,
                 weights_sha256=write_weights(staging, result.model_state),
             )
             manifest, digest = publish(staging, out, manifest)
