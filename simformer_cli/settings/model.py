@@ -65,7 +65,7 @@ class ModelSettings(BaseModel):
 
 class LossSettings(BaseModel):
     """Weights and switches of the SimFormer objective (matching, set losses, complementary loss,
-    similarity transfer, distillation).
+    similarity transfer, distillation) and of the optional regularized loss (off by default).
 
     Weights are finite and at most 1000, point counts at most a million: bounds that refuse absurd
     values (a forged manifest, a typo in ``--set``) and nothing a real run uses.
@@ -107,6 +107,19 @@ class LossSettings(BaseModel):
     distill_loss: Literal["cce", "ce"] = "cce"
     distill_pairs: Literal["cross_image", "intra_image_released"] = "cross_image"
     novel_points: int = Field(100, ge=1, le=MAX_POINTS)
+    # Regularized loss (the DFR route, model/regularizer.py): predictions of pixels alike in colour,
+    # place and deep features must agree; last layer only, on dfr_points sampled pixels per image.
+    regularizer: Literal["none", "dfr"] = "none"
+    dfr_weight: float = Field(1.0, ge=0.0, le=MAX_WEIGHT)
+    # unlabelled: pairs of pixels no target mask covers (novel and ignore pixels); all: any non-padding pixels.
+    dfr_pixels: Literal["unlabelled", "all"] = "unlabelled"
+    dfr_points: int = Field(256, ge=2, le=4096, description="sampled pixels per image; all their pairs are used")
+    dfr_sigma_rgb: float = Field(15.0, gt=0.0, le=1000.0, description="colour bandwidth, 0-255 RGB units")
+    dfr_sigma_xy: float = Field(40.0, gt=0.0, le=100_000.0, description="position bandwidth, input pixels")
+    # features: a Gaussian over the detached, unit-length mask features; similarity: the similarity
+    # net's same-class probability (needs similarity=True); none: colour and position alone.
+    dfr_deep_kernel: Literal["features", "similarity", "none"] = "features"
+    dfr_sigma_feature: float = Field(0.5, gt=0.0, le=100.0, description="feature bandwidth (unit features: distances 0-2)")
 
     @model_validator(mode="after")
     def _check_consistency(self) -> LossSettings:
@@ -114,6 +127,8 @@ class LossSettings(BaseModel):
             raise ValueError("base_positive_points must be smaller than base_points")
         if self.distillation and not self.similarity:
             raise ValueError("distillation needs similarity=True: the similarity net is its teacher")
+        if self.regularizer == "dfr" and self.dfr_deep_kernel == "similarity" and not self.similarity:
+            raise ValueError("dfr_deep_kernel similarity needs similarity=True: the similarity net is the kernel")
         return self
 
     @property
