@@ -76,6 +76,20 @@ def test_absurd_set_overrides(refusals: Refusals, shared, tmp_path: Path, case: 
                    f"--set {setting}", fragment)
 
 
+@pytest.mark.parametrize(("case", "extra", "what", "fragment"), [
+    ("option-regularizer-unknown", ["--regularizer", "crf"], "`train --regularizer crf`", "none, dfr"),
+    ("option-regularizer-with-cam", ["--regularizer", "dfr", "--method", "cam"],
+     "`train --regularizer dfr --method cam` (the CAM baseline has its own objective)", "method cam"),
+    ("set-dfr-similarity-kernel-without-the-net",
+     ["--regularizer", "dfr", "--set", "loss.dfr_deep_kernel=similarity", "--set", "loss.similarity=false",
+      "--set", "loss.distillation=false"],
+     "`train --regularizer dfr --set loss.dfr_deep_kernel=similarity` with the similarity net off", "similarity=True"),
+])
+def test_regularizer_settings_that_cannot_apply(refusals: Refusals, shared, tmp_path: Path, case: str,
+                                                extra: list[str], what: str, fragment: str) -> None:  # noqa: ANN001
+    refusals.check(case, what, train_args(shared, tmp_path, *extra), fragment)
+
+
 # ---------------------------------------------------------------- infer, pseudolabel, viz, split
 
 

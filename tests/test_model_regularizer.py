@@ -173,5 +173,5 @@ def test_criterion_adds_the_weighted_term_for_the_last_layer(deep_kernel):
 
 
 def test_settings_refuse_the_similarity_kernel_without_the_similarity_net():
-    with pytest.raises(ValueError, match="similarity net is the kernel"):
+    with pytest.raises(ValueError, match="the similarity net is the kernel"):
         LossSettings(regularizer="dfr", dfr_deep_kernel="similarity", similarity=False, distillation=False)

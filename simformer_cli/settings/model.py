@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 Channels = Annotated[int, Field(ge=8, le=4096)]
 MAX_WEIGHT = 1000.0  # of any loss or matching-cost weight
 MAX_POINTS = 1_000_000  # sampled points per mask or image
+#: none: the SimFormer objective alone; dfr: plus the regularized loss of model/regularizer.py.
+Regularizer = Literal["none", "dfr"]
 
 
 class ModelSettings(BaseModel):
@@ -109,7 +111,7 @@ class LossSettings(BaseModel):
     novel_points: int = Field(100, ge=1, le=MAX_POINTS)
     # Regularized loss (the DFR route, model/regularizer.py): predictions of pixels alike in colour,
     # place and deep features must agree; last layer only, on dfr_points sampled pixels per image.
-    regularizer: Literal["none", "dfr"] = "none"
+    regularizer: Regularizer = "none"
     dfr_weight: float = Field(1.0, ge=0.0, le=MAX_WEIGHT)
     # unlabelled: pairs of pixels no target mask covers (novel and ignore pixels); all: any non-padding pixels.
     dfr_pixels: Literal["unlabelled", "all"] = "unlabelled"
@@ -128,7 +130,8 @@ class LossSettings(BaseModel):
         if self.distillation and not self.similarity:
             raise ValueError("distillation needs similarity=True: the similarity net is its teacher")
         if self.regularizer == "dfr" and self.dfr_deep_kernel == "similarity" and not self.similarity:
-            raise ValueError("dfr_deep_kernel similarity needs similarity=True: the similarity net is the kernel")
+            raise ValueError("dfr_deep_kernel similarity needs similarity=True (the similarity net is the kernel); "
+                             "use dfr_deep_kernel=features or keep the similarity net on")
         return self
 
     @property
