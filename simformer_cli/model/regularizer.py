@@ -41,18 +41,25 @@ from simformer_cli.settings.model import LossSettings
 _MASS_FLOOR = 1e-6
 
 
+def gaussian_kernel(embedding: Tensor) -> Tensor:
+    """exp(-|z_i - z_j|^2 / 2) over embeddings already divided by their bandwidths: (B, n, D) -> (B, n, n).
+
+    A product of Gaussian kernels is one Gaussian kernel over the concatenated, scaled vectors, so
+    colour, position and features cost one batched matrix product and one exp.
+    """
+    squares = embedding.square().sum(-1)
+    distance = (squares[:, :, None] + squares[:, None, :] - 2 * embedding @ embedding.transpose(1, 2)).clamp(min=0)
+    return torch.exp(-0.5 * distance)
+
+
 def bilateral_kernel(colours: Tensor, positions: Tensor, sigma_rgb: float, sigma_xy: float) -> Tensor:
     """Gaussian affinity over colour and position: colours (B, n, 3), positions (B, n, 2) -> (B, n, n)."""
-    colour_term = torch.cdist(colours, colours).square() / (2 * sigma_rgb**2)
-    position_term = torch.cdist(positions, positions).square() / (2 * sigma_xy**2)
-    return torch.exp(-(colour_term + position_term))
+    return gaussian_kernel(torch.cat((colours / sigma_rgb, positions / sigma_xy), -1))
 
 
 def feature_kernel(features: Tensor, sigma: float) -> Tensor:
     """Gaussian affinity over unit-length features: (B, n, C) -> (B, n, n); |f_i - f_j|^2 = 2 - 2 cos."""
-    unit = F.normalize(features, dim=-1)
-    distance = (2 - 2 * unit @ unit.transpose(1, 2)).clamp(min=0)
-    return torch.exp(-distance / (2 * sigma**2))
+    return gaussian_kernel(F.normalize(features, dim=-1) / sigma)
 
 
 def similarity_kernel(simnet: PairSimilarityNet, features: Tensor) -> Tensor:
@@ -68,7 +75,7 @@ def pair_disagreement(probs: Tensor, kernel: Tensor, valid: Tensor) -> Tensor:
     image without a valid pair gives 0.
     """
     disagreement = probs.sum(-1)[:, :, None] - probs @ probs.transpose(1, 2)  # sum_k P_ik (1 - P_jk)
-    weighted = (kernel * valid) * disagreement
+    weighted = (kernel * disagreement).masked_fill(~valid, 0.0)
     return weighted.sum((1, 2)) / valid.sum((1, 2)).clamp(min=1)
 
 
@@ -107,8 +114,7 @@ def dfr_loss(
     ``simnet`` is required for ``dfr_deep_kernel == "similarity"``. Points are drawn from
     ``generator``.
     """
-    batch, _, height, width = pred_masks.shape
-    device = pred_masks.device
+    height, width = pred_masks.shape[-2:]
     region = covered_region(targets, (height, width), settings.dfr_pixels)
     points = sample_regions(region[:, None], settings.dfr_points, generator)  # (B, n), -1 when none
     drawn = points[:, :1] >= 0  # (B, 1): the image has a covered pixel
@@ -135,13 +141,13 @@ def _affinity(
     colours = colour_grid.gather(2, points[:, None, :].expand(-1, 3, -1)).transpose(1, 2)
     rows, columns = torch.div(points, width, rounding_mode="floor"), points % width
     positions = torch.stack(((rows + 0.5) * stride_y, (columns + 0.5) * stride_x), -1).float()
-    kernel = bilateral_kernel(colours, positions, settings.dfr_sigma_rgb, settings.dfr_sigma_xy)
+    bilateral = torch.cat((colours / settings.dfr_sigma_rgb, positions / settings.dfr_sigma_xy), -1)
     if settings.dfr_deep_kernel == "none":
-        return kernel
+        return gaussian_kernel(bilateral)
     flat = mask_features.detach().float().flatten(2)
     features = flat.gather(2, points[:, None, :].expand(-1, flat.shape[1], -1)).transpose(1, 2)  # (B, n, C)
     if settings.dfr_deep_kernel == "features":
-        return kernel * feature_kernel(features, settings.dfr_sigma_feature)
+        return gaussian_kernel(torch.cat((bilateral, F.normalize(features, dim=-1) / settings.dfr_sigma_feature), -1))
     if simnet is None:
         raise ValueError("dfr_deep_kernel similarity needs the similarity net (similarity=True)")
-    return kernel * similarity_kernel(simnet, features)
+    return gaussian_kernel(bilateral) * similarity_kernel(simnet, features)
