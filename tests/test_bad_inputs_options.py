@@ -113,6 +113,13 @@ def test_absurd_pseudolabel_scales_and_min_score(refusals: Refusals, shared, tmp
     refusals.check("option-min-score-nan", "`pseudolabel --min-score nan`", [*args, "--min-score", "nan"], "--min-score")
 
 
+@pytest.mark.parametrize("value", ["65", "-1"])
+def test_boundary_band_out_of_range(refusals: Refusals, shared, tmp_path: Path, value: str) -> None:  # noqa: ANN001
+    refusals.check(f"option-boundary-band-{'too-wide' if value == '65' else 'negative'}", f"`eval --boundary-band {value}`",
+                   ["eval", "--predictions", shared["predictions"], "--split", shared["split"], "--out",
+                    tmp_path / "m.zarr", "--boundary-band", value], f"--boundary-band {value}", "0 (off) to 64")
+
+
 def test_negative_viz_limit(refusals: Refusals, shared, tmp_path: Path) -> None:  # noqa: ANN001
     refusals.check("option-limit-negative", "`viz --limit -3` (0 means all; a negative number meant all too)",
                    ["viz", "--predictions", shared["predictions"], "--split", shared["split"], "--out", tmp_path / "viz",
