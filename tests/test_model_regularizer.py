@@ -156,10 +156,12 @@ def test_criterion_adds_the_weighted_term_for_the_last_layer(deep_kernel):
                                               maskless_classes=[2], ignore_index=IGNORE))
     outputs = model(normalize_images(images))
 
+    criteria = []
+
     def losses_with(**settings):
         torch.manual_seed(1)  # the same similarity net every time
-        criterion = build_criterion(model_settings, LossSettings(**settings), novel_classes=[2])
-        return criterion(outputs, targets, torch.Generator().manual_seed(0), images=images)
+        criteria.append(build_criterion(model_settings, LossSettings(**settings), novel_classes=[2]))
+        return criteria[-1](outputs, targets, torch.Generator().manual_seed(0), images=images)
 
     plain = losses_with()
     weighted = losses_with(regularizer="dfr", dfr_weight=3.0, dfr_points=16, dfr_deep_kernel=deep_kernel)
@@ -170,6 +172,10 @@ def test_criterion_adds_the_weighted_term_for_the_last_layer(deep_kernel):
     # The other terms do not move: the regularizer draws its points after them.
     for name, value in plain.items():
         assert torch.equal(value, weighted[name]), name
+    # The term trains the segmenter's class and mask heads, never the similarity net it may read.
+    weighted["loss_dfr"].backward()
+    assert all(parameter.grad is None for parameter in criteria[1].pair_losses.parameters())
+    assert model.predictor.class_embed.weight.grad.abs().sum() > 0
 
 
 def test_settings_refuse_the_similarity_kernel_without_the_similarity_net():
