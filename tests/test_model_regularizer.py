@@ -9,7 +9,7 @@ import torch
 from simformer_cli.model.criterion import build_criterion
 from simformer_cli.model.maskformer import build_model, normalize_images
 from simformer_cli.model.regularizer import (
-    bilateral_kernel, class_distribution, covered_region, dfr_loss, feature_kernel, pair_disagreement,
+    affinity_vectors, class_distribution, covered_region, dfr_loss, gaussian_kernel, pair_disagreement,
 )
 from simformer_cli.model.targets import targets_from_label_map
 from simformer_cli.settings.model import LossSettings, tiny_model_settings
@@ -48,7 +48,8 @@ def one_hot_outputs(classes_of_columns: torch.Tensor, num_classes: int = 3, shar
 def test_bilateral_kernel_attracts_pixels_of_one_colour_and_place_only():
     colours = torch.tensor([[RED, RED, BLUE, RED]])
     positions = torch.tensor([[[0.0, 0.0], [0.0, 4.0], [0.0, 4.0], [0.0, 400.0]]])  # the last one far away
-    kernel = bilateral_kernel(colours, positions, sigma_rgb=15.0, sigma_xy=40.0)[0]
+    kernel = gaussian_kernel(affinity_vectors(colours, positions, None, sigma_rgb=15.0, sigma_xy=40.0,
+                                              sigma_feature=1.0))[0]
     assert kernel[0, 1] > 0.99  # same colour, 4 pixels apart
     assert kernel[0, 2] < 1e-6 and kernel[1, 2] < 1e-6  # another colour, same place
     assert kernel[0, 3] < 1e-6  # same colour, far apart
@@ -57,7 +58,10 @@ def test_bilateral_kernel_attracts_pixels_of_one_colour_and_place_only():
 
 def test_feature_kernel_attracts_pixels_with_aligned_features():
     features = torch.tensor([[[1.0, 0.0], [3.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]])
-    kernel = feature_kernel(features, sigma=0.5)[0]
+    same_place = torch.zeros(1, 4, 2)
+    same_colour = torch.zeros(1, 4, 3)
+    kernel = gaussian_kernel(affinity_vectors(same_colour, same_place, features, sigma_rgb=15.0, sigma_xy=40.0,
+                                              sigma_feature=0.5))[0]
     assert kernel[0, 1] == pytest.approx(1.0)  # same direction, any length
     assert kernel[0, 2] == pytest.approx(float(torch.exp(torch.tensor(-4.0))), rel=1e-5)  # orthogonal: |df|^2 = 2
     assert kernel[0, 3] < kernel[0, 2]  # opposite: |df|^2 = 4

@@ -19,8 +19,8 @@ shapes the predictions, never the features it measures them with.
 
 Cost: the loss is taken over all pairs of ``points`` pixels drawn per image from the covered region
 (unlabelled pixels, or all non-padding ones), not over the whole grid, so it costs O(points^2) per
-image whatever the crop size; the mean over the drawn pairs is an unbiased estimate of the mean
-over all pairs of the region. Pairs of a pixel with itself (also a pixel drawn twice from a small
+image whatever the crop size; when the region holds at least ``points`` pixels (drawn without
+replacement), the mean over the drawn pairs is an unbiased estimate of the mean over all its pairs. Pairs of a pixel with itself (also a pixel drawn twice from a small
 region) are left out.
 """
 
@@ -52,14 +52,14 @@ def gaussian_kernel(embedding: Tensor) -> Tensor:
     return torch.exp(-0.5 * distance)
 
 
-def bilateral_kernel(colours: Tensor, positions: Tensor, sigma_rgb: float, sigma_xy: float) -> Tensor:
-    """Gaussian affinity over colour and position: colours (B, n, 3), positions (B, n, 2) -> (B, n, n)."""
-    return gaussian_kernel(torch.cat((colours / sigma_rgb, positions / sigma_xy), -1))
-
-
-def feature_kernel(features: Tensor, sigma: float) -> Tensor:
-    """Gaussian affinity over unit-length features: (B, n, C) -> (B, n, n); |f_i - f_j|^2 = 2 - 2 cos."""
-    return gaussian_kernel(F.normalize(features, dim=-1) / sigma)
+def affinity_vectors(colours: Tensor, positions: Tensor, features: Tensor | None, *, sigma_rgb: float,
+                     sigma_xy: float, sigma_feature: float) -> Tensor:
+    """Colours (B, n, 3), positions (B, n, 2) and optional features (B, n, C), each divided by its
+    bandwidth (features first scaled to unit length), concatenated -> (B, n, D) for gaussian_kernel."""
+    parts = [colours / sigma_rgb, positions / sigma_xy]
+    if features is not None:
+        parts.append(F.normalize(features, dim=-1) / sigma_feature)
+    return torch.cat(parts, -1)
 
 
 def similarity_kernel(simnet: PairSimilarityNet, features: Tensor) -> Tensor:
@@ -141,13 +141,17 @@ def _affinity(
     colours = colour_grid.gather(2, points[:, None, :].expand(-1, 3, -1)).transpose(1, 2)
     rows, columns = torch.div(points, width, rounding_mode="floor"), points % width
     positions = torch.stack(((rows + 0.5) * stride_y, (columns + 0.5) * stride_x), -1).float()
-    bilateral = torch.cat((colours / settings.dfr_sigma_rgb, positions / settings.dfr_sigma_xy), -1)
-    if settings.dfr_deep_kernel == "none":
-        return gaussian_kernel(bilateral)
-    flat = mask_features.detach().float().flatten(2)
-    features = flat.gather(2, points[:, None, :].expand(-1, flat.shape[1], -1)).transpose(1, 2)  # (B, n, C)
-    if settings.dfr_deep_kernel == "features":
-        return gaussian_kernel(torch.cat((bilateral, F.normalize(features, dim=-1) / settings.dfr_sigma_feature), -1))
+    deep = settings.dfr_deep_kernel
+    features = None
+    if deep != "none":
+        flat = mask_features.detach().float().flatten(2)
+        features = flat.gather(2, points[:, None, :].expand(-1, flat.shape[1], -1)).transpose(1, 2)  # (B, n, C)
+    vectors = affinity_vectors(colours, positions, features if deep == "features" else None,
+                               sigma_rgb=settings.dfr_sigma_rgb, sigma_xy=settings.dfr_sigma_xy,
+                               sigma_feature=settings.dfr_sigma_feature)
+    kernel = gaussian_kernel(vectors)
+    if deep != "similarity":
+        return kernel
     if simnet is None:
         raise ValueError("dfr_deep_kernel similarity needs the similarity net (similarity=True)")
-    return gaussian_kernel(bilateral) * similarity_kernel(simnet, features)
+    return kernel * similarity_kernel(simnet, features)
