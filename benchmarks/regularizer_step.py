@@ -6,6 +6,9 @@ and with ``--similarity`` the similarity net's kernel too). Each step runs every
 order that rotates from step to step, so a load on the machine that comes and goes hits them alike;
 the overhead is the median over steps of each step's time ratio, which a loaded machine shifts far
 less than the absolute times. Data loading is left out (every variant reads the same batch).
+Before the timed steps, on the first batches and the initial weights, it also reports how large the
+regularizer's gradient is beside the other terms' (the segmenter's parameters, norm of each), the
+figure ``loss.dfr_weight`` was set from.
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/regularizer_step.py --out BENCHMARKS.md [--steps 40] [--similarity]
@@ -64,6 +67,22 @@ def timed_step(module: TrainingModule, optimizer: torch.optim.Optimizer, batch, 
     return time.perf_counter() - began
 
 
+def gradient_share(module: TrainingModule, batches: list) -> list[float]:  # noqa: ANN001
+    """Per batch, |grad of loss_dfr| / |grad of every other term| over the segmenter's parameters."""
+    parameters = [p for p in module.model.parameters() if p.requires_grad]
+
+    def norm(loss: torch.Tensor) -> float:
+        grads = torch.autograd.grad(loss, parameters, retain_graph=True, allow_unused=True)
+        return float(torch.sqrt(sum(g.square().sum() for g in grads if g is not None)))
+
+    shares = []
+    for step, batch in enumerate(batches):
+        losses = module(batch.images, batch.targets, torch.Generator().manual_seed(step))
+        rest = total_loss({name: value for name, value in losses.items() if name != "loss_dfr"})
+        shares.append(norm(losses["loss_dfr"]) / norm(rest))
+    return shares
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=None)
@@ -92,6 +111,11 @@ def main() -> None:
                                    accumulation=1)
         batches = list(DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=0))
         names = list(runs)
+        weight = runs[names[1]][0].criterion.settings.dfr_weight
+        torch.manual_seed(0)
+        probe = build_training_module(variants(base, False)[names[1]], split.manifest.novel_classes)
+        probe.train()
+        shares = gradient_share(probe, batches[:warmup])
         seconds: dict[str, list[float]] = {name: [] for name in names}
         for step, batch in enumerate(batches):
             shift = step % len(names)
@@ -127,6 +151,10 @@ def main() -> None:
         *rows,
         "",
         "Target (issue 23): at most +20% per step with the regularizer on.",
+        "",
+        f"Gradient of the regularizer beside the other terms (feature kernel, weight {weight:g}, initial weights, "
+        f"first {warmup} batches; norms over the segmenter's parameters): "
+        + ", ".join(f"{share:.1%}" for share in shares) + ".",
     ]
     publish(lines, args.out, "regularizer_step")
 
