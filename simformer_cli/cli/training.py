@@ -73,8 +73,8 @@ def train(
 
     result = run_train(
         split=split, out=out, preset=preset, method=method, iters=iters, batch_size=batch_size, lr=lr, seed=seed,
-        overrides=with_regularizer(set_, regularizer), checkpoint_every=options.positive("--checkpoint-every", checkpoint_every),
-        resume=resume, device=device, workers=options.workers(workers), backbone_weights=backbone_weights,
+        overrides=with_regularizer(set_, regularizer),
+        checkpoint_every=options.positive("--checkpoint-every", checkpoint_every), resume=resume, device=device, workers=options.workers(workers), backbone_weights=backbone_weights,
         force=force, reporter=RichReporter("train"),
     )
     summary = result.manifest.summary

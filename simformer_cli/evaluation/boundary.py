@@ -19,6 +19,7 @@ from simformer_cli.artifacts.metrics import MAX_BOUNDARY_BAND, BoundaryResult
 from simformer_cli.evaluation.confusion import ConfusionMatrix
 from simformer_cli.evaluation.metrics import compute_report
 
+
 def boundary_band(label: np.ndarray, width: int, ignore_index: int) -> np.ndarray:
     """(H, W) ground truth -> (H, W) bool: the pixels within ``width`` pixels of a label edge."""
     if not 1 <= width <= MAX_BOUNDARY_BAND:
