@@ -64,6 +64,8 @@ ROWS = {
     "simformer": "SimFormer one-stage",
     "finetune": "SimFormer + retraining",
     "cam": "CAM baseline (+ retraining)",
+    "wsmf-dfr": "weak-shot MaskFormer + DFR regularizer",
+    "simformer-dfr": "SimFormer one-stage + DFR regularizer",
 }
 DEFAULT_ROWS = ["oracle", "oracle-conv", "wsmf", "comp", "simformer", "finetune", "cam"]
 NO_SIMILARITY = ["--set", "loss.similarity=false", "--set", "loss.distillation=false"]
@@ -74,6 +76,8 @@ TRAIN_FLAGS = {
     "comp": NO_SIMILARITY,
     "simformer": [],
     "cam": ["--method", "cam"],
+    "wsmf-dfr": ["--set", "loss.complementary=false", *NO_SIMILARITY, "--regularizer", "dfr"],
+    "simformer-dfr": ["--regularizer", "dfr"],
 }
 #: Pairs whose paired difference the table reports: each is a claim the README or a note makes.
 COMPARISONS = [("comp", "wsmf"), ("simformer", "comp"), ("finetune", "simformer"), ("simformer", "cam"),

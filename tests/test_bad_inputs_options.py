@@ -78,6 +78,20 @@ def test_absurd_set_overrides(refusals: Refusals, shared, tmp_path: Path, case: 
                    f"--set {setting}", fragment)
 
 
+@pytest.mark.parametrize(("case", "extra", "what", "fragment"), [
+    ("option-regularizer-unknown", ["--regularizer", "crf"], "`train --regularizer crf`", "none, dfr"),
+    ("option-regularizer-with-cam", ["--regularizer", "dfr", "--method", "cam"],
+     "`train --regularizer dfr --method cam` (the CAM baseline has its own objective)", "method cam"),
+    ("set-dfr-similarity-kernel-without-the-net",
+     ["--regularizer", "dfr", "--set", "loss.dfr_deep_kernel=similarity", "--set", "loss.similarity=false",
+      "--set", "loss.distillation=false"],
+     "`train --regularizer dfr --set loss.dfr_deep_kernel=similarity` with the similarity net off", "similarity=True"),
+])
+def test_regularizer_settings_that_cannot_apply(refusals: Refusals, shared, tmp_path: Path, case: str,
+                                                extra: list[str], what: str, fragment: str) -> None:  # noqa: ANN001
+    refusals.check(case, what, train_args(shared, tmp_path, *extra), fragment)
+
+
 # ---------------------------------------------------------------- infer, pseudolabel, viz, split
 
 
@@ -99,6 +113,13 @@ def test_absurd_pseudolabel_scales_and_min_score(refusals: Refusals, shared, tmp
     refusals.check("option-scales-too-large-pseudolabel", "`pseudolabel --scales 0.5,40`", [*args, "--scales", "0.5,40"],
                    "--scales", "at most 4 each")
     refusals.check("option-min-score-nan", "`pseudolabel --min-score nan`", [*args, "--min-score", "nan"], "--min-score")
+
+
+@pytest.mark.parametrize("value", ["65", "-1"])
+def test_boundary_band_out_of_range(refusals: Refusals, shared, tmp_path: Path, value: str) -> None:  # noqa: ANN001
+    refusals.check(f"option-boundary-band-{'too-wide' if value == '65' else 'negative'}", f"`eval --boundary-band {value}`",
+                   ["eval", "--predictions", shared["predictions"], "--split", shared["split"], "--out",
+                    tmp_path / "m.zarr", "--boundary-band", value], f"--boundary-band {value}", "0 (off) to 64")
 
 
 def test_negative_viz_limit(refusals: Refusals, shared, tmp_path: Path) -> None:  # noqa: ANN001

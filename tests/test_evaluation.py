@@ -386,3 +386,46 @@ def test_one_novel_name_absorbing_the_others():
 def test_no_novel_ground_truth_gives_no_diagnostics():
     report, novel = _diagnostics([[10, 0, 0], [0, 0, 0]], [1])
     assert novel is None and report.novel_miou is None
+
+
+# ---------------------------------------------------------------- boundary quality
+
+
+def two_halves(size: int = 8) -> np.ndarray:
+    """Ground truth: class 0 (base) on columns 0-3, class 1 (novel) on columns 4-7."""
+    label = np.zeros((size, size), dtype=np.uint8)
+    label[:, size // 2 :] = 1
+    return label
+
+
+def test_boundary_band_follows_label_edges_and_not_ignore():
+    from simformer_cli.evaluation.boundary import boundary_band
+
+    label = two_halves()
+    assert boundary_band(label, 1, 255).any(0).tolist() == [False, False, False, True, True, False, False, False]
+    assert boundary_band(label, 2, 255).any(0).tolist() == [False, False, True, True, True, True, False, False]
+    assert boundary_band(label, 2, 255).all(0).tolist() == boundary_band(label, 2, 255).any(0).tolist()
+    unlabelled_patch = np.zeros((8, 8), dtype=np.uint8)
+    unlabelled_patch[2:5, 2:5] = 255  # ignore inside one class: no edge
+    assert not boundary_band(unlabelled_patch, 3, 255).any()
+
+
+def test_boundary_miou_on_a_hand_built_case():
+    from simformer_cli.evaluation.boundary import BoundaryConfusion
+
+    truth = two_halves()
+    shifted = truth.copy()
+    shifted[:, 3] = 1  # the border drawn one pixel too far left
+    far_off = truth.copy()
+    far_off[:, 0] = 1  # one wrong column far from the border
+    for prediction, whole, near in ((shifted, (75.0 + 80.0) / 2, (0.0 + 50.0) / 2), (far_off, (75.0 + 80.0) / 2, 100.0)):
+        band = BoundaryConfusion(2, 255, width=1)
+        band.update(prediction, truth)
+        result = band.result(["a", "b"], [0], [1])
+        whole_table = ConfusionMatrix(2, 255)
+        whole_table.update(prediction, truth)
+        assert compute_report(whole_table, ["a", "b"], [0], [1], num_images=1, ignored_pixels=0).miou == pytest.approx(whole)
+        assert result is not None and result.miou == pytest.approx(near)
+        assert result.width == 1 and result.pixels == 16
+        assert (result.base_miou, result.novel_miou) == ((0.0, 50.0) if prediction is shifted else (100.0, 100.0))
+    assert BoundaryConfusion(2, 255, width=1).result(["a", "b"], [0], [1]) is None  # no edge seen

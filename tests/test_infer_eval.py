@@ -73,6 +73,15 @@ def test_eval_report_chart_and_refusals(cli, mixed, tmp_path: Path) -> None:
     assert {"miou", "base_miou", "novel_miou", "hiou", "miou_present_only", "pixel_accuracy", "per_class"} <= set(report)
     assert {row["split_role"] for row in report["per_class"]} == {"base", "novel"}
     assert (tmp_path / "m.zarr" / "iou.png").is_file()
+    assert report["boundary"] is None  # off unless asked for
+    banded = cli("eval", "--predictions", predictions, "--split", split, "--out", tmp_path / "b.zarr",
+                 "--boundary-band", "3", "--no-chart", "--json")
+    assert banded.code == 0, banded.err
+    boundary = json.loads(banded.out)["boundary"]
+    assert boundary["width"] == 3 and 0 < boundary["pixels"] < sum(row["gt_pixels"] for row in report["per_class"])
+    assert 0 <= boundary["miou"] <= 100 and "px of label edges" in banded.err
+    too_wide = cli("eval", "--predictions", predictions, "--split", split, "--boundary-band", "65")
+    assert too_wide.code == 2 and "--boundary-band 65" in too_wide.err
     other = run_split(dataset="folder", root=root, out=tmp_path / "other.zarr", seed=5, workers=1).path
     refused = cli("eval", "--predictions", predictions, "--split", other)
     assert refused.code == 2 and "another split" in refused.err

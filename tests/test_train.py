@@ -56,6 +56,25 @@ def test_two_iterations_through_the_cli(cli, synthetic_split: Path, tmp_path: Pa
     assert again.code == 0 and "up to date" in again.err
 
 
+def test_regularizer_through_the_cli_is_logged_and_recorded(cli, synthetic_split: Path, tmp_path: Path) -> None:
+    out = tmp_path / "dfr.zarr"
+    result = cli("train", "--split", synthetic_split, "--out", out, "--iters", "2", "--batch-size", "4",
+                 "--device", "cpu", "--regularizer", "dfr", "--set", "loss.dfr_weight=2", "--set", "loss.dfr_points=64")
+    assert result.code == 0, result.err
+    manifest, _, _ = open_artifact(out, ModelManifest)
+    loss = manifest.params.settings.loss
+    assert (loss.regularizer, loss.dfr_weight, loss.dfr_points, loss.dfr_pixels) == ("dfr", 2.0, 64, "unlabelled")
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and all(record["loss_dfr"] > 0 and np.isfinite(record["loss_dfr"]) for record in log)
+    assert manifest.summary.final_losses["loss_dfr"] == log[-1]["loss_dfr"]
+    # The default run records the regularizer as off and logs no such term.
+    plain = tmp_path / "plain.zarr"
+    assert cli("train", "--split", synthetic_split, "--out", plain, "--iters", "1", "--batch-size", "4",
+               "--device", "cpu").code == 0
+    manifest, _, _ = open_artifact(plain, ModelManifest)
+    assert manifest.params.settings.loss.regularizer == "none" and "loss_dfr" not in manifest.summary.final_losses
+
+
 class Interrupt(Exception):
     pass
 

@@ -12,10 +12,12 @@ import zarr
 from pydantic import BaseModel, ConfigDict, Field
 
 from simformer_cli.artifacts.layout import COMPRESSORS
-from simformer_cli.artifacts.manifest import ArraySpec, Frozen, ManifestBase
+from simformer_cli.artifacts.manifest import ArraySpec, Frozen, ManifestBase, OmitsAbsent
 from simformer_cli.settings.choices import SubsetName
 
 CHART_FILE = "iou.png"
+#: Widest boundary band eval offers, in pixels: beyond it the band covers most of any real image.
+MAX_BOUNDARY_BAND = 64
 
 Percent = Annotated[float, Field(ge=0.0, le=100.0)]
 Count = Annotated[int, Field(ge=0)]
@@ -53,8 +55,24 @@ class NovelDiagnostics(BaseModel):
     confusion: list[NovelConfusion]
 
 
-class EvalReport(BaseModel):
-    """The eval stage's report; field names are fixed by the CLI contract."""
+class BoundaryResult(BaseModel):
+    """mIoU over the labelled pixels within ``width`` pixels of a ground-truth label edge
+    (``evaluation.boundary``); same conventions as the whole-image figures."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    width: int = Field(ge=1)
+    pixels: Count
+    miou: Percent
+    base_miou: Percent | None
+    novel_miou: Percent | None
+
+
+class EvalReport(OmitsAbsent):
+    """The eval stage's report; field names are fixed by the CLI contract (``boundary`` only with
+    ``eval --boundary-band``)."""
+
+    OPTIONAL_FIELDS = ("boundary",)
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -72,10 +90,16 @@ class EvalReport(BaseModel):
     ignored_pixels: Count
     warnings: list[str]
     novel: NovelDiagnostics | None = None
+    boundary: BoundaryResult | None = Field(None, description="near label edges; only with eval --boundary-band")
 
 
-class EvalParams(Frozen):
+class EvalParams(OmitsAbsent, Frozen):
+    # Left out of the JSON when None, so that metrics made without it keep the digests they had.
+    OPTIONAL_FIELDS = ("boundary_band",)
+
     subset: SubsetName
+    boundary_band: int | None = Field(None, ge=1, le=MAX_BOUNDARY_BAND,
+                                      description="band width in pixels of the boundary figures; none without them")
 
 
 class MetricsManifest(ManifestBase):

@@ -111,6 +111,14 @@ def non_negative(option: str, value: int) -> int:
     return value
 
 
+def boundary_band(value: int) -> int:
+    from simformer_cli.artifacts.metrics import MAX_BOUNDARY_BAND
+
+    if not 0 <= value <= MAX_BOUNDARY_BAND:
+        raise UserError(f"--boundary-band {value}: expected 0 (off) to {MAX_BOUNDARY_BAND} pixels, e.g. 3")
+    return value
+
+
 def positive(option: str, value: int) -> int:
     if value < 1:
         raise UserError(f"{option} {value}: must be at least 1")

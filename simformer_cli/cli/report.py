@@ -59,6 +59,11 @@ def print_eval_report(report, path: Path, max_rows: int = 40) -> None:  # noqa: 
                           f"{row.as_nothing:.1f}")
         stderr.print(table)
     stderr.print(summary_line(report), markup=False)
+    boundary = report.boundary
+    if boundary is not None:
+        shown = " ".join(f"{name} {value:.2f}" for name, value in (("mIoU", boundary.miou), ("base", boundary.base_miou),
+                                                                  ("novel", boundary.novel_miou)) if value is not None)
+        stderr.print(f"within {boundary.width} px of label edges ({boundary.pixels} pixels): {shown}", markup=False)
     if novel is not None:
         stderr.print(f"novel classes found (IoU of their union) {novel.union_iou:.2f}; novel mIoU under the best "
                      f"renaming of predicted novel classes {novel.renamed_miou:.2f}", markup=False)

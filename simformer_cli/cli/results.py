@@ -16,6 +16,7 @@ ExportFormat = Literal["coco", "png"]
 EVAL_EXAMPLES = examples(
     "simformer eval --predictions runs/syn/model.pred-val.zarr --split runs/syn/split.zarr",
     "simformer eval --predictions runs/syn/model.pred-val.zarr --split runs/syn/split.zarr --no-chart --json",
+    "simformer eval --predictions runs/syn/model.pred-val.zarr --split runs/syn/split.zarr --boundary-band 3",
 )
 VIZ_EXAMPLES = examples(
     "simformer viz --predictions runs/syn/model.pred-val.zarr --split runs/syn/split.zarr --out runs/syn/overlays",
@@ -32,13 +33,16 @@ def evaluate(
     split: Annotated[Path, typer.Option(help="The split the predictions were made on (ground truth).")],
     out: Annotated[Optional[Path], typer.Option(help="Output metrics artifact (default: beside the predictions).")] = None,
     chart: Annotated[bool, typer.Option(help="Write a per-class IoU bar chart (iou.png) into the artifact.")] = True,
+    boundary_band: Annotated[int, typer.Option(help="Also score the pixels within N pixels of a label edge "
+                                                    "(boundary mIoU); 0 = off.")] = 0,
     json_out: JsonOption = False,
 ) -> None:
     """Compare predictions with ground truth: mIoU (both conventions), base, novel, hIoU, per class."""
     from simformer_cli.cli.report import print_eval_report
     from simformer_cli.pipeline.evaluate import run_eval
 
-    result = run_eval(predictions=predictions, split=split, out=out, chart=chart, reporter=RichReporter("eval"))
+    result = run_eval(predictions=predictions, split=split, out=out, chart=chart,
+                      boundary_band=options.boundary_band(boundary_band), reporter=RichReporter("eval"))
     print_eval_report(result.manifest.summary, result.path)
     labels = result.manifest.provenance.labels
     if labels is not None:

@@ -10,6 +10,7 @@ import typer
 from simformer_cli.cli import options
 from simformer_cli.cli.console import RichReporter, print_json, stderr
 from simformer_cli.cli.options import DeviceOption, ForceOption, JsonOption, SetOption, WorkersOption, choice, examples
+from simformer_cli.settings.model import Regularizer
 from simformer_cli.settings.training import PresetName
 
 #: The methods ``train`` offers (retrain's ``supervised`` is not one).
@@ -19,6 +20,7 @@ TRAIN_EXAMPLES = examples(
     "simformer train --split runs/syn/split.zarr",
     "simformer train --split runs/syn/split.zarr --iters 200 --batch-size 4 --device cpu --json",
     "simformer train --split runs/syn/split.zarr --set loss.distill_weight=0.3 --resume",
+    "simformer train --split runs/syn/split.zarr --regularizer dfr --set loss.dfr_weight=2",
     "torchrun --nproc_per_node 2 -m simformer_cli train --split runs/ade/split.zarr --preset paper",
 )
 RETRAIN_EXAMPLES = examples(
@@ -37,6 +39,14 @@ ResumeOption = Annotated[bool, typer.Option("--resume", help="Continue from the 
 BackboneOption = Annotated[Optional[str], typer.Option(
     help="Backbone weights: imagenet (or imagenet-r50 / imagenet-r101: torchvision's ImageNet ResNet, fetched once "
          "into torch's hub cache), or a local torchvision-layout ResNet file (.pth).")]
+RegularizerOption = Annotated[Optional[Regularizer], choice(
+    "--regularizer", Regularizer, help="dfr: add the regularized loss on unlabelled pixels (loss.dfr_* settings); "
+                                       "default: the preset's (none).")]
+
+
+def with_regularizer(overrides: list[str] | None, regularizer: str | None) -> list[str]:
+    """The ``--set`` items, then ``--regularizer`` as one more: a named option wins over ``--set``."""
+    return [*(overrides or ()), *([f"loss.regularizer={regularizer}"] if regularizer is not None else [])]
 
 
 def train(
@@ -56,6 +66,7 @@ def train(
     threads: options.ThreadsOption = None,
     workers: WorkersOption = None,
     backbone_weights: BackboneOption = None,
+    regularizer: RegularizerOption = None,
     set_: SetOption = None,
     force: ForceOption = False,
     json_out: JsonOption = False,
@@ -66,8 +77,8 @@ def train(
 
     result = run_train(
         split=split, out=out, preset=preset, method=method, iters=iters, batch_size=batch_size, lr=lr, seed=seed,
-        overrides=set_ or (), checkpoint_every=options.positive("--checkpoint-every", checkpoint_every),
-        resume=resume, device=device, workers=options.workers(workers), backbone_weights=backbone_weights,
+        overrides=with_regularizer(set_, regularizer),
+        checkpoint_every=options.positive("--checkpoint-every", checkpoint_every), resume=resume, device=device, workers=options.workers(workers), backbone_weights=backbone_weights,
         force=force, reporter=RichReporter("train"),
     )
     summary = result.manifest.summary
@@ -94,6 +105,7 @@ def retrain(
     threads: options.ThreadsOption = None,
     workers: WorkersOption = None,
     backbone_weights: BackboneOption = None,
+    regularizer: RegularizerOption = None,
     set_: SetOption = None,
     force: ForceOption = False,
     json_out: JsonOption = False,
@@ -104,7 +116,7 @@ def retrain(
 
     result = run_retrain(
         split=split, pseudolabels=pseudolabels, out=out, init_from=init_from, preset=preset,
-        iters=iters, batch_size=batch_size, lr=lr, seed=seed, overrides=set_ or (),
+        iters=iters, batch_size=batch_size, lr=lr, seed=seed, overrides=with_regularizer(set_, regularizer),
         checkpoint_every=options.positive("--checkpoint-every", checkpoint_every), resume=resume, device=device,
         workers=options.workers(workers), backbone_weights=backbone_weights, force=force,
         reporter=RichReporter("retrain"),

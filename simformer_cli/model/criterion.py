@@ -7,7 +7,8 @@ For the last decoder layer and, with deep supervision, every earlier one ("_aux{
                 normalised by the number of such targets in the batch;
 - "loss_comp":  the complementary loss of images with maskless (novel) targets.
 For the last layer only, with the batch laid out as image pairs: "loss_sim" (similarity net on
-base pixels) and "loss_distill" (its judgement distilled into novel-class scores).
+base pixels) and "loss_distill" (its judgement distilled into novel-class scores). With
+``regularizer="dfr"``, for the last layer: "loss_dfr", the regularized loss of model/regularizer.py.
 
 Every returned term is already multiplied by its weight, so the logged terms add up to the loss
 being optimised: ``total_loss(losses)``.
@@ -26,6 +27,7 @@ from simformer_cli.model.losses import complementary_terms, dice_loss, sigmoid_f
 from simformer_cli.model.matcher import HungarianMatcher, small_target_masks
 from simformer_cli.model.pair_losses import PairLosses
 from simformer_cli.model.points import point_sample, shared_uncertain_points
+from simformer_cli.model.regularizer import dfr_loss
 from simformer_cli.settings.model import LossSettings, ModelSettings
 from simformer_cli.model.targets import ImageTargets
 
@@ -80,6 +82,7 @@ class SetCriterion(nn.Module):
         targets: Sequence[ImageTargets],
         generator: torch.Generator,
         num_masks: float | None = None,
+        images: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """outputs: MaskFormer.forward's dict; targets: one ImageTargets per image (same order).
 
@@ -89,6 +92,8 @@ class SetCriterion(nn.Module):
         passes the global batch's count divided by its number of micro-batches (processes x
         accumulation), so that averaging the micro-batches' gradients gives the sum over the
         whole batch divided by its count, as with one process (MaskFormer's all-reduced count).
+        ``images`` (B, 3, H, W), RGB 0..255 before normalisation, are read by the regularizer only
+        (required when it is on).
         """
         if len(targets) != outputs["pred_logits"].shape[0]:
             raise ValueError(f"{len(targets)} targets for a batch of {outputs['pred_logits'].shape[0]} images")
@@ -119,7 +124,18 @@ class SetCriterion(nn.Module):
             losses["loss_sim"] = self.settings.sim_weight * pair_losses["loss_sim"]
             if "loss_distill" in pair_losses:
                 losses["loss_distill"] = self.settings.distill_weight * pair_losses["loss_distill"]
+        if self.settings.regularizer == "dfr":
+            losses["loss_dfr"] = self.settings.dfr_weight * self._regularizer(outputs, targets, generator, images)
         return losses
+
+    def _regularizer(self, outputs: Mapping[str, Tensor | list[dict[str, Tensor]]], targets: Sequence[ImageTargets],
+                     generator: torch.Generator, images: Tensor | None) -> Tensor:
+        if images is None:
+            raise ValueError("the dfr regularizer needs the batch's images (criterion(..., images=...))")
+        simnet = self.pair_losses.simnet if self.pair_losses is not None else None
+        return dfr_loss(images=images, pred_logits=outputs["pred_logits"], pred_masks=outputs["pred_masks"],
+                        mask_features=outputs["mask_features"], targets=targets, settings=self.settings,
+                        generator=generator, simnet=simnet)
 
     def layer_terms(
         self,

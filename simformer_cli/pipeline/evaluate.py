@@ -2,7 +2,8 @@
 
 The confusion matrix is accumulated image by image (memory does not grow with the dataset). Cheap,
 so it is always recomputed. Predictions made on another split, or on a folder of images without
-ground truth, are refused.
+ground truth, are refused. With ``boundary_band`` N > 0 the report also scores the pixels within N
+pixels of a ground-truth label edge (``evaluation.boundary``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from simformer_cli.artifacts.split import SplitArtifact
 from simformer_cli.artifacts.store import publish, staged_artifact
 from simformer_cli.errors import UserError
 from simformer_cli.evaluation import ConfusionMatrix, compute_report, iou_bar_chart, write_png
+from simformer_cli.evaluation.boundary import BoundaryConfusion
 from simformer_cli.pipeline.stage import StageResult
 from simformer_cli.progress import Reporter, SilentReporter
 
@@ -24,7 +26,8 @@ NOVEL_NOT_SCORED = "novel classes not scored"
 
 
 def run_eval(
-    *, predictions: Path, split: Path, out: Path | None = None, chart: bool = True, reporter: Reporter | None = None
+    *, predictions: Path, split: Path, out: Path | None = None, chart: bool = True, boundary_band: int = 0,
+    reporter: Reporter | None = None,
 ) -> StageResult[MetricsManifest]:
     reporter = reporter or SilentReporter()
     preds = PredictionsArtifact(predictions)
@@ -39,13 +42,20 @@ def run_eval(
                       "came as tags); base classes are scored") if coverage == "base" else None
     truth = split_artifact.full_labels(subset)
     confusion = ConfusionMatrix(len(manifest.class_names), manifest.ignore_index)
+    band = BoundaryConfusion(len(manifest.class_names), manifest.ignore_index, boundary_band) if boundary_band else None
     with reporter.task(f"evaluating {subset}", preds.count()) as advance:
         for index in range(preds.count()):
-            confusion.update(preds.label(index), truth(index))
+            predicted, wanted = preds.label(index), truth(index)
+            confusion.update(predicted, wanted)
+            if band is not None:
+                band.update(predicted, wanted)
             advance(1)
     report = compute_report(confusion, manifest.class_names, manifest.base_classes, manifest.novel_classes,
                             num_images=preds.count(), ignored_pixels=confusion.ignored_pixels,
                             novel_unscored=novel_unscored)
+    if band is not None:
+        report = report.model_copy(update={"boundary": band.result(manifest.class_names, manifest.base_classes,
+                                                                  manifest.novel_classes)})
     out = Path(out) if out is not None else Path(predictions).with_name(Path(predictions).stem + ".metrics.zarr")
     inputs = Inputs(artifacts={"predictions": preds.ref, "split": split_artifact.ref})
     with staged_artifact(out, kind="metrics", inputs=inputs) as staging:
@@ -53,7 +63,7 @@ def run_eval(
         if chart:
             write_png(staging / CHART_FILE, iou_bar_chart(report))
         metrics = MetricsManifest(
-            inputs=inputs, params=EvalParams(subset=subset), summary=report, arrays=arrays,
+            inputs=inputs, params=EvalParams(subset=subset, boundary_band=boundary_band or None), summary=report, arrays=arrays,
             provenance=Provenance.of_this_run(labels=manifest.provenance.labels),  # where the split's labels came from
             class_names=manifest.class_names, base_classes=manifest.base_classes,
             novel_classes=manifest.novel_classes,

@@ -9,13 +9,15 @@ Defaults follow the official ADE20K configuration of SimFormer (NeurIPS 2022); C
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 Channels = Annotated[int, Field(ge=8, le=4096)]
 MAX_WEIGHT = 1000.0  # of any loss or matching-cost weight
 MAX_POINTS = 1_000_000  # sampled points per mask or image
+#: none: the SimFormer objective alone; dfr: plus the regularized loss of model/regularizer.py.
+Regularizer = Literal["none", "dfr"]
 
 
 class ModelSettings(BaseModel):
@@ -65,7 +67,7 @@ class ModelSettings(BaseModel):
 
 class LossSettings(BaseModel):
     """Weights and switches of the SimFormer objective (matching, set losses, complementary loss,
-    similarity transfer, distillation).
+    similarity transfer, distillation) and of the optional regularized loss (off by default).
 
     Weights are finite and at most 1000, point counts at most a million: bounds that refuse absurd
     values (a forged manifest, a typo in ``--set``) and nothing a real run uses.
@@ -107,6 +109,20 @@ class LossSettings(BaseModel):
     distill_loss: Literal["cce", "ce"] = "cce"
     distill_pairs: Literal["cross_image", "intra_image_released"] = "cross_image"
     novel_points: int = Field(100, ge=1, le=MAX_POINTS)
+    # Regularized loss (the DFR route, model/regularizer.py): predictions of pixels alike in colour,
+    # place and deep features must agree; last layer only, on dfr_points sampled pixels per image.
+    regularizer: Regularizer = "none"
+    # Chosen from the gradient share that benchmarks/regularizer_step.py reports, not from quality runs.
+    dfr_weight: float = Field(50.0, ge=0.0, le=MAX_WEIGHT)
+    # unlabelled: pairs of pixels no target mask covers (novel and ignore pixels); all: any non-padding pixels.
+    dfr_pixels: Literal["unlabelled", "all"] = "unlabelled"
+    dfr_points: int = Field(256, ge=2, le=4096, description="sampled pixels per image; all their pairs are used")
+    dfr_sigma_rgb: float = Field(15.0, gt=0.0, le=1000.0, description="colour bandwidth, 0-255 RGB units")
+    dfr_sigma_xy: float = Field(40.0, gt=0.0, le=100_000.0, description="position bandwidth, input pixels")
+    # features: a Gaussian over the detached, unit-length mask features; similarity: the similarity
+    # net's same-class probability (needs similarity=True); none: colour and position alone.
+    dfr_deep_kernel: Literal["features", "similarity", "none"] = "features"
+    dfr_sigma_feature: float = Field(0.5, gt=0.0, le=100.0, description="feature bandwidth (unit features: distances 0-2)")
 
     @model_validator(mode="after")
     def _check_consistency(self) -> LossSettings:
@@ -114,7 +130,20 @@ class LossSettings(BaseModel):
             raise ValueError("base_positive_points must be smaller than base_points")
         if self.distillation and not self.similarity:
             raise ValueError("distillation needs similarity=True: the similarity net is its teacher")
+        if self.regularizer == "dfr" and self.dfr_deep_kernel == "similarity" and not self.similarity:
+            raise ValueError("dfr_deep_kernel similarity needs similarity=True (the similarity net is the kernel); "
+                             "use dfr_deep_kernel=features or keep the similarity net on")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_regularizer_when_off(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Without the regularizer its settings are left out, so that every manifest, digest and
+        resume key of a run that does not use it stays what it was before the option existed."""
+        data = handler(self)
+        if self.regularizer == "none":
+            for key in [key for key in data if key == "regularizer" or key.startswith("dfr_")]:
+                del data[key]
+        return data
 
     @property
     def needs_pairs(self) -> bool:

@@ -74,6 +74,9 @@ class TrainSettings(BaseModel):
                              f"not to method {self.method}, whose targets all have masks")
         if (self.method == "cam") != (self.cam is not None):
             raise ValueError("cam settings are given with method cam, and only then")
+        if self.method == "cam" and self.loss.regularizer != "none":
+            raise ValueError(f"loss.regularizer {self.loss.regularizer} (--regularizer) applies to the MaskFormer "
+                             "methods, not to method cam, which has its own objective; drop it or use --method simformer")
         return self
 
 

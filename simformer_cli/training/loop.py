@@ -69,7 +69,7 @@ class TrainingModule(nn.Module):
 
     def forward(self, images: Tensor, targets: list[ImageTargets], generator: torch.Generator,
                 num_masks: float | None = None) -> dict[str, Tensor]:
-        return self.criterion(self.model(normalize_images(images)), targets, generator, num_masks)
+        return self.criterion(self.model(normalize_images(images)), targets, generator, num_masks, images=images)
 
 
 def build_training_module(settings: TrainSettings, novel_classes: list[int]) -> TrainingModule | CamObjective:
