@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 Channels = Annotated[int, Field(ge=8, le=4096)]
 MAX_WEIGHT = 1000.0  # of any loss or matching-cost weight
@@ -136,11 +136,13 @@ class LossSettings(BaseModel):
         return self
 
     @model_serializer(mode="wrap")
-    def _omit_regularizer_when_off(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+    def _omit_regularizer_when_off(self, handler: SerializerFunctionWrapHandler,
+                                   info: SerializationInfo) -> dict[str, Any]:
         """Without the regularizer its settings are left out, so that every manifest, digest and
-        resume key of a run that does not use it stays what it was before the option existed."""
+        resume key of a run that does not use it stays what it was before the option existed
+        (``context={"every_setting": True}`` keeps them: what ``--set`` may name)."""
         data = handler(self)
-        if self.regularizer == "none":
+        if self.regularizer == "none" and not (info.context or {}).get("every_setting"):
             for key in [key for key in data if key == "regularizer" or key.startswith("dfr_")]:
                 del data[key]
         return data

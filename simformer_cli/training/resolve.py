@@ -41,7 +41,7 @@ def resolve_settings(
         if key == "method":  # it decides the preset's losses and which labels training reads: one place only
             raise UserError(f"--set {item}: choose the method with `train --method` "
                             "(retrain always trains on pseudo labels)")
-    data = apply_overrides(settings.model_dump(), overrides)
+    data = apply_overrides(settings.model_dump(context={"every_setting": True}), overrides)
     for key, value in (("iters", iters), ("batch_size", batch_size), ("seed", seed)):
         if value is not None:
             data[key] = value
