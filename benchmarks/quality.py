@@ -105,6 +105,9 @@ class Setting:
     split_args: Callable[[int], list[str]]  # split seed -> the split command's data options
     subsets: dict[str, str]  # protocol kind -> subset scored
     seeded: bool = True  # False: the novel classes are fixed, so split seeds do not change the split
+    # False: the split seed only chooses which classes are novel, so a fully supervised (oracle)
+    # training is the same on every split: it is trained once and scored under each split's classes.
+    oracle_per_split: bool = True
 
 
 SYNTHETIC = "synthetic data (1500 train / 300 val / 300 test images of 128x128, 16 classes)"
@@ -136,7 +139,7 @@ def settings(camvid_root: Path) -> dict[str, Setting]:
         "independent": Setting(
             f"{SYNTHETIC}, `split --ratio 3:1 --seed S` (4 novel classes, each in about a quarter of the images)",
             lambda seed: ["--dataset", "synthetic", "--ratio", "3:1", "--seed", str(seed)],
-            {"tuning": "val", "report": "test"}),
+            {"tuning": "val", "report": "test"}, oracle_per_split=False),
         **{name: Setting(
             f"{SYNTHETIC}, `split --ratio 13:3 --seed S` (3 novel classes) with the novel classes in "
             f"{', '.join(f'{round(100 * s)}%' for s in shares)} of the images (`--synthetic-presence`)",
@@ -154,6 +157,9 @@ class Chain:
     commands: list[list[str]]
     trainings: int
     scores: dict[str, Path] = field(default_factory=dict)
+    #: row -> (metrics artifact of the same model on the first split, this split): scores derived
+    #: from that confusion matrix under this split's classes, for an oracle trained once.
+    derived: dict[str, tuple[Path, Path]] = field(default_factory=dict)
     extras: dict[str, Path] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -173,9 +179,11 @@ def score(model: Path, split: Path, subset: str, tag: str, folder: Path) -> tupl
 
 
 def chains_for(unit: str, split: Path, folder: Path, rows: list[str], subset: str, *, seed: int, iters: int,
-               oracle_iters: int, retrain_iters: int, overrides: list[str]) -> list[Chain]:
+               oracle_iters: int, retrain_iters: int, overrides: list[str],
+               oracle_from: Path | None = None) -> list[Chain]:
     """The chains of one unit (a split and a training seed): one per row, retraining rows inside
-    the chain of the model they start from."""
+    the chain of the model they start from. ``oracle_from``: the folder of the split whose oracle
+    models this split shares (same training data), scored again under this split's classes."""
     common = ["--split", split, "--seed", seed, "--device", "cpu", "--checkpoint-every", 100_000,
               *[part for item in overrides for part in ("--set", item)]]
     chains = []
@@ -188,6 +196,10 @@ def chains_for(unit: str, split: Path, folder: Path, rows: list[str], subset: st
             # One home per (budget, seed), shared by both oracle rows and the curve: the same
             # training is never run twice in one workdir.
             folder = split.parent / (f"oracle-{steps}" + (f"-seed{seed}" if seed else ""))
+            if oracle_from is not None:
+                shared = oracle_from / folder.name / f"oracle-metrics-{subset}.zarr"
+                chains.append(Chain(f"{row}/{unit}", [], 0, derived={row: (shared, split)}))
+                continue
             folder.mkdir(parents=True, exist_ok=True)
         tag = "oracle" if row.startswith("oracle") else source
         model = folder / f"{tag}.zarr"
@@ -323,6 +335,8 @@ def run_units(args: argparse.Namespace, setting: Setting, kind: str, split_seeds
     subset = setting.subsets[kind]
     for split_seed in split_seeds:
         split = work / f"split{split_seed}" / "split.zarr"
+        first = work / f"split{split_seeds[0]}"
+        oracle_from = None if setting.oracle_per_split or split_seed == split_seeds[0] else first
         run_command(simformer("split", *setting.split_args(split_seed), "--out", split), dict(os.environ), log)
         for train_seed in train_seeds:
             for iters in (iters_of or [args.iters]):
@@ -331,7 +345,7 @@ def run_units(args: argparse.Namespace, setting: Setting, kind: str, split_seeds
                 unit = f"split {split_seed}, seed {train_seed}" + ("" if iters_of is None else f", {iters} steps")
                 chains += chains_for(unit, split, folder, rows, subset, seed=train_seed, iters=iters,
                                      oracle_iters=oracle_iters, retrain_iters=args.retrain_iters or iters,
-                                     overrides=args.overrides)
+                                     overrides=args.overrides, oracle_from=oracle_from)
     cores = len(os.sched_getaffinity(0))
     threads = max(1, cores // args.parallel)
     print(f"{len(chains)} chains, {args.parallel} at a time, {threads} torch thread(s) each; log {log}",
@@ -347,11 +361,28 @@ def collect(chains: list[Chain]) -> tuple[dict[str, dict[tuple, dict]], dict[str
         split_seed, train_seed = unit_of(chain)
         for row, path in chain.scores.items():
             runs.setdefault(row, {})[(split_seed, train_seed)] = json.loads(path.read_text())
+        for row, (metrics, split) in chain.derived.items():
+            runs.setdefault(row, {})[(split_seed, train_seed)] = rescored(metrics, split)
         for row, path in chain.extras.items():
             summary = json.loads(path.read_text())["summary"]
             if summary.get("novel_miou_vs_audit") is not None:
                 pseudo.setdefault(row, []).append(summary["novel_miou_vs_audit"])
     return runs, pseudo
+
+
+def rescored(metrics: Path, split: Path) -> dict:
+    """The report of a metrics artifact's confusion matrix under ``split``'s base and novel classes
+    (same images and class list, another choice of novel classes)."""
+    import zarr
+
+    from simformer_cli.evaluation import compute_report
+
+    first = json.loads(metrics.with_suffix(".json").read_text())
+    classes = json.loads((split / "manifest.json").read_text())["manifest"]
+    report = compute_report(zarr.open_array(str(metrics / "confusion"), mode="r")[...], classes["class_names"],
+                            classes["base_classes"], classes["novel_classes"], num_images=first["num_images"],
+                            ignored_pixels=first["ignored_pixels"])
+    return report.model_dump(mode="json")
 
 
 def unit_of(chain: Chain) -> tuple[int, int]:
@@ -402,7 +433,8 @@ def main() -> None:
         print(f"skipped: no CamVid folder at {args.camvid_root} (pass --camvid-root)", file=sys.stderr)
         return
     protocol = PROTOCOLS["tuning" if args.curve else args.protocol]
-    split_seeds = args.split_seeds or list(protocol.split_seeds if setting.seeded else protocol.split_seeds[:1])
+    one_split = not setting.seeded or (args.curve and not setting.oracle_per_split)  # more would repeat one training
+    split_seeds = args.split_seeds or list(protocol.split_seeds[:1] if one_split else protocol.split_seeds)
     train_seeds = args.train_seeds or list(protocol.train_seeds)
     name = f"{args.setting}-{'curve' if args.curve else protocol.kind}"
     if args.oracle_iters == args.iters and "oracle-conv" in args.rows and not args.curve:
@@ -442,7 +474,12 @@ def main() -> None:
         f"Every other training: {args.iters} steps of the tiny preset, batch 8; retraining "
         f"{args.retrain_iters or args.iters} steps from the one-stage weights. Mean ± sd over the runs. "
         "*novel found*: IoU of the union of the novel classes; *novel renamed*: novel mIoU under the best "
-        "one-to-one renaming of the predicted novel classes (what the naming costs is the gap to *novel*).",
+        "one-to-one renaming of the predicted novel classes (what the naming costs is the gap to *novel*)."
+        + ("" if setting.oracle_per_split else
+           " Here the split seed only chooses the novel classes, so an oracle training is the same on every "
+           "split (identical weights): each is trained once per training seed, on the first split, and its "
+           "confusion matrix is scored under every split's classes; its sd over splits is the spread between "
+           "class choices, not between trainings."),
         "",
         *table(runs, [row for row in ROWS if row in args.rows], split_seeds),
         "",
