@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from simformer_cli.artifacts.layout import read_files
 from simformer_cli.artifacts.store import read_manifest
 from simformer_cli.artifacts.split import SplitManifest
 from simformer_cli.artifacts.split import SplitArtifact, read_audit_label
@@ -111,6 +112,32 @@ def test_mixed_sizes_jpeg_dataset(tmp_path: Path) -> None:
     split = SplitArtifact(run_split(dataset="folder", root=root, out=tmp_path / "s.zarr", workers=1).path)
     assert split.sizes("train").tolist() == [[50, 70], [64, 33]]
     assert split.image("val", 0).shape == (17, 90, 3)
+
+
+def test_images_are_kept_as_their_files(tmp_path: Path) -> None:
+    """A JPEG or PNG image is stored as its file, byte for byte (trailing bytes after the JPEG's end
+    too), and reads back as the pixels Pillow decodes from that file; the images take the room of
+    their files, not of their pixels."""
+    root = make_folder_dataset(tmp_path / "jpg", jpeg=True, sizes={"train": [(50, 70), (64, 33)], "val": [(17, 90)]})
+    padded = root / "images" / "train" / "img001.jpg"
+    padded.write_bytes(padded.read_bytes() + b"\0\0\0")  # some cameras pad their files with NUL bytes
+    Image.fromarray(np.full((17, 90, 3), 7, np.uint8)).save(root / "images" / "val" / "img000.png")
+    (root / "images" / "val" / "img000.jpg").unlink()
+    out = run_split(dataset="folder", root=root, out=tmp_path / "s.zarr", workers=1).path
+    split = SplitArtifact(out)
+    for subset in ("train", "val"):
+        paths = [next((root / "images" / subset).glob(f"{name}.*")) for name in split.names(subset)]
+        stored = read_files(split._array(f"{subset}/images"), 0, len(paths))
+        assert stored == [path.read_bytes() for path in paths]
+        for index, path in enumerate(paths):
+            expected = np.asarray(Image.open(path).convert("RGB"))
+            assert np.array_equal(split.image(subset, index), expected)
+        images, _ = split.read_range(subset, 0, len(paths), labels=False)
+        assert all(np.array_equal(image, split.image(subset, i)) for i, image in enumerate(images))
+        stored_bytes = sum(p.stat().st_size for p in (out / subset / "images" / "c").rglob("*") if p.is_file())
+        source_bytes = sum(path.stat().st_size for path in paths)
+        # per file 12 bytes (item count, length, crc32c), per shard its index (16 bytes a place, a crc32c)
+        assert source_bytes < stored_bytes <= source_bytes + 12 * len(paths) + 16 * split.images_per_shard(subset) + 4
 
 
 def test_official_splits_through_the_cli(cli, tmp_path: Path) -> None:

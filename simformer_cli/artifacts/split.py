@@ -2,7 +2,9 @@
 
 Per subset (``train``, ``val``, and ``test`` or ``holdout`` where there are such images)::
 
-    SUBSET/images        (N, H, W, 3) uint8   zero padded to the largest image, cropped on read
+    SUBSET/images        (N,) bytes       each image's source file (JPEG or PNG) as it was, decoded on read
+                                          (``image_files``); one image per chunk, sharded like the labels
+    SUBSET/pixels_crc32  (N,) uint32      crc32 of each decoded image, checked on every read
     SUBSET/labels        (N, H, W)    uint8|uint16  train: weak labels (novel pixels -> ignore);
                                                     val: full labels; padding = ignore
     SUBSET/sizes         (N, 2) int32 original (height, width)
@@ -10,6 +12,8 @@ Per subset (``train``, ``val``, and ``test`` or ``holdout`` where there are such
     audit/train_labels   (N, H, W)    full train labels, for judging pseudo labels; training never opens it
 
 The group attribute ``names`` of each subset lists its image names. Chunks and shards: ``layout``.
+Schema 1 stored decoded pixels, (N, H, W, 3) uint8, about nine times a JPEG dataset's size; it is
+refused with a request to rebuild the split.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ import zarr
 from pydantic import Field, model_validator
 from zarr.core.sync import sync
 
+from simformer_cli.artifacts.image_files import decode_image_oriented, pixels_crc32
 from simformer_cli.artifacts.inventory import named_damage, read_stored
-from simformer_cli.artifacts.layout import COMPRESSORS, SubsetLayout, read_cut
+from simformer_cli.artifacts.layout import COMPRESSORS, FILES_DTYPE, SubsetLayout, create_files_array, read_cut, read_files
 from simformer_cli.artifacts.manifest import ArtifactRef, Frozen, ManifestBase
 from simformer_cli.artifacts.store import open_artifact
-from simformer_cli.errors import UserError
+from simformer_cli.errors import ArtifactError, DataError, UserError
 from simformer_cli.settings.synthetic import SyntheticSettings
 
 AUDIT_LABELS = "audit/train_labels"
@@ -68,7 +73,7 @@ class SplitSummary(Frozen):
 
 class SplitManifest(ManifestBase):
     kind: Literal["split"] = "split"
-    schema_version: Literal[1] = 1
+    schema_version: Literal[2] = 2
     params: SplitParams
     summary: SplitSummary
     class_names: list[str]
@@ -96,8 +101,9 @@ def create_arrays(
     """Create the arrays of one subset; returns {path: (shape, dtype)} for the manifest."""
     n, (h, w), (ch, cw), s = layout.count, layout.canvas, layout.chunk, layout.shard_images
     sub = layout.subset
-    specs: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], str, int]] = {
-        f"{sub}/images": ((n, h, w, 3), (1, ch, cw, 3), (s, h, w, 3), "uint8", 0),
+    specs: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], str, int | bytes]] = {
+        f"{sub}/images": ((n,), (1,), (s,), FILES_DTYPE, b""),
+        f"{sub}/pixels_crc32": ((n,), (n,), (n,), "uint32", 0),
         f"{sub}/labels": ((n, h, w), (1, ch, cw), (s, h, w), label_dtype, ignore_index),
         f"{sub}/sizes": ((n, 2), (n, 2), (n, 2), "int32", 0),
         f"{sub}/image_labels": ((n, num_classes), (n, num_classes), (n, num_classes), "bool", 0),
@@ -105,6 +111,9 @@ def create_arrays(
     if audit:
         specs[AUDIT_LABELS] = ((n, h, w), (1, ch, cw), (s, h, w), label_dtype, ignore_index)
     for path, (shape, chunks, shards, dtype, fill) in specs.items():
+        if dtype == FILES_DTYPE:
+            create_files_array(group, path, n, s)
+            continue
         group.create_array(
             name=path,
             shape=shape,
@@ -159,8 +168,22 @@ class SplitArtifact:
         return self._small(f"{subset}/image_labels")
 
     def image(self, subset: str, index: int) -> np.ndarray:
-        h, w = self.sizes(subset)[index]
-        return read_stored(self._array(f"{subset}/images"), (index, slice(0, h), slice(0, w)))
+        """(H, W, 3) uint8 RGB, read-only (decoded from the stored file)."""
+        return self._decoded(subset, index, read_files(self._array(f"{subset}/images"), index, index + 1)[0])
+
+    def _decoded(self, subset: str, index: int, data: bytes) -> np.ndarray:
+        """The pixels of one stored image file, refused unless they are the ones the ingest decoded."""
+        try:
+            image = decode_image_oriented(self.path, data)[0]
+        except DataError as exc:
+            problem = f"does not decode here ({exc.problem})"
+        else:
+            height, width = (int(v) for v in self.sizes(subset)[index])
+            if image.shape[:2] == (height, width) and pixels_crc32(image) == int(self._small(f"{subset}/pixels_crc32")[index]):
+                return image
+            problem = "decodes to other pixels here than when the split was made (another Pillow or libjpeg build?)"
+        raise ArtifactError(f"{self.path}: image {self.names(subset)[index]!r} of {subset!r} {problem}; rebuild the "
+                            "split on this machine with simformer split (same options, plus --force)")
 
     def label(self, subset: str, index: int) -> np.ndarray:
         """Weak label for ``train`` (novel pixels are ignore), full label for ``val``."""
@@ -172,26 +195,30 @@ class SplitArtifact:
         indices, read concurrently in one trip through zarr's event loop: a training batch's reads
         then overlap instead of paying each read's round trip in turn. -> (images, labels or [])."""
         sizes = self.sizes(subset)
-        arrays = [self._array(f"{subset}/images")]
-        if labels:
-            arrays.append(self._array(f"{subset}/labels"))
-        selections = [(int(i), slice(0, int(sizes[i][0])), slice(0, int(sizes[i][1]))) for i in indices]
+        files = self._array(f"{subset}/images")
+        arrays = [files, self._array(f"{subset}/labels")] if labels else [files]
 
         async def read_all() -> list:
-            return await asyncio.gather(*(array.async_array.getitem(where) for array in arrays for where in selections))
+            reads = [files.async_array.getitem((slice(int(i), int(i) + 1),)) for i in indices]
+            if labels:
+                reads += [arrays[1].async_array.getitem((int(i), slice(0, int(sizes[i][0])), slice(0, int(sizes[i][1]))))
+                          for i in indices]
+            return await asyncio.gather(*reads)
 
         with named_damage(*arrays):
-            read = [np.asarray(value) for value in sync(read_all())]
-        return read[: len(selections)], read[len(selections):]
+            read = sync(read_all())
+        images = [self._decoded(subset, int(i), read[k][0]) for k, i in enumerate(indices)]
+        return images, [np.asarray(value) for value in read[len(images):]]
 
     def read_range(self, subset: str, start: int, stop: int, *, labels: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Images (and labels) ``start..stop-1`` in one read per array, each cut to its own size
-        (copies, so the padded block is not kept alive). Cheapest when the range is whole shards
-        (:meth:`images_per_shard`). -> (images, labels or [])."""
-        sizes = self.sizes(subset)[start:stop]
-        cut = [read_cut(self._array(f"{subset}/{name}"), start, sizes)
-               for name in (("images", "labels") if labels else ("images",))]
-        return cut[0], cut[1] if labels else []
+        """Images (and labels) ``start..stop-1`` in one read per array, labels cut to each image's
+        size (copies, so the padded block is not kept alive). Cheapest when the range is whole
+        shards (:meth:`images_per_shard`). -> (images, labels or [])."""
+        files = read_files(self._array(f"{subset}/images"), start, stop)
+        images = [self._decoded(subset, start + k, data) for k, data in enumerate(files)]
+        if not labels:
+            return images, []
+        return images, read_cut(self._array(f"{subset}/labels"), start, self.sizes(subset)[start:stop])
 
     def images_per_shard(self, subset: str) -> int:
         array = self._array(f"{subset}/images")
