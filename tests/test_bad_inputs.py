@@ -203,6 +203,13 @@ def test_split_of_the_decoded_pixels_layout(refusals: Refusals, shared, tmp_path
                    "rebuild it")
 
 
+def test_split_manifest_whose_images_are_not_files(refusals: Refusals, shared, tmp_path: Path) -> None:  # noqa: ANN001
+    split = copy_artifact(shared["split"], tmp_path / "split.zarr")
+    edit_manifest(split, lambda body: body["arrays"]["val/images"].update(dtype="uint8"), keep_digest_valid=True)
+    refusals.check("manifest-split-images-not-files", "a split manifest whose `val/images` are not files (digest valid)",
+                   ["train", "--split", split, "--out", tmp_path / "m.zarr"], "val/images must be an array of 2 image files")
+
+
 def test_manifest_with_an_unknown_field(refusals: Refusals, shared, tmp_path: Path) -> None:  # noqa: ANN001
     split = copy_artifact(shared["split"], tmp_path / "split.zarr")
     edit_manifest(split, lambda body: body.update(surprise=1), keep_digest_valid=True)

@@ -94,6 +94,15 @@ class SplitManifest(ManifestBase):
             raise ValueError("a split needs at least one base and one novel class")
         return self
 
+    @model_validator(mode="after")
+    def _images_are_files(self) -> SplitManifest:
+        """Readers decode ``SUBSET/images`` as files: an array of anything else is never read."""
+        for subset, summary in self.summary.subsets.items():
+            spec = self.arrays.get(f"{subset}/images")
+            if spec is None or spec.dtype != FILES_DTYPE or spec.shape != [summary.images]:
+                raise ValueError(f"{subset}/images must be an array of {summary.images} image files ({FILES_DTYPE})")
+        return self
+
 
 def create_arrays(
     group: zarr.Group, layout: SubsetLayout, *, num_classes: int, label_dtype: str, ignore_index: int, audit: bool

@@ -329,7 +329,8 @@ def _read_manifest(path: Path, model: type[M]) -> tuple[M, str, tuple[int, int, 
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         message = str(first["msg"]).removeprefix("Value error, ")  # pydantic's prefix for a validator's own error
-        raise ArtifactError(f"{path}: manifest field {where!r}: {message}; rerun the stage that makes it") from None
+        field = f" field {where!r}" if where else ""  # a check of the whole manifest names no field
+        raise ArtifactError(f"{path}: manifest{field}: {message}; rerun the stage that makes it") from None
     return manifest, document["digest"], signature
 
 
