@@ -90,37 +90,6 @@ def test_bit_flip_in_a_shard(refusals: Refusals, shared, tmp_path: Path, case: s
                    "'val/labels'", "c/0/0/0 fails its checksum", "simformer split")
 
 
-def viz_args(split: Path, shared, out: Path) -> list:  # noqa: ANN001
-    return ["viz", "--predictions", shared["predictions"], "--split", split, "--out", out]
-
-
-def test_bit_flip_in_a_stored_image_file(refusals: Refusals, shared, tmp_path: Path) -> None:  # noqa: ANN001
-    """A split keeps its images as their JPEG or PNG files; their bytes carry a crc32c like every chunk."""
-    split = copy_artifact(shared["split"], tmp_path / "split.zarr")
-    flip_bit(shard_file(split / "val" / "images"), 40)  # inside the first PNG's header
-    refusals.check("artifact-image-file-bit-flip", "one bit flipped in an image file kept in a split's `val/images`",
-                   viz_args(split, shared, tmp_path / "viz"), "'val/images'", "c/0 fails its checksum", "simformer split")
-
-
-def test_images_that_decode_to_other_pixels(refusals: Refusals, shared, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
-    """Another Pillow or libjpeg build that decodes a split's files to other pixels than the ingest
-    did: the pixels no longer match the crc32 taken at ingest, and the split is refused, not used."""
-    import simformer_cli.artifacts.split as split_module
-
-    decode = split_module.decode_image_oriented
-
-    def another_decoder(path: Path, data: bytes) -> tuple[np.ndarray, int]:
-        image, orientation = decode(path, data)
-        image = image.copy()
-        image[0, 0, 0] ^= 1  # one least significant bit, as a different IDCT rounding would give
-        return image, orientation
-
-    monkeypatch.setattr(split_module, "decode_image_oriented", another_decoder)
-    refusals.check("split-pixels-differ", "a split whose image files decode to other pixels here than at ingest",
-                   viz_args(shared["split"], shared, tmp_path / "viz"),
-                   "image 'img000' of 'val' decodes to other pixels here", "rebuild the split on this machine")
-
-
 def test_bit_flip_in_an_unsharded_chunk_of_predictions(cli, shared, tmp_path: Path) -> None:  # noqa: ANN001
     predictions = copy_artifact(shared["predictions"], tmp_path / "pred.zarr")
     flip_bit(shard_file(predictions / "sizes"), 3)

@@ -1,7 +1,7 @@
-"""Images kept as the bytes of their source file (JPEG or PNG), and the one decoder of those bytes.
+"""The one decoder of image files, and what a split needs to keep JPEG images as their files.
 
-The split ingest validates every image by decoding its file here, stores the file's bytes as they
-are, and every reader of the split decodes them here again: the pixels a reader gets are the ones
+The split ingest validates every image by decoding its file here and keeps a JPEG's bytes as they
+are; every reader of the split decodes them here again, so the pixels a reader gets are the ones
 validated at ingest, and the artifact is about the size of the source. Beside the bytes the split
 keeps the crc32 of the decoded pixels (:func:`pixels_crc32`), so that a decoder that gives other
 pixels (another Pillow or libjpeg build) is refused instead of silently changing what is trained on.
@@ -82,6 +82,11 @@ def decode_image_oriented(path: Path, data: bytes) -> tuple[np.ndarray, int]:
     if array.ndim != 3 or array.shape[0] == 0 or array.shape[1] == 0:
         raise DataError(path, f"image has unusable shape {array.shape}")
     return array, orientation
+
+
+def is_jpeg(data: bytes) -> bool:
+    """Whether a file's bytes are a JPEG (its start-of-image marker, whatever the file's name)."""
+    return data[:3] == b"\xff\xd8\xff"
 
 
 def pixels_crc32(image: np.ndarray) -> int:

@@ -2,18 +2,22 @@
 
 Per subset (``train``, ``val``, and ``test`` or ``holdout`` where there are such images)::
 
-    SUBSET/images        (N,) bytes       each image's source file (JPEG or PNG) as it was, decoded on read
-                                          (``image_files``); one image per chunk, sharded like the labels
-    SUBSET/pixels_crc32  (N,) uint32      crc32 of each decoded image, checked on every read
+    SUBSET/images        (N, H, W, 3) uint8   decoded pixels, zero padded to the largest image, cropped on read;
+                                              fill (never stored) where the image is kept as its JPEG file
+    SUBSET/image_files   (N,) bytes           a JPEG image's file as it was, decoded on read (``image_files``);
+                                              empty for the others. One file per chunk, sharded like the labels
+    SUBSET/kept_as_file  (N,) bool            which images are in ``image_files``
+    SUBSET/pixels_crc32  (N,) uint32          crc32 of a kept file's decoded pixels, checked on every read
     SUBSET/labels        (N, H, W)    uint8|uint16  train: weak labels (novel pixels -> ignore);
                                                     val: full labels; padding = ignore
     SUBSET/sizes         (N, 2) int32 original (height, width)
     SUBSET/image_labels  (N, K) bool  classes present anywhere in the full label (image-level labels)
     audit/train_labels   (N, H, W)    full train labels, for judging pseudo labels; training never opens it
 
+A JPEG's decoded pixels take about nine times its file; a PNG's (lossless) take about its file once
+zstd has them, and read faster than the PNG decodes, so only JPEG files are kept as they are.
 The group attribute ``names`` of each subset lists its image names. Chunks and shards: ``layout``.
-Schema 1 stored decoded pixels, (N, H, W, 3) uint8, about nine times a JPEG dataset's size; it is
-refused with a request to rebuild the split.
+Schema 1 kept every image as pixels; it is refused with a request to rebuild the split.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from zarr.core.sync import sync
 
 from simformer_cli.artifacts.image_files import decode_image_oriented, pixels_crc32
 from simformer_cli.artifacts.inventory import named_damage, read_stored
-from simformer_cli.artifacts.layout import COMPRESSORS, FILES_DTYPE, SubsetLayout, create_files_array, read_cut, read_files
+from simformer_cli.artifacts.layout import (
+    COMPRESSORS, FILES_DTYPE, SubsetLayout, create_files_array, read_cut, read_files,
+)
 from simformer_cli.artifacts.manifest import ArtifactRef, Frozen, ManifestBase
 from simformer_cli.artifacts.store import open_artifact
 from simformer_cli.errors import ArtifactError, DataError, UserError
@@ -95,12 +101,12 @@ class SplitManifest(ManifestBase):
         return self
 
     @model_validator(mode="after")
-    def _images_are_files(self) -> SplitManifest:
-        """Readers decode ``SUBSET/images`` as files: an array of anything else is never read."""
+    def _image_files_are_files(self) -> SplitManifest:
+        """Readers decode ``SUBSET/image_files`` as files: an array of anything else is never read."""
         for subset, summary in self.summary.subsets.items():
-            spec = self.arrays.get(f"{subset}/images")
+            spec = self.arrays.get(f"{subset}/image_files")
             if spec is None or spec.dtype != FILES_DTYPE or spec.shape != [summary.images]:
-                raise ValueError(f"{subset}/images must be an array of {summary.images} image files ({FILES_DTYPE})")
+                raise ValueError(f"{subset}/image_files must be an array of {summary.images} files ({FILES_DTYPE})")
         return self
 
 
@@ -111,7 +117,9 @@ def create_arrays(
     n, (h, w), (ch, cw), s = layout.count, layout.canvas, layout.chunk, layout.shard_images
     sub = layout.subset
     specs: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], str, int | bytes]] = {
-        f"{sub}/images": ((n,), (1,), (s,), FILES_DTYPE, b""),
+        f"{sub}/images": ((n, h, w, 3), (1, ch, cw, 3), (s, h, w, 3), "uint8", 0),
+        f"{sub}/image_files": ((n,), (1,), (s,), FILES_DTYPE, b""),
+        f"{sub}/kept_as_file": ((n,), (n,), (n,), "bool", 0),
         f"{sub}/pixels_crc32": ((n,), (n,), (n,), "uint32", 0),
         f"{sub}/labels": ((n, h, w), (1, ch, cw), (s, h, w), label_dtype, ignore_index),
         f"{sub}/sizes": ((n, 2), (n, 2), (n, 2), "int32", 0),
@@ -176,19 +184,27 @@ class SplitArtifact:
     def image_labels(self, subset: str) -> np.ndarray:
         return self._small(f"{subset}/image_labels")
 
+    def kept_as_file(self, subset: str) -> np.ndarray:
+        """(N,) bool: which images are kept as their JPEG file (the others as pixels)."""
+        return self._small(f"{subset}/kept_as_file")
+
     def image(self, subset: str, index: int) -> np.ndarray:
-        """(H, W, 3) uint8 RGB, read-only (decoded from the stored file)."""
-        return self._decoded(subset, index, read_files(self._array(f"{subset}/images"), index, index + 1)[0])
+        """(H, W, 3) uint8 RGB; read-only when decoded from a kept file."""
+        if self.kept_as_file(subset)[index]:
+            return self._decoded(subset, index, read_files(self._array(f"{subset}/image_files"), index, index + 1)[0])
+        h, w = self.sizes(subset)[index]
+        return read_stored(self._array(f"{subset}/images"), (index, slice(0, h), slice(0, w)))
 
     def _decoded(self, subset: str, index: int, data: bytes) -> np.ndarray:
-        """The pixels of one stored image file, refused unless they are the ones the ingest decoded."""
+        """The pixels of one kept image file, refused unless they are the ones the ingest decoded."""
         try:
             image = decode_image_oriented(self.path, data)[0]
         except DataError as exc:
             problem = f"does not decode here ({exc.problem})"
         else:
             height, width = (int(v) for v in self.sizes(subset)[index])
-            if image.shape[:2] == (height, width) and pixels_crc32(image) == int(self._small(f"{subset}/pixels_crc32")[index]):
+            expected_crc = int(self._small(f"{subset}/pixels_crc32")[index])
+            if image.shape[:2] == (height, width) and pixels_crc32(image) == expected_crc:
                 return image
             problem = "decodes to other pixels here than when the split was made (another Pillow or libjpeg build?)"
         raise ArtifactError(f"{self.path}: image {self.names(subset)[index]!r} of {subset!r} {problem}; rebuild the "
@@ -203,31 +219,40 @@ class SplitArtifact:
         """The images (and, with ``labels``, the labels as :meth:`label` gives them) of several
         indices, read concurrently in one trip through zarr's event loop: a training batch's reads
         then overlap instead of paying each read's round trip in turn. -> (images, labels or [])."""
-        sizes = self.sizes(subset)
-        files = self._array(f"{subset}/images")
-        arrays = [files, self._array(f"{subset}/labels")] if labels else [files]
+        sizes, kept = self.sizes(subset), self.kept_as_file(subset)
+        pixels, files = self._array(f"{subset}/images"), self._array(f"{subset}/image_files")
+        arrays = [pixels, files, self._array(f"{subset}/labels")] if labels else [pixels, files]
+
+        def cut(i: int) -> tuple:
+            return (i, slice(0, int(sizes[i][0])), slice(0, int(sizes[i][1])))
 
         async def read_all() -> list:
-            reads = [files.async_array.getitem((slice(int(i), int(i) + 1),)) for i in indices]
+            reads = [files.async_array.getitem((slice(i, i + 1),)) if kept[i] else pixels.async_array.getitem(cut(i))
+                     for i in map(int, indices)]
             if labels:
-                reads += [arrays[1].async_array.getitem((int(i), slice(0, int(sizes[i][0])), slice(0, int(sizes[i][1]))))
-                          for i in indices]
+                reads += [arrays[2].async_array.getitem(cut(i)) for i in map(int, indices)]
             return await asyncio.gather(*reads)
 
         with named_damage(*arrays):
             read = sync(read_all())
-        images = [self._decoded(subset, int(i), read[k][0]) for k, i in enumerate(indices)]
+        images = [self._decoded(subset, int(i), read[k][0]) if kept[int(i)] else np.asarray(read[k])
+                  for k, i in enumerate(indices)]
         return images, [np.asarray(value) for value in read[len(images):]]
 
     def read_range(self, subset: str, start: int, stop: int, *, labels: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Images (and labels) ``start..stop-1`` in one read per array, labels cut to each image's
-        size (copies, so the padded block is not kept alive). Cheapest when the range is whole
-        shards (:meth:`images_per_shard`). -> (images, labels or [])."""
-        files = read_files(self._array(f"{subset}/images"), start, stop)
-        images = [self._decoded(subset, start + k, data) for k, data in enumerate(files)]
+        """Images (and labels) ``start..stop-1`` in one read per array, each cut to its own size
+        (copies, so the padded block is not kept alive). Cheapest when the range is whole shards
+        (:meth:`images_per_shard`). -> (images, labels or [])."""
+        sizes, kept = self.sizes(subset)[start:stop], self.kept_as_file(subset)[start:stop]
+        images = (read_cut(self._array(f"{subset}/images"), start, sizes) if not kept.all()
+                  else [np.empty(0)] * len(kept))
+        if kept.any():
+            files = read_files(self._array(f"{subset}/image_files"), start, stop)
+            images = [self._decoded(subset, start + k, data) if kept[k] else image
+                      for k, (data, image) in enumerate(zip(files, images))]
         if not labels:
             return images, []
-        return images, read_cut(self._array(f"{subset}/labels"), start, self.sizes(subset)[start:stop])
+        return images, read_cut(self._array(f"{subset}/labels"), start, sizes)
 
     def images_per_shard(self, subset: str) -> int:
         array = self._array(f"{subset}/images")

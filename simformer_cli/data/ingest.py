@@ -3,8 +3,8 @@
 Two passes over the files. The scan hashes every file (the dataset fingerprint that decides whether
 an existing split is up to date) and reads image sizes from headers (to lay out the arrays). The
 ingest decodes and validates every image and label and writes whole shards, one worker per shard,
-so the bytes written do not depend on the number of workers: each image's file as it is, with the
-crc32 of its pixels, and the labels decoded.
+so the bytes written do not depend on the number of workers: a JPEG image's file as it is, with
+the crc32 of its pixels, the other images' pixels, and the labels decoded.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import zarr
 from PIL import Image, UnidentifiedImageError
 
 from simformer_cli.artifacts.digest import file_digest
-from simformer_cli.artifacts.image_files import displayed_size, pixels_crc32
+from simformer_cli.artifacts.image_files import displayed_size, is_jpeg, pixels_crc32
 from simformer_cli.artifacts.layout import SubsetLayout, plan_layout, write_files, write_shard_block
 from simformer_cli.artifacts.manifest import ArraySpec
 from simformer_cli.artifacts.split import AUDIT_LABELS, SplitSummary, SubsetSummary, create_arrays
@@ -98,7 +98,8 @@ class ShardResult:
     start: int
     image_labels: np.ndarray  # (n, K) bool
     pixel_counts: np.ndarray  # (K + 1,) int64, last entry = ignore
-    pixels_crc32: np.ndarray  # (n,) uint32 of the decoded images
+    kept_as_file: np.ndarray  # (n,) bool: JPEG images, kept as their files
+    pixels_crc32: np.ndarray  # (n,) uint32 of a kept file's decoded pixels, else 0
 
 
 def _ingest_shard(task: ShardTask) -> ShardResult:
@@ -106,9 +107,10 @@ def _ingest_shard(task: ShardTask) -> ShardResult:
     subset = task.layout.subset
     weak_lut = np.arange(task.ignore_index + 1, dtype=np.int64)
     weak_lut[list(task.novel_classes)] = task.ignore_index
-    image_files, stored_labels, full_labels = [], [], []
+    pixels, image_files, stored_labels, full_labels = [], [], [], []
     image_labels = np.zeros((len(task.samples), task.num_classes), dtype=bool)
     pixel_counts = np.zeros(task.num_classes + 1, dtype=np.int64)
+    kept = np.zeros(len(task.samples), dtype=bool)
     crcs = np.zeros(len(task.samples), dtype=np.uint32)
     for k, sample in enumerate(task.samples):
         decoded = sample.decode(task.root, task.lut, task.ignore_index)
@@ -120,18 +122,24 @@ def _ingest_shard(task: ShardTask) -> ShardResult:
         image_labels[k] = counts[: task.num_classes] > 0
         pixel_counts[: task.num_classes] += counts[: task.num_classes]
         pixel_counts[-1] += counts[task.ignore_index]
-        image_files.append(decoded.image_file)
-        crcs[k] = pixels_crc32(decoded.image)
+        kept[k] = is_jpeg(decoded.image_file)
+        if kept[k]:
+            crcs[k] = pixels_crc32(decoded.image)
+        pixels.append(np.zeros((0, 0, 3), np.uint8) if kept[k] else decoded.image)  # kept: fill, never stored
+        image_files.append(decoded.image_file if kept[k] else b"")
         full_labels.append(decoded.label)
         if subset == "train":
             stored_labels.append(weak_lut[decoded.label].astype(decoded.label.dtype))
         else:
             stored_labels.append(decoded.label)
-    write_files(group[f"{subset}/images"], task.start, image_files)
+    if not kept.all():
+        write_shard_block(group[f"{subset}/images"], task.start, pixels, 0)
+    if kept.any():
+        write_files(group[f"{subset}/image_files"], task.start, image_files)
     write_shard_block(group[f"{subset}/labels"], task.start, stored_labels, task.ignore_index)
     if subset == "train" and task.keep_audit:
         write_shard_block(group[AUDIT_LABELS], task.start, full_labels, task.ignore_index)
-    return ShardResult(task.start, image_labels, pixel_counts, crcs)
+    return ShardResult(task.start, image_labels, pixel_counts, kept, crcs)
 
 
 def _worker_setup(parent: int) -> None:
@@ -326,6 +334,7 @@ def ingest(raw: RawDataset, novel: tuple[int, ...], sizes: dict[str, np.ndarray]
         pixel_counts = np.sum([r.pixel_counts for r in results], axis=0)
         group[f"{subset}/sizes"][...] = sizes[subset]
         group[f"{subset}/image_labels"][...] = image_labels
+        group[f"{subset}/kept_as_file"][...] = np.concatenate([r.kept_as_file for r in results])
         group[f"{subset}/pixels_crc32"][...] = np.concatenate([r.pixels_crc32 for r in results])
         group[subset].attrs["names"] = [sample.name for sample in samples]
         total = int(pixel_counts.sum())
