@@ -54,7 +54,11 @@ def arrays_hash(artifact: Path) -> str:
     for path in paths:
         values = np.asarray(group[path][...])
         digest.update(f"{path}:{values.dtype}:{values.shape}".encode())
-        digest.update(values.tobytes())
+        if values.dtype == object:  # stored files (a split's images): each one's length and bytes
+            for item in values:
+                digest.update(len(item).to_bytes(8, "little") + item)
+        else:
+            digest.update(values.tobytes())
     return digest.hexdigest()
 
 

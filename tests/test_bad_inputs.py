@@ -190,9 +190,24 @@ def test_hand_edited_manifest(refusals: Refusals, shared, tmp_path: Path) -> Non
 
 def test_manifest_from_a_future_version(refusals: Refusals, shared, tmp_path: Path) -> None:  # noqa: ANN001
     split = copy_artifact(shared["split"], tmp_path / "split.zarr")
-    edit_manifest(split, lambda body: body.update(schema_version=2), keep_digest_valid=True)
+    edit_manifest(split, lambda body: body.update(schema_version=99), keep_digest_valid=True)
     refusals.check("manifest-schema-version", "a manifest of an unknown schema version",
-                   ["train", "--split", split, "--out", tmp_path / "m.zarr"], "schema version 2")
+                   ["train", "--split", split, "--out", tmp_path / "m.zarr"], "schema version 99")
+
+
+def test_split_of_the_decoded_pixels_layout(refusals: Refusals, shared, tmp_path: Path) -> None:  # noqa: ANN001
+    split = copy_artifact(shared["split"], tmp_path / "split.zarr")
+    edit_manifest(split, lambda body: body.update(schema_version=1), keep_digest_valid=True)
+    refusals.check("split-schema-1", "a split of schema 1 (made before splits kept JPEG images as their files)",
+                   ["train", "--split", split, "--out", tmp_path / "m.zarr"], "schema version 1", "version 2",
+                   "rebuild it")
+
+
+def test_split_manifest_whose_image_files_are_not_files(refusals: Refusals, shared, tmp_path: Path) -> None:  # noqa: ANN001
+    split = copy_artifact(shared["split"], tmp_path / "split.zarr")
+    edit_manifest(split, lambda body: body["arrays"]["val/image_files"].update(dtype="uint8"), keep_digest_valid=True)
+    refusals.check("manifest-split-image-files", "a split manifest whose `val/image_files` are not files (digest valid)",
+                   ["train", "--split", split, "--out", tmp_path / "m.zarr"], "val/image_files must be an array of 2 files")
 
 
 def test_manifest_with_an_unknown_field(refusals: Refusals, shared, tmp_path: Path) -> None:  # noqa: ANN001

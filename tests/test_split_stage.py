@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from simformer_cli.artifacts.layout import read_files
 from simformer_cli.artifacts.store import read_manifest
 from simformer_cli.artifacts.split import SplitManifest
 from simformer_cli.artifacts.split import SplitArtifact, read_audit_label
@@ -111,6 +113,70 @@ def test_mixed_sizes_jpeg_dataset(tmp_path: Path) -> None:
     split = SplitArtifact(run_split(dataset="folder", root=root, out=tmp_path / "s.zarr", workers=1).path)
     assert split.sizes("train").tolist() == [[50, 70], [64, 33]]
     assert split.image("val", 0).shape == (17, 90, 3)
+
+
+def jpeg_split(tmp_path: Path) -> tuple[Path, Path]:
+    """A split of JPEG training images (one padded with NUL bytes after its end) and a PNG val image."""
+    root = make_folder_dataset(tmp_path / "jpg", jpeg=True, sizes={"train": [(50, 70), (64, 33)], "val": [(17, 90)]})
+    padded = root / "images" / "train" / "img001.jpg"
+    padded.write_bytes(padded.read_bytes() + b"\0\0\0")  # some cameras pad their files with NUL bytes
+    Image.fromarray(np.full((17, 90, 3), 7, np.uint8)).save(root / "images" / "val" / "img000.png")
+    (root / "images" / "val" / "img000.jpg").unlink()
+    return root, run_split(dataset="folder", root=root, out=tmp_path / "s.zarr", workers=1).path
+
+
+def test_jpeg_images_are_kept_as_their_files(tmp_path: Path) -> None:
+    """A JPEG is stored as its file, byte for byte (trailing bytes after its end too), and reads back
+    as the pixels Pillow decodes from it, taking the room of its file, not of its pixels; a PNG is
+    stored as its pixels."""
+    root, out = jpeg_split(tmp_path)
+    split = SplitArtifact(out)
+    assert split.kept_as_file("train").tolist() == [True, True] and split.kept_as_file("val").tolist() == [False]
+    paths = {subset: [next((root / "images" / subset).glob(f"{name}.*")) for name in split.names(subset)]
+             for subset in ("train", "val")}
+    assert read_files(split._array("train/image_files"), 0, 2) == [path.read_bytes() for path in paths["train"]]
+    for subset in ("train", "val"):
+        for index, path in enumerate(paths[subset]):
+            assert np.array_equal(split.image(subset, index), np.asarray(Image.open(path).convert("RGB")))
+        images, _ = split.read_range(subset, 0, len(paths[subset]), labels=False)
+        assert all(np.array_equal(image, split.image(subset, i)) for i, image in enumerate(images))
+    stored = sum(p.stat().st_size for p in (out / "train" / "image_files" / "c").rglob("*") if p.is_file())
+    source = sum(path.stat().st_size for path in paths["train"])
+    # per file 12 bytes (item count, length, crc32c), per shard its index (16 bytes a place, a crc32c)
+    assert source < stored <= source + 12 * 2 + 16 * split.images_per_shard("train") + 4
+    assert not (out / "train" / "images" / "c").exists()  # no pixels stored for the JPEG images
+    assert not (out / "val" / "image_files" / "c").exists()
+
+
+def test_damaged_or_differently_decoded_jpeg_files_are_refused(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """A kept file's bytes carry a crc32c like every chunk; and the pixels a decoder gives must match
+    the crc32 taken at ingest, or the split is refused (another Pillow or libjpeg build would do
+    this; here one least significant bit is changed after decoding)."""
+    import simformer_cli.artifacts.split as split_module
+    from simformer_cli.errors import ArtifactError
+
+    _, out = jpeg_split(tmp_path)
+    decode = split_module.decode_image_oriented
+
+    def another_decoder(path: Path, data: bytes) -> tuple[np.ndarray, int]:
+        image, orientation = decode(path, data)
+        image = image.copy()
+        image[0, 0, 0] ^= 1
+        return image, orientation
+
+    with monkeypatch.context() as patch:
+        patch.setattr(split_module, "decode_image_oriented", another_decoder)
+        for read in (lambda s: s.image("train", 0), lambda s: s.read_many("train", [0, 1], labels=True),
+                     lambda s: s.read_range("train", 0, 2, labels=False)):
+            with pytest.raises(ArtifactError, match="image 'img000' of 'train' decodes to other pixels here") as error:
+                read(SplitArtifact(out))
+            assert "rebuild the split on this machine" in str(error.value) and "\n" not in str(error.value)
+    shard = next(p for p in (out / "train" / "image_files" / "c").rglob("*") if p.is_file())
+    data = bytearray(shard.read_bytes())
+    data[40] ^= 0x10  # inside the first JPEG's header
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="array 'train/image_files', file c/0 fails its checksum"):
+        SplitArtifact(out).image("train", 0)
 
 
 def test_official_splits_through_the_cli(cli, tmp_path: Path) -> None:

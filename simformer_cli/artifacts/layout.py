@@ -1,18 +1,24 @@
 """How image-like arrays are stored in every artifact: padded to the largest image, chunked per
-image, sharded by whole groups of images.
+image, sharded by whole groups of images; and how whole files (a split's JPEG or PNG images) are.
 
 Chunks are one image by at most 256x256 pixels; shards hold whole groups of images along the first
 axis, so one writer owns a shard and padding chunks (all fill value) are never stored. Every chunk
 ends in a crc32c of its compressed bytes, checked on every read (a shard's index has its own).
+Files are kept in a one-dimensional array of variable-length bytes, one file per chunk, sharded and
+checked the same way, not compressed again.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.core.dtype import VariableLengthBytes
+from zarr.errors import UnstableSpecificationWarning
 
 from simformer_cli.artifacts.inventory import read_stored
 
@@ -20,6 +26,8 @@ CHUNK_EDGE = 256
 SHARD_TARGET_BYTES = 32 << 20
 MAX_SHARD_IMAGES = 64
 COMPRESSORS = (ZstdCodec(level=3), Crc32cCodec())  # the crc makes damaged bytes fail to decode
+#: zarr's name for variable-length bytes, the data type of an array of files (numpy has no name for it).
+FILES_DTYPE = "variable_length_bytes"
 
 
 @dataclass(frozen=True)
@@ -71,3 +79,32 @@ def read_cut(array: zarr.Array, start: int, sizes: np.ndarray) -> list[np.ndarra
     height, width = (int(v) for v in sizes.max(axis=0))
     block = read_stored(array, (slice(start, start + len(sizes)), slice(0, height), slice(0, width)))
     return [block[n, :h, :w].copy() for n, (h, w) in enumerate(sizes)]
+
+
+def dtype_name(array: zarr.Array) -> str:
+    """The data type of an array as a manifest records it: numpy's name, or :data:`FILES_DTYPE`."""
+    return FILES_DTYPE if isinstance(array.metadata.data_type, VariableLengthBytes) else str(array.dtype)
+
+
+def create_files_array(group: zarr.Group, name: str, count: int, per_shard: int) -> None:
+    """An array of ``count`` files, one per chunk, ``per_shard`` to a shard (as the images' labels are)."""
+    with warnings.catch_warnings():
+        # zarr warns that variable-length bytes have no v3 specification yet; simformer reads its own
+        warnings.simplefilter("ignore", UnstableSpecificationWarning)
+        group.create_array(name=name, shape=(count,), chunks=(1,), shards=(per_shard,) if per_shard != count else None,
+                           dtype=VariableLengthBytes(), fill_value=b"",
+                           compressors=(Crc32cCodec(),))  # JPEG and PNG are compressed already
+
+
+def write_files(array: zarr.Array, start: int, files: Sequence[bytes]) -> None:
+    """Store consecutive files (whole shards at once, as the one writer of a shard must)."""
+    values = np.empty(len(files), dtype=object)
+    for k, data in enumerate(files):
+        values[k] = data
+    array[start : start + len(files)] = values
+
+
+def read_files(array: zarr.Array, start: int, stop: int) -> list[bytes]:
+    """Files ``start..stop-1`` as Python bytes, in one read."""
+    # a slice, never an index: zarr returns a single element as numpy bytes, which drops trailing NULs
+    return list(read_stored(array, slice(start, stop)))

@@ -2,15 +2,23 @@
 
 Per subset (``train``, ``val``, and ``test`` or ``holdout`` where there are such images)::
 
-    SUBSET/images        (N, H, W, 3) uint8   zero padded to the largest image, cropped on read
+    SUBSET/images        (N, H, W, 3) uint8   decoded pixels, zero padded to the largest image, cropped on read;
+                                              fill (never stored) where the image is kept as its JPEG file
+    SUBSET/image_files   (N,) bytes           a JPEG image's file as it was, decoded on read (``image_files``);
+                                              empty for the others. One file per chunk, sharded like the labels
+    SUBSET/kept_as_file  (N,) bool            which images are in ``image_files``
+    SUBSET/pixels_crc32  (N,) uint32          crc32 of a kept file's decoded pixels, checked on every read
     SUBSET/labels        (N, H, W)    uint8|uint16  train: weak labels (novel pixels -> ignore);
                                                     val: full labels; padding = ignore
     SUBSET/sizes         (N, 2) int32 original (height, width)
     SUBSET/image_labels  (N, K) bool  classes present anywhere in the full label (image-level labels)
     audit/train_labels   (N, H, W)    full train labels, for judging pseudo labels; training never opens it
 
+A JPEG's decoded pixels take about nine times its file; a PNG's (lossless) take about its file once
+zstd has them, and read faster than the PNG decodes, so only JPEG files are kept as they are.
 The group attribute ``names`` of each subset lists its image names (and ``coco_image_ids``, in a
 split read from COCO JSON, their ids in the annotation file). Chunks and shards: ``layout``.
+Schema 1 kept every image as pixels; it is refused with a request to rebuild the split.
 """
 
 from __future__ import annotations
@@ -25,11 +33,14 @@ import zarr
 from pydantic import Field, model_validator
 from zarr.core.sync import sync
 
+from simformer_cli.artifacts.image_files import decode_image_oriented, pixels_crc32
 from simformer_cli.artifacts.inventory import named_damage, read_stored
-from simformer_cli.artifacts.layout import COMPRESSORS, SubsetLayout, read_cut
+from simformer_cli.artifacts.layout import (
+    COMPRESSORS, FILES_DTYPE, SubsetLayout, create_files_array, read_cut, read_files,
+)
 from simformer_cli.artifacts.manifest import ArtifactRef, Frozen, ManifestBase, OmitsAbsent
 from simformer_cli.artifacts.store import open_artifact
-from simformer_cli.errors import UserError
+from simformer_cli.errors import ArtifactError, DataError, UserError
 from simformer_cli.settings.synthetic import SyntheticSettings
 
 AUDIT_LABELS = "audit/train_labels"
@@ -73,7 +84,7 @@ class SplitManifest(OmitsAbsent, ManifestBase):
     OPTIONAL_FIELDS = ("label_coverage", "category_ids")  # absent from splits made from full masks
 
     kind: Literal["split"] = "split"
-    schema_version: Literal[1] = 1
+    schema_version: Literal[2] = 2
     params: SplitParams
     summary: SplitSummary
     class_names: list[str]
@@ -102,6 +113,15 @@ class SplitManifest(OmitsAbsent, ManifestBase):
             raise ValueError("a split needs at least one base and one novel class")
         return self
 
+    @model_validator(mode="after")
+    def _image_files_are_files(self) -> SplitManifest:
+        """Readers decode ``SUBSET/image_files`` as files: an array of anything else is never read."""
+        for subset, summary in self.summary.subsets.items():
+            spec = self.arrays.get(f"{subset}/image_files")
+            if spec is None or spec.dtype != FILES_DTYPE or spec.shape != [summary.images]:
+                raise ValueError(f"{subset}/image_files must be an array of {summary.images} files ({FILES_DTYPE})")
+        return self
+
 
 def create_arrays(
     group: zarr.Group, layout: SubsetLayout, *, num_classes: int, label_dtype: str, ignore_index: int, audit: bool
@@ -109,8 +129,11 @@ def create_arrays(
     """Create the arrays of one subset; returns {path: (shape, dtype)} for the manifest."""
     n, (h, w), (ch, cw), s = layout.count, layout.canvas, layout.chunk, layout.shard_images
     sub = layout.subset
-    specs: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], str, int]] = {
+    specs: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], str, int | bytes]] = {
         f"{sub}/images": ((n, h, w, 3), (1, ch, cw, 3), (s, h, w, 3), "uint8", 0),
+        f"{sub}/image_files": ((n,), (1,), (s,), FILES_DTYPE, b""),
+        f"{sub}/kept_as_file": ((n,), (n,), (n,), "bool", 0),
+        f"{sub}/pixels_crc32": ((n,), (n,), (n,), "uint32", 0),
         f"{sub}/labels": ((n, h, w), (1, ch, cw), (s, h, w), label_dtype, ignore_index),
         f"{sub}/sizes": ((n, 2), (n, 2), (n, 2), "int32", 0),
         f"{sub}/image_labels": ((n, num_classes), (n, num_classes), (n, num_classes), "bool", 0),
@@ -118,6 +141,9 @@ def create_arrays(
     if audit:
         specs[AUDIT_LABELS] = ((n, h, w), (1, ch, cw), (s, h, w), label_dtype, ignore_index)
     for path, (shape, chunks, shards, dtype, fill) in specs.items():
+        if dtype == FILES_DTYPE:
+            create_files_array(group, path, n, s)
+            continue
         group.create_array(
             name=path,
             shape=shape,
@@ -176,9 +202,31 @@ class SplitArtifact:
     def image_labels(self, subset: str) -> np.ndarray:
         return self._small(f"{subset}/image_labels")
 
+    def kept_as_file(self, subset: str) -> np.ndarray:
+        """(N,) bool: which images are kept as their JPEG file (the others as pixels)."""
+        return self._small(f"{subset}/kept_as_file")
+
     def image(self, subset: str, index: int) -> np.ndarray:
+        """(H, W, 3) uint8 RGB; read-only when decoded from a kept file."""
+        if self.kept_as_file(subset)[index]:
+            return self._decoded(subset, index, read_files(self._array(f"{subset}/image_files"), index, index + 1)[0])
         h, w = self.sizes(subset)[index]
         return read_stored(self._array(f"{subset}/images"), (index, slice(0, h), slice(0, w)))
+
+    def _decoded(self, subset: str, index: int, data: bytes) -> np.ndarray:
+        """The pixels of one kept image file, refused unless they are the ones the ingest decoded."""
+        try:
+            image = decode_image_oriented(self.path, data)[0]
+        except DataError as exc:
+            problem = f"does not decode here ({exc.problem})"
+        else:
+            height, width = (int(v) for v in self.sizes(subset)[index])
+            expected_crc = int(self._small(f"{subset}/pixels_crc32")[index])
+            if image.shape[:2] == (height, width) and pixels_crc32(image) == expected_crc:
+                return image
+            problem = "decodes to other pixels here than when the split was made (another Pillow or libjpeg build?)"
+        raise ArtifactError(f"{self.path}: image {self.names(subset)[index]!r} of {subset!r} {problem}; rebuild the "
+                            "split on this machine with simformer split (same options, plus --force)")
 
     def label(self, subset: str, index: int) -> np.ndarray:
         """Weak label for ``train`` (novel pixels are ignore), full label for ``val``."""
@@ -189,27 +237,40 @@ class SplitArtifact:
         """The images (and, with ``labels``, the labels as :meth:`label` gives them) of several
         indices, read concurrently in one trip through zarr's event loop: a training batch's reads
         then overlap instead of paying each read's round trip in turn. -> (images, labels or [])."""
-        sizes = self.sizes(subset)
-        arrays = [self._array(f"{subset}/images")]
-        if labels:
-            arrays.append(self._array(f"{subset}/labels"))
-        selections = [(int(i), slice(0, int(sizes[i][0])), slice(0, int(sizes[i][1]))) for i in indices]
+        sizes, kept = self.sizes(subset), self.kept_as_file(subset)
+        pixels, files = self._array(f"{subset}/images"), self._array(f"{subset}/image_files")
+        arrays = [pixels, files, self._array(f"{subset}/labels")] if labels else [pixels, files]
+
+        def cut(i: int) -> tuple:
+            return (i, slice(0, int(sizes[i][0])), slice(0, int(sizes[i][1])))
 
         async def read_all() -> list:
-            return await asyncio.gather(*(array.async_array.getitem(where) for array in arrays for where in selections))
+            reads = [files.async_array.getitem((slice(i, i + 1),)) if kept[i] else pixels.async_array.getitem(cut(i))
+                     for i in map(int, indices)]
+            if labels:
+                reads += [arrays[2].async_array.getitem(cut(i)) for i in map(int, indices)]
+            return await asyncio.gather(*reads)
 
         with named_damage(*arrays):
-            read = [np.asarray(value) for value in sync(read_all())]
-        return read[: len(selections)], read[len(selections):]
+            read = sync(read_all())
+        images = [self._decoded(subset, int(i), read[k][0]) if kept[int(i)] else np.asarray(read[k])
+                  for k, i in enumerate(indices)]
+        return images, [np.asarray(value) for value in read[len(images):]]
 
     def read_range(self, subset: str, start: int, stop: int, *, labels: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Images (and labels) ``start..stop-1`` in one read per array, each cut to its own size
         (copies, so the padded block is not kept alive). Cheapest when the range is whole shards
         (:meth:`images_per_shard`). -> (images, labels or [])."""
-        sizes = self.sizes(subset)[start:stop]
-        cut = [read_cut(self._array(f"{subset}/{name}"), start, sizes)
-               for name in (("images", "labels") if labels else ("images",))]
-        return cut[0], cut[1] if labels else []
+        sizes, kept = self.sizes(subset)[start:stop], self.kept_as_file(subset)[start:stop]
+        images = (read_cut(self._array(f"{subset}/images"), start, sizes) if not kept.all()
+                  else [np.empty(0)] * len(kept))
+        if kept.any():
+            files = read_files(self._array(f"{subset}/image_files"), start, stop)
+            images = [self._decoded(subset, start + k, data) if kept[k] else image
+                      for k, (data, image) in enumerate(zip(files, images))]
+        if not labels:
+            return images, []
+        return images, read_cut(self._array(f"{subset}/labels"), start, sizes)
 
     def images_per_shard(self, subset: str) -> int:
         array = self._array(f"{subset}/images")

@@ -40,6 +40,7 @@ from simformer_cli.artifacts.inventory import (
     repair_hint,
     take_inventory,
 )
+from simformer_cli.artifacts.layout import dtype_name
 from simformer_cli.artifacts.manifest import Inputs, ManifestBase
 from simformer_cli.errors import ArtifactError, UserError
 
@@ -328,7 +329,8 @@ def _read_manifest(path: Path, model: type[M]) -> tuple[M, str, tuple[int, int, 
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         message = str(first["msg"]).removeprefix("Value error, ")  # pydantic's prefix for a validator's own error
-        raise ArtifactError(f"{path}: manifest field {where!r}: {message}; rerun the stage that makes it") from None
+        field = f" field {where!r}" if where else ""  # a check of the whole manifest names no field
+        raise ArtifactError(f"{path}: manifest{field}: {message}; rerun the stage that makes it") from None
     return manifest, document["digest"], signature
 
 
@@ -364,9 +366,9 @@ def open_artifact(path: Path, model: type[M]) -> tuple[M, str, zarr.Group]:
             raise ArtifactError(f"{path}: array {name!r} cannot be opened ({exc}); rerun the stage that makes it") from None
         if not isinstance(array, zarr.Array):
             raise ArtifactError(f"{path}: {name!r} is not an array; rerun the stage that makes it")
-        if list(array.shape) != spec.shape or str(array.dtype) != spec.dtype:
+        if list(array.shape) != spec.shape or dtype_name(array) != spec.dtype:
             raise ArtifactError(
-                f"{path}: array {name!r} is {array.dtype}{list(array.shape)}, manifest says "
+                f"{path}: array {name!r} is {dtype_name(array)}{list(array.shape)}, manifest says "
                 f"{spec.dtype}{spec.shape}; rerun the stage that makes it"
             )
     listing.check_files()

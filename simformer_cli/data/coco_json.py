@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from simformer_cli.data.coco_stuff import annotation_mask
-from simformer_cli.data.source import DecodedSample, RawDataset, decode_image_oriented, identity_lut, read_bytes
+from simformer_cli.artifacts.image_files import decode_image_oriented
+from simformer_cli.data.source import DecodedSample, RawDataset, identity_lut, read_bytes
 from simformer_cli.errors import DataError, UserError
 from simformer_cli.settings.labels import ignore_index_for
 
@@ -151,7 +152,8 @@ class CocoSample:
 
     def decode(self, root: Path, lut: np.ndarray, ignore_index: int) -> DecodedSample:  # noqa: ARG002 - as Sample
         image_path = Path(root) / self.image
-        image, _ = decode_image_oriented(image_path, read_bytes(image_path))
+        image_bytes = read_bytes(image_path)
+        image, _ = decode_image_oriented(image_path, image_bytes)
         coco = parse_coco(Path(self.annotations))
         entry = next(e for e in coco.images if e["id"] == self.image_id)
         height, width = entry["height"], entry["width"]
@@ -171,7 +173,7 @@ class CocoSample:
             layers.append((order, contiguous[ann["category_id"]], mask))
         for _, class_id, mask in sorted(layers, key=lambda layer: layer[0]):
             label[mask] = class_id
-        return DecodedSample(self.name, image, label)
+        return DecodedSample(self.name, image, label, image_bytes)
 
 
 def _samples(images_dir: Path, coco: CocoFile, subset: str) -> tuple[CocoSample, ...]:

@@ -43,17 +43,16 @@ from pathlib import Path
 
 import numpy as np
 
+from simformer_cli.artifacts.image_files import QUARTER_TURNS, decode_image_oriented
 from simformer_cli.settings.labels import ignore_index_for
 from simformer_cli.data.ade20k import pair_images_with_labels
 from simformer_cli.data.class_names import COCO_STUFF_171_CLASSES, coco_stuff_raw_lut
 from simformer_cli.data.source import (
     INVALID,
-    QUARTER_TURNS,
     DecodedSample,
     RawDataset,
     apply_lut,
     cached_json,
-    decode_image_oriented,
     identity_lut,
     read_bytes,
 )
@@ -247,7 +246,7 @@ class CocoJsonSample:
         raw = self._raw_label(json_path, index.annotations.get(self.image_id, ()), height, width, lut)
         dtype = np.dtype(np.uint16 if ignore_index > 255 else np.uint8)
         label = apply_lut(json_path, raw, lut, ignore_index, dtype)
-        return DecodedSample(self.name, image, label)
+        return DecodedSample(self.name, image, label, image_bytes)
 
     def _raw_label(
         self, json_path: Path, anns: tuple[dict, ...], height: int, width: int, lut: np.ndarray

@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 
 from simformer_cli.artifacts.digest import files_fingerprint
+from simformer_cli.artifacts.image_files import decode_image
 from simformer_cli.artifacts.manifest import DatasetFingerprint
 from simformer_cli.artifacts.split import SplitArtifact
 from simformer_cli.data.folder import IMAGE_SUFFIXES
 from simformer_cli.data.ingest import file_sha256, image_size
-from simformer_cli.data.source import decode_image, read_bytes
+from simformer_cli.data.source import read_bytes
 from simformer_cli.errors import UserError
 
 

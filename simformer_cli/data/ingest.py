@@ -3,7 +3,8 @@
 Two passes over the files. The scan hashes every file (the dataset fingerprint that decides whether
 an existing split is up to date) and reads image sizes from headers (to lay out the arrays). The
 ingest decodes and validates every image and label and writes whole shards, one worker per shard,
-so the bytes written do not depend on the number of workers.
+so the bytes written do not depend on the number of workers: a JPEG image's file as it is, with
+the crc32 of its pixels, the other images' pixels, and the labels decoded.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ import zarr
 from PIL import Image, UnidentifiedImageError
 
 from simformer_cli.artifacts.digest import file_digest
-from simformer_cli.artifacts.layout import SubsetLayout, plan_layout, write_shard_block
+from simformer_cli.artifacts.image_files import displayed_size, is_jpeg, pixels_crc32
+from simformer_cli.artifacts.layout import SubsetLayout, plan_layout, write_files, write_shard_block
 from simformer_cli.artifacts.manifest import ArraySpec
 from simformer_cli.artifacts.split import AUDIT_LABELS, SOURCE_IMAGE_IDS, SplitSummary, SubsetSummary, create_arrays
-from simformer_cli.data.source import RawDataset, Sample, displayed_size, subsets_of
+from simformer_cli.data.source import RawDataset, Sample, subsets_of
 from simformer_cli.errors import DataError
 from simformer_cli.progress import Reporter
 from simformer_cli.settings.labels import label_dtype_for
@@ -98,6 +100,8 @@ class ShardResult:
     start: int
     image_labels: np.ndarray  # (n, K) bool
     pixel_counts: np.ndarray  # (K + 1,) int64, last entry = ignore
+    kept_as_file: np.ndarray  # (n,) bool: JPEG images, kept as their files
+    pixels_crc32: np.ndarray  # (n,) uint32 of a kept file's decoded pixels, else 0
 
 
 def _ingest_shard(task: ShardTask) -> ShardResult:
@@ -105,9 +109,11 @@ def _ingest_shard(task: ShardTask) -> ShardResult:
     subset = task.layout.subset
     weak_lut = np.arange(task.ignore_index + 1, dtype=np.int64)
     weak_lut[list(task.novel_classes)] = task.ignore_index
-    images, stored_labels, full_labels = [], [], []
+    pixels, image_files, stored_labels, full_labels = [], [], [], []
     image_labels = np.zeros((len(task.samples), task.num_classes), dtype=bool)
     pixel_counts = np.zeros(task.num_classes + 1, dtype=np.int64)
+    kept = np.zeros(len(task.samples), dtype=bool)
+    crcs = np.zeros(len(task.samples), dtype=np.uint32)
     for k, sample in enumerate(task.samples):
         decoded = sample.decode(task.root, task.lut, task.ignore_index)
         if decoded.label is None and task.coverage != "none":
@@ -124,17 +130,24 @@ def _ingest_shard(task: ShardTask) -> ShardResult:
             image_labels[k, list(decoded.tags)] = True
         pixel_counts[: task.num_classes] += counts[: task.num_classes]
         pixel_counts[-1] += counts[task.ignore_index]
-        images.append(decoded.image)
+        kept[k] = is_jpeg(decoded.image_file)
+        if kept[k]:
+            crcs[k] = pixels_crc32(decoded.image)
+        pixels.append(np.zeros((0, 0, 3), np.uint8) if kept[k] else decoded.image)  # kept: fill, never stored
+        image_files.append(decoded.image_file if kept[k] else b"")
         full_labels.append(decoded.label)
         if subset == "train":
             stored_labels.append(weak_lut[decoded.label].astype(decoded.label.dtype))
         else:
             stored_labels.append(decoded.label)
-    write_shard_block(group[f"{subset}/images"], task.start, images, 0)
+    if not kept.all():
+        write_shard_block(group[f"{subset}/images"], task.start, pixels, 0)
+    if kept.any():
+        write_files(group[f"{subset}/image_files"], task.start, image_files)
     write_shard_block(group[f"{subset}/labels"], task.start, stored_labels, task.ignore_index)
     if subset == "train" and task.keep_audit:
         write_shard_block(group[AUDIT_LABELS], task.start, full_labels, task.ignore_index)
-    return ShardResult(task.start, image_labels, pixel_counts)
+    return ShardResult(task.start, image_labels, pixel_counts, kept, crcs)
 
 
 def check_masks_untagged(label_path: Path, counts: np.ndarray, novel: tuple[int, ...],
@@ -340,6 +353,8 @@ def ingest(raw: RawDataset, novel: tuple[int, ...], sizes: dict[str, np.ndarray]
         pixel_counts = np.sum([r.pixel_counts for r in results], axis=0)
         group[f"{subset}/sizes"][...] = sizes[subset]
         group[f"{subset}/image_labels"][...] = image_labels
+        group[f"{subset}/kept_as_file"][...] = np.concatenate([r.kept_as_file for r in results])
+        group[f"{subset}/pixels_crc32"][...] = np.concatenate([r.pixels_crc32 for r in results])
         group[subset].attrs["names"] = [sample.name for sample in samples]
         source_ids = raw.image_ids.get("train" if subset == "holdout" else subset)
         if source_ids is not None:  # export --format coco gives predictions the annotation file's image ids

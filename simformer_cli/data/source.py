@@ -1,7 +1,8 @@
 """What every dataset reader produces: a :class:`RawDataset` of :class:`Sample` objects.
 
 A reader only lists files and says how their label values map to class ids; decoding and
-validation happen here, once, for every format. Samples are small picklable objects so the
+validation happen here, once, for every format (images through ``artifacts.image_files``, the
+decoder that every reader of a split shares). Samples are small picklable objects so the
 split stage can hand them to worker processes.
 """
 
@@ -15,15 +16,14 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
+from simformer_cli.artifacts.image_files import QUARTER_TURNS, decode_image_oriented
 from simformer_cli.settings.labels import ignore_index_for
 from simformer_cli.errors import DataError, UserError
 
 #: Value that marks a raw label value as invalid in a label lookup table.
 INVALID = -1
-
-Image.MAX_IMAGE_PIXELS = 20_000 * 20_000  # large aerial tiles are fine; zip bombs are not
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class DecodedSample:
     name: str
     image: np.ndarray  # (H, W, 3) uint8 RGB
     label: np.ndarray | None  # (H, W) class ids, ignore_index where unlabelled
+    image_file: bytes  # the image file's bytes, which decode_image_oriented turns into ``image``
     tags: tuple[int, ...] | None = None  # novel classes the image shows, where they come as tags (data.tags)
 
 
@@ -57,71 +58,6 @@ def read_bytes(path: Path) -> bytes:
         raise DataError(path, "file is missing", "restore it or remove it from the dataset") from None
     except OSError as exc:
         raise DataError(path, f"cannot be read ({exc.strerror or exc})") from None
-
-
-#: PIL modes of single-channel images with more than 8 bits per pixel (16-bit grey PNGs open as
-#: ``I;16``; older Pillow versions open them as ``I``).
-WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-_ORIENTATION_TAG = 0x0112
-#: EXIF orientations that turn the picture by a quarter: width and height trade places.
-QUARTER_TURNS = (5, 6, 7, 8)
-
-
-def exif_orientation(im: Image.Image) -> int:
-    """EXIF orientation (2-8) of an opened image, 1 when there is none; read without decoding pixels.
-
-    Phones store a portrait photo as landscape pixels plus this tag. The scan (image sizes) and the
-    decode both ask here, so they always agree. A PNG's EXIF counts when it comes before the pixel
-    data (an ``eXIf`` chunk before ``IDAT``, as the PNG specification asks); an unreadable EXIF
-    block is ignored, as image viewers do.
-    """
-    if isinstance(im, PngImagePlugin.PngImageFile) and "exif" not in im.info:
-        return 1  # Pillow would decode the whole PNG to look for a late eXIf chunk
-    try:
-        orientation = im.getexif().get(_ORIENTATION_TAG, 1)
-    except Exception:  # noqa: BLE001 - any malformed EXIF: the pixels are still good
-        return 1
-    return orientation if isinstance(orientation, int) and 2 <= orientation <= 8 else 1
-
-
-def displayed_size(im: Image.Image) -> tuple[int, int]:
-    """(width, height) of an opened image as it is displayed, i.e. after its EXIF orientation."""
-    width, height = im.size
-    return (height, width) if exif_orientation(im) in QUARTER_TURNS else (width, height)
-
-
-def decode_image(path: Path, data: bytes) -> np.ndarray:
-    """Decode an RGB image strictly: a truncated or corrupt file is an error, never a grey patch."""
-    return decode_image_oriented(path, data)[0]
-
-
-def decode_image_oriented(path: Path, data: bytes) -> tuple[np.ndarray, int]:
-    """The image as displayed, (H, W, 3) uint8 RGB, and the EXIF orientation that was applied.
-
-    The EXIF orientation is applied (a phone photo comes out upright, as viewers show it). 16-bit
-    greyscale keeps its top 8 bits (as Pillow already does for 16-bit colour PNGs) instead of being
-    clipped to 255, which would make it nearly white.
-    """
-    import io
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            orientation = exif_orientation(im)
-            im.load()
-            oriented = ImageOps.exif_transpose(im) if orientation != 1 else im
-            if oriented.mode in WIDE_GREY_MODES:
-                values = np.asarray(oriented).astype(np.int64)
-                grey = (np.clip(values, 0, 65535) >> 8).astype(np.uint8)
-                array = np.repeat(grey[:, :, None], 3, axis=2) if grey.ndim == 2 else grey
-            else:
-                array = np.asarray(oriented.convert("RGB"), dtype=np.uint8)
-    except Image.DecompressionBombError as exc:
-        raise DataError(path, f"image is too large to read safely ({str(exc).split(',')[0]})", "resize it or remove it") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(path, f"not a readable image ({exc})", "re-download or delete the file") from None
-    if array.ndim != 3 or array.shape[0] == 0 or array.shape[1] == 0:
-        raise DataError(path, f"image has unusable shape {array.shape}")
-    return array, orientation
 
 
 def decode_label_png(path: Path, data: bytes, wide: bool) -> np.ndarray:
@@ -194,7 +130,7 @@ class PngSample:
             raw = decode_label_png(label_path, label_bytes, wide)
             label = apply_lut(label_path, raw, lut, ignore_index, np.dtype(np.uint16 if wide else np.uint8))
             check_same_size(label_path, label, image, orientation)
-        return DecodedSample(self.name, image, label)
+        return DecodedSample(self.name, image, label, image_bytes)
 
 
 def check_same_size(label_path: Path, label: np.ndarray, image: np.ndarray, orientation: int = 1) -> None:
