@@ -456,7 +456,7 @@ def main() -> None:
     if args.curve:
         chains = run_units(args, setting, "tuning", split_seeds, train_seeds, ["oracle"], work, log,
                            oracle_iters=args.oracle_iters, iters_of=args.curve)
-        publish(curve_section(chains, args, setting, subset, command, began), args.out, f"quality-{name}")
+        publish(curve_section(chains, args, setting, subset, command, began, split_seeds), args.out, f"quality-{name}")
         return
     rows = [row for row in args.rows if row != "oracle-conv"]
     chains = run_units(args, setting, protocol.kind, split_seeds, train_seeds, rows, work, log,
@@ -507,7 +507,7 @@ def novel(runs: dict[str, dict[tuple, dict]], row: str) -> dict[tuple, float]:
 
 
 def curve_section(chains: list[Chain], args: argparse.Namespace, setting: Setting, subset: str, command: str,
-                  began: float) -> list[str]:
+                  began: float, split_seeds: list[int]) -> list[str]:
     points: dict[int, list[dict]] = {}
     for chain in chains:
         steps = int(chain.name.rsplit(",", 1)[1].split()[0])
@@ -519,7 +519,9 @@ def curve_section(chains: list[Chain], args: argparse.Namespace, setting: Settin
         f"Command: `{command} --out BENCHMARKS.md`  ",
         f"Machine: {machine_line()}; {(time.perf_counter() - began) / 60:.1f} minutes for this run of the command.  ",
         f"Data: {setting.description}; scored on the {subset} images (tuning). Each budget is a separate "
-        "run with its own poly schedule, over the tuning splits and training seed 0.",
+        f"run with its own poly schedule; split seed(s) {', '.join(map(str, split_seeds))}, training seed 0"
+        + ("." if setting.oracle_per_split else " (the split seed only chooses the novel classes, so the oracle's "
+           "training is the same on every split)."),
         "",
         "| steps | runs | mIoU | base | novel |",
         "|---|---|---|---|---|",
