@@ -354,21 +354,21 @@ def test_bad_inference_options(refusals: Refusals, shared, tmp_path: Path, case:
                    fragment)
 
 
-def test_cuda_without_a_gpu_for_infer(refusals: Refusals, shared, tmp_path: Path) -> None:  # noqa: ANN001
+def test_cuda_without_a_gpu_for_infer(refusals: Refusals, shared, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     import torch
 
-    if torch.cuda.is_available():
-        pytest.skip("the refusal only exists where there is no GPU")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without a GPU, wherever it runs
     refusals.check("device-cuda-without-gpu-infer", "`infer --device cuda` on a machine without a GPU",
                    ["infer", "--model", shared["model"], "--split", shared["split"], "--out", tmp_path / "p.zarr",
                     "--device", "cuda"], "no CUDA GPU")
 
 
-def test_cuda_without_a_gpu_for_train(refusals: Refusals, shared, tmp_path: Path) -> None:  # noqa: ANN001
+def test_cuda_without_a_gpu_for_train(refusals: Refusals, shared, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     import torch
 
-    if torch.cuda.is_available():
-        pytest.skip("the refusal only exists where there is no GPU")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without a GPU, wherever it runs
     refusals.check("device-cuda-without-gpu-train", "`train --device cuda` on a machine without a GPU",
                    ["train", "--split", shared["split"], "--out", tmp_path / "m.zarr", "--device", "cuda"], "no CUDA GPU")
 
