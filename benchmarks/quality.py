@@ -491,11 +491,12 @@ def main() -> None:
         "",
         *table(runs, [row for row in ROWS if row in args.rows], split_seeds),
         "",
-        "Paired differences of novel mIoU (same split and training seed), mean and 95% interval:",
-        "",
-        *[f"- {ROWS[a]} vs {ROWS[b]}: {paired(novel(runs, a), novel(runs, b))}"
-          for a, b in COMPARISONS if runs.get(a) and runs.get(b)],
     ]
+    comparisons = [f"- {ROWS[a]} vs {ROWS[b]}: {paired(novel(runs, a), novel(runs, b))}"
+                   for a, b in COMPARISONS if runs.get(a) and runs.get(b)]
+    if comparisons:
+        lines += ["Paired differences of novel mIoU (same split and training seed), mean and 95% interval:", "",
+                  *comparisons]
     if pseudo:
         lines += ["", "Pseudo labels on the training images, novel mIoU against the full labels: " + "; ".join(
             f"{row} {spread(values)}" for row, values in sorted(pseudo.items())) + "."]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -144,9 +143,9 @@ def use_threads(requested: int | None) -> int:
     return threads
 
 
-def busy_machine_warning(device: torch.device, busy: Callable[[], float | None] | None = None) -> str | None:
+def busy_machine_warning(device: torch.device) -> str | None:
     """What to say when this process's CPU threads will compete with other processes for the cores
     (None on a GPU, when they fit, or when ``SIMFORMER_BUSY_WARNING=0`` asks for quiet)."""
     if device.type != "cpu" or os.environ.get("SIMFORMER_BUSY_WARNING", "1") == "0":
         return None
-    return oversubscription(torch.get_num_threads(), usable_cores(), (busy or busy_cores)())
+    return oversubscription(torch.get_num_threads(), usable_cores(), busy_cores())
