@@ -196,34 +196,35 @@ def chains_for(unit: str, split: Path, folder: Path, rows: list[str], subset: st
             continue  # made by the chain that trains the one-stage model
         source = "simformer" if row == "finetune" else row
         steps = oracle_iters if row == "oracle-conv" else iters
+        home = folder
         if row.startswith("oracle"):
             # One home per (budget, seed), shared by both oracle rows and the curve: the same
             # training is never run twice in one workdir.
-            folder = split.parent / (f"oracle-{steps}" + (f"-seed{seed}" if seed else ""))
+            home = split.parent / (f"oracle-{steps}" + (f"-seed{seed}" if seed else ""))
             if oracle_from is not None:
-                shared = oracle_from / folder.name / f"oracle-metrics-{subset}.zarr"
+                shared = oracle_from / home.name / f"oracle-metrics-{subset}.zarr"
                 chains.append(Chain(f"{row}/{unit}", [], 0, derived={row: (shared, split)}))
                 continue
-            folder.mkdir(parents=True, exist_ok=True)
+            home.mkdir(parents=True, exist_ok=True)
         tag = "oracle" if row.startswith("oracle") else source
-        model = folder / f"{tag}.zarr"
+        model = home / f"{tag}.zarr"
         chain = Chain(f"{row}/{unit}", [simformer("train", "--out", model, *TRAIN_FLAGS[source], *common,
                                                   "--iters", steps)], 1)
         if row not in ("cam", "finetune"):  # those rows score the retrained model only
-            commands, chain.scores[row] = score(model, split, subset, tag, folder)
+            commands, chain.scores[row] = score(model, split, subset, tag, home)
             chain.commands += commands
         if row == "cam" or "finetune" in rows and source == "simformer":
             target = "cam" if row == "cam" else "finetune"
-            labels = folder / f"{target}-pseudolabels.zarr"
+            labels = home / f"{target}-pseudolabels.zarr"
             chain.commands.append(simformer("pseudolabel", "--model", model, "--split", split, "--out", labels,
                                             "--among", "image", "--device", "cpu", "--json", ">",
-                                            folder / f"{target}-pseudolabels.json"))
-            chain.extras[target] = folder / f"{target}-pseudolabels.json"
-            retrained = folder / f"{target}-retrained.zarr"
+                                            home / f"{target}-pseudolabels.json"))
+            chain.extras[target] = home / f"{target}-pseudolabels.json"
+            retrained = home / f"{target}-retrained.zarr"
             init = ["--init-from", model] if target == "finetune" else []
             chain.commands.append(simformer("retrain", "--split", split, "--pseudolabels", labels, "--out", retrained,
                                             *init, *common, "--iters", retrain_iters))
-            commands, chain.scores[target] = score(retrained, split, subset, target, folder)
+            commands, chain.scores[target] = score(retrained, split, subset, target, home)
             chain.commands += commands
             chain.trainings += 1
         chains.append(chain)

@@ -1,0 +1,60 @@
+"""The quality benchmark's plan: where each row's artifacts go (nothing is run)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def quality():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location("quality_benchmark", BENCHMARKS / "quality.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # its dataclasses look their module up by name
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop("quality_benchmark", None)
+        sys.path.remove(str(BENCHMARKS))
+
+
+def outputs(chain) -> list[Path]:
+    return [Path(c[c.index("--out") + 1]) for c in chain.commands if "--out" in c]
+
+
+def plan(quality, split: Path, seed: int, rows: list[str], oracle_from: Path | None = None):
+    folder = split.parent / f"train{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return quality.chains_for(f"split 0, seed {seed}", split, folder, rows, "val", seed=seed, iters=1000,
+                              oracle_iters=4000, retrain_iters=1000, overrides=[], oracle_from=oracle_from)
+
+
+def test_weak_rows_live_in_their_training_seeds_folder_and_oracles_in_one_home_per_budget(quality, tmp_path) -> None:
+    split = tmp_path / "split0" / "split.zarr"
+    chains = {c.name.split("/")[0]: c for c in plan(quality, split, 1, ["oracle", "oracle-conv", "wsmf", "simformer",
+                                                                         "finetune", "cam"])}
+    assert set(chains) == {"oracle", "oracle-conv", "wsmf", "simformer", "cam"}  # finetune rides on simformer's chain
+    assert {p.parent.name for p in outputs(chains["oracle"])} == {"oracle-1000-seed1"}
+    assert {p.parent.name for p in outputs(chains["oracle-conv"])} == {"oracle-4000-seed1"}
+    for row in ("wsmf", "simformer", "cam"):
+        assert {p.parent.name for p in outputs(chains[row])} == {"train1"}, row
+    assert {p.name for p in outputs(chains["simformer"])} >= {"simformer.zarr", "finetune-pseudolabels.zarr",
+                                                              "finetune-retrained.zarr"}
+    assert chains["simformer"].trainings == 2 and chains["wsmf"].trainings == 1
+    everything = [p for chain in chains.values() for p in outputs(chain)]
+    assert len(everything) == len(set(everything))  # no two commands write one artifact
+
+
+def test_an_oracle_shared_across_splits_is_rescored_not_retrained(quality, tmp_path) -> None:
+    first, second = tmp_path / "split0", tmp_path / "split1" / "split.zarr"
+    chains = {c.name.split("/")[0]: c for c in plan(quality, second, 0, ["oracle", "simformer"], oracle_from=first)}
+    assert chains["oracle"].commands == [] and chains["oracle"].trainings == 0
+    assert chains["oracle"].derived == {"oracle": (first / "oracle-1000" / "oracle-metrics-val.zarr", second)}
+    assert {p.parent for p in outputs(chains["simformer"])} == {second.parent / "train0"}
