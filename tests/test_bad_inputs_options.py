@@ -72,6 +72,7 @@ def test_numeric_training_options_out_of_range(refusals: Refusals, shared, tmp_p
     ("set-loss-weight-huge", "loss.dice_weight=1e30", "1000"),
     ("set-crop-huge", "augment.crop=1000000", "16384"),
     ("set-regularizer-setting-while-off", "loss.dfr_weight=2", "--regularizer dfr"),
+    ("set-partition-setting-while-off", "loss.partition_presence_share=0.1", "loss.partition=true"),
 ])
 def test_absurd_set_overrides(refusals: Refusals, shared, tmp_path: Path, case: str, setting: str,
                               fragment: str) -> None:  # noqa: ANN001

@@ -291,3 +291,36 @@ def test_maskless_targets_left_without_a_query_still_get_the_complementary_floor
     expected = [complementary_loss(torch.empty(0, 16, 16), (t.base_label < 0) & ~t.pad, floor_logit=-2.9444,
                                    focal_weight=20, dice_weight=1) for t in targets]
     torch.testing.assert_close(losses["loss_comp"], 0.2 * sum(expected) / (2 + 1e-5))
+
+
+def test_novel_partition_terms_follow_their_formulas_and_leave_the_rest_unchanged():
+    settings = LossSettings(similarity=False, distillation=False, partition=True, partition_overlap_weight=2.0,
+                            partition_presence_weight=0.5, partition_presence_share=0.25)
+    criterion = SetCriterion(num_classes=NUM_CLASSES, mask_dim=8, novel_classes=NOVEL, settings=settings)
+    outputs = _hand_outputs(size=8)
+    targets = [weak_targets(0, 16, [4, 5], pad_columns=4), weak_targets(1, 16, [], pad_columns=4)]
+    losses = criterion(outputs, targets, torch.Generator())
+    assert set(losses) == LAYER_TERMS | {"loss_overlap", "loss_presence"}
+    plain = SetCriterion(num_classes=NUM_CLASSES, mask_dim=8, novel_classes=NOVEL,
+                         settings=LossSettings(similarity=False, distillation=False))(outputs, targets, torch.Generator())
+    assert all(torch.equal(losses[name], plain[name]) for name in LAYER_TERMS)
+
+    (queries, indices), _ = match(criterion.matcher, outputs["pred_logits"], outputs["pred_masks"], targets)
+    novel = queries[~targets[0].has_mask[indices]]
+    assert len(novel) == 2
+    probs = outputs["pred_masks"][0, novel].sigmoid().flatten(1)  # (2, 64) at the masks' 8x8
+    # The non-base region at 8x8: the bottom-right quarter of the 16x16 crop, less the 4 padded columns.
+    region = torch.zeros(8, 8, dtype=torch.bool)
+    region[4:, 4:6] = True
+    region = region.flatten()
+    overlap = (probs.sum(0) - probs.amax(0))[region].mean()
+    top = probs[:, region].sort(dim=1, descending=True).values[:, :2].mean(1)  # a quarter of 8 pixels
+    torch.testing.assert_close(losses["loss_overlap"], 2.0 * overlap / 1)  # one image with novel targets
+    torch.testing.assert_close(losses["loss_presence"], 0.5 * -top.log().mean())
+
+
+def test_novel_partition_settings_are_recorded_only_when_it_is_on():
+    assert not any(key.startswith("partition") for key in LossSettings().model_dump())
+    on = LossSettings(partition=True).model_dump()
+    assert on["partition"] is True and on["partition_presence_share"] == 0.01
+    assert "partition_overlap_weight" in LossSettings().model_dump(context={"every_setting": True})

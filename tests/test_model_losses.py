@@ -12,6 +12,8 @@ from simformer_cli.model.losses import (
     balanced_binary_cross_entropy,
     dice_loss,
     distillation_loss,
+    overlap_terms,
+    presence_terms,
     sigmoid_focal_loss,
 )
 
@@ -126,3 +128,34 @@ def test_balanced_bce_weights_classes_and_ignores_invalid_pairs():
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     none_valid = balanced_binary_cross_entropy(probs.log(), same, torch.zeros(4, dtype=torch.bool), 0.5, 0.5)
     assert none_valid.item() == 0.0
+
+
+# ---------------------------------------------------------------- novel partition
+
+
+def test_overlap_is_zero_for_masks_that_split_the_region_and_counts_what_they_share():
+    region = torch.tensor([[True, True, True, False]])
+    split = torch.tensor([[[1.0, 0.0, 0.5, 0.9], [0.0, 1.0, 0.0, 0.9]]])  # the 4th pixel is outside
+    assert overlap_terms(split, region).item() == 0.0
+    shared = torch.tensor([[[1.0, 1.0, 1.0, 0.0], [0.8, 0.2, 0.5, 0.0], [0.0, 0.0, 0.0, 0.0]]])  # 3rd row: padding
+    assert overlap_terms(shared, region).item() == pytest.approx((0.8 + 0.2 + 0.5) / 3)
+
+
+def test_overlap_pushes_down_every_mask_but_the_strongest_of_each_pixel():
+    probs = torch.tensor([[[0.9, 0.1], [0.3, 0.6]]], requires_grad=True)
+    overlap_terms(probs, torch.ones(1, 2, dtype=torch.bool)).backward()
+    assert probs.grad.tolist() == [[[0.0, 0.5], [0.5, 0.0]]]
+
+
+def test_presence_is_low_for_a_mask_that_claims_part_of_its_region_and_high_for_an_empty_one():
+    region = torch.zeros(3, 100, dtype=torch.bool)
+    region[:, :50] = True
+    probs = torch.full((3, 100), 0.01)
+    probs[0, :5] = 0.99  # claims 5 pixels of the region: its top 10% (5 pixels) are sure
+    probs[1, 60:] = 0.99  # claims pixels outside its region only
+    terms = presence_terms(probs, region, share=0.1)
+    assert terms[0].item() == pytest.approx(-math.log(0.99), rel=1e-4)
+    assert terms[1].item() == pytest.approx(-math.log(0.01), rel=1e-4)
+    assert terms[2].item() == pytest.approx(-math.log(0.01), rel=1e-4)
+    empty = presence_terms(probs[:1], torch.zeros(1, 100, dtype=torch.bool), share=0.1)
+    assert empty.item() == 0.0

@@ -5,7 +5,8 @@ For the last decoder layer and, with deep supervision, every earlier one ("_aux{
                 unmatched -> no object, weight 0.1);
 - "loss_focal", "loss_dice": sigmoid focal and dice of queries matched to targets with a mask,
                 normalised by the number of such targets in the batch;
-- "loss_comp":  the complementary loss of images with maskless (novel) targets.
+- "loss_comp":  the complementary loss of images with maskless (novel) targets;
+- "loss_overlap", "loss_presence": with ``partition``, the novel partition of those images.
 For the last layer only, with the batch laid out as image pairs: "loss_sim" (similarity net on
 base pixels) and "loss_distill" (its judgement distilled into novel-class scores). With
 ``regularizer="dfr"``, for the last layer: "loss_dfr", the regularized loss of model/regularizer.py.
@@ -23,7 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from simformer_cli.model.losses import complementary_terms, dice_loss, sigmoid_focal_loss
+from simformer_cli.model.losses import (
+    complementary_terms,
+    dice_loss,
+    overlap_terms,
+    presence_terms,
+    sigmoid_focal_loss,
+)
 from simformer_cli.model.matcher import HungarianMatcher, small_target_masks
 from simformer_cli.model.pair_losses import PairLosses
 from simformer_cli.model.points import point_sample, shared_uncertain_points
@@ -166,7 +173,35 @@ class SetCriterion(nn.Module):
         if settings.complementary:
             losses["loss_comp"] = settings.complementary_weight * self._complementary(
                 pred_masks, rows, targets, generator, zero)
+        if settings.partition:
+            overlap, presence = self._partition(pred_masks, rows, targets, zero)
+            losses["loss_overlap"] = settings.partition_overlap_weight * overlap
+            losses["loss_presence"] = settings.partition_presence_weight * presence
         return losses
+
+    def _partition(self, pred_masks: Tensor, rows: _MatchedRows, targets: Sequence[ImageTargets],
+                   zero: Tensor) -> tuple[Tensor, Tensor]:
+        """The novel partition, per layer -> (L,), (L,): the mean over images with maskless targets
+        of the overlap of the masks matched to those targets, and the mean over those masks of
+        their presence term; at the masks' resolution, inside each image's non-base region (the
+        pixels that are mostly neither base-labelled nor padding)."""
+        novel = ~rows.has_mask
+        if not bool(novel.any()):
+            return zero, zero
+        layers, batch = pred_masks.shape[:2]
+        device = pred_masks.device
+        layer, image = rows.layer[novel].to(device), rows.image[novel].to(device)
+        probs = pred_masks[layer, image, rows.query[novel].to(device)].sigmoid().flatten(1)  # (n, h*w)
+        non_base = torch.stack([(t.base_label < 0) & ~t.pad for t in targets]).float().to(device)  # (B, H, W)
+        region = F.interpolate(non_base[:, None], size=tuple(pred_masks.shape[-2:]), mode="area").flatten(1) > 0.5
+        presence = zero.index_add(0, layer, presence_terms(probs, region[image], self.settings.partition_presence_share))
+        presence = presence / torch.bincount(layer, minlength=layers).clamp(min=1)
+        # One group per (layer, image); images without novel targets have only the zero row.
+        table = _union_table((layer * batch + image).cpu(), layers * batch).to(device)
+        padded = torch.cat((probs, probs.new_zeros(1, probs.shape[1])))[table]  # (L * B, S, h*w)
+        overlap = overlap_terms(padded, region.repeat(layers, 1)).view(layers, batch).sum(1)
+        unknown = sum(1 for target in targets if not bool(target.has_mask.all()))
+        return overlap / max(unknown, 1), presence
 
     def _classification(self, pred_logits: Tensor, rows: _MatchedRows) -> Tensor:
         """CE of every query with weight 0.1 on no-object, a weighted mean per layer -> (L,)."""

@@ -1,4 +1,5 @@
-"""Pure loss functions of the SimFormer objective: focal, dice, complementary, similarity, distillation.
+"""Pure loss functions of the SimFormer objective: focal, dice, complementary, novel partition,
+similarity, distillation.
 
 No state, no randomness, no matching: each takes tensors and returns a loss, so each can be
 checked against hand-computed values.
@@ -48,6 +49,27 @@ def complementary_terms(
     focal_weight * focal + dice_weight * dice of each row."""
     focal = sigmoid_focal_loss(union_logits, non_base, alpha, gamma)
     return focal_weight * focal + dice_weight * dice_loss(union_logits, non_base)
+
+
+def overlap_terms(group_probs: Tensor, region: Tensor) -> Tensor:
+    """How much a group's masks claim the same pixels: (G, S, P) mask probabilities (rows of
+    padding are zeros), (G, P) region -> (G,), the mean over the region's pixels of the sum of the
+    group's probabilities minus their largest. Zero where at most one mask claims each pixel; the
+    gradient leaves the strongest mask of each pixel alone and pushes the others down."""
+    excess = group_probs.sum(1) - group_probs.amax(1)
+    region = region.to(excess.dtype)
+    return (excess * region).sum(-1) / region.sum(-1).clamp(min=1.0)
+
+
+def presence_terms(probs: Tensor, region: Tensor, share: float) -> Tensor:
+    """Each mask must claim something: (N, P) mask probabilities, (N, P) region -> (N,),
+    -log of the mean of the mask's ``share`` highest probabilities inside its region (at least
+    one pixel). A row with an empty region gives 0."""
+    inside = region.sum(-1)
+    wanted = torch.clamp(torch.ceil(inside.to(probs.dtype) * share), min=1).long()
+    ranked = torch.where(region.bool(), probs, torch.zeros_like(probs)).sort(dim=-1, descending=True).values
+    top = ranked.cumsum(-1).gather(-1, (wanted - 1)[:, None])[:, 0] / wanted
+    return torch.where(inside > 0, -torch.log(top.clamp(min=1e-6)), torch.zeros_like(top))
 
 
 def balanced_binary_cross_entropy(

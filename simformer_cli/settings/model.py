@@ -97,6 +97,14 @@ class LossSettings(BaseModel):
     complementary: bool = True
     complementary_weight: float = Field(0.2, ge=0.0, le=MAX_WEIGHT)
     complementary_floor_logit: float = Field(-2.9444, ge=-100.0, le=100.0)
+    # Novel partition (ours, for novel classes that appear together; off by default): in each image
+    # with novel targets, the masks matched to them must not claim the same pixels (overlap) and
+    # each must claim part of the non-base region (presence: the mean of its highest
+    # partition_presence_share probabilities there). Every decoder layer, at the masks' resolution.
+    partition: bool = False
+    partition_overlap_weight: float = Field(1.0, ge=0.0, le=MAX_WEIGHT)
+    partition_presence_weight: float = Field(0.5, ge=0.0, le=MAX_WEIGHT)
+    partition_presence_share: float = Field(0.01, gt=0.0, le=1.0)
     # Pixel-pixel similarity net and its base loss (section 4.5); final layer, image pairs.
     similarity: bool = True
     sim_weight: float = Field(1.0, ge=0.0, le=MAX_WEIGHT)
@@ -136,15 +144,22 @@ class LossSettings(BaseModel):
         return self
 
     @model_serializer(mode="wrap")
-    def _omit_regularizer_when_off(self, handler: SerializerFunctionWrapHandler,
-                                   info: SerializationInfo) -> dict[str, Any]:
-        """Without the regularizer its settings are left out, so that every manifest, digest and
-        resume key of a run that does not use it stays what it was before the option existed
-        (``context={"every_setting": True}`` keeps them: what ``--set`` may name)."""
+    def _omit_options_when_off(self, handler: SerializerFunctionWrapHandler,
+                               info: SerializationInfo) -> dict[str, Any]:
+        """Without the regularizer or the novel partition their settings are left out, so that
+        every manifest, digest and resume key of a run that does not use them stays what it was
+        before the options existed (``context={"every_setting": True}`` keeps them: what ``--set``
+        may name)."""
         data = handler(self)
-        if self.regularizer == "none" and not (info.context or {}).get("every_setting"):
-            for key in [key for key in data if key == "regularizer" or key.startswith("dfr_")]:
-                del data[key]
+        if (info.context or {}).get("every_setting"):
+            return data
+        off = [prefix for prefix, on in (("dfr_", self.regularizer != "none"), ("partition_", self.partition)) if not on]
+        for key in [key for key in data if any(key.startswith(prefix) for prefix in off)]:
+            del data[key]
+        if self.regularizer == "none":
+            del data["regularizer"]
+        if not self.partition:
+            del data["partition"]
         return data
 
     @property

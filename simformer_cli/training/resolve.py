@@ -64,11 +64,14 @@ def resolve_settings(
         if typed:
             raise UserError(f"--set {typed[-1]}: {message}") from None
         raise UserError(f"training settings: {where + ': ' if where else ''}{message}") from None
-    if resolved.loss.regularizer == "none":  # its settings would do nothing and not even be recorded
-        unused = [item for item in overrides if item.partition("=")[0].strip().startswith("loss.dfr_")]
-        if unused:
-            raise UserError(f"--set {unused[0]}: the regularizer is off, so this setting would do nothing; "
-                            "add --regularizer dfr (or --set loss.regularizer=dfr)")
+    # Settings of an option that is off would do nothing and not even be recorded.
+    options = (("loss.dfr_", resolved.loss.regularizer == "none", "the regularizer",
+                "add --regularizer dfr (or --set loss.regularizer=dfr)"),
+               ("loss.partition_", not resolved.loss.partition, "the novel partition", "add --set loss.partition=true"))
+    for prefix, off, what, fix in options:
+        unused = [item for item in overrides if item.partition("=")[0].strip().startswith(prefix)]
+        if off and unused:
+            raise UserError(f"--set {unused[0]}: {what} is off, so this setting would do nothing; {fix}")
     problem = batch_problem(resolved.batch_size, world_size, resolved.loss.needs_pairs)
     if problem:
         if batch_size is not None:
