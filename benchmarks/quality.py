@@ -19,6 +19,13 @@ Rows, each trained with the same budget (``--iters``, default the tiny preset's 
     finetune              SimFormer + retraining (pseudolabel, retrain --init-from the one-stage model)
     cam                   CAM baseline (train --method cam, pseudolabel, retrain)
 
+and, not by default::
+
+    wsmf-dfr              weak-shot MaskFormer with the DFR regularizer instead of distillation
+    simformer-dfr         SimFormer one-stage + the DFR regularizer
+    simformer-part        SimFormer one-stage + the novel partition (loss.partition)
+    finetune-part         that model + retraining
+
 Every row is reported as mean ± standard deviation over all its runs (split seeds x training
 seeds); a difference between two rows is called an effect only when the 95% confidence interval
 of their paired differences (same split, same training seed) excludes zero.
@@ -66,6 +73,8 @@ ROWS = {
     "cam": "CAM baseline (+ retraining)",
     "wsmf-dfr": "weak-shot MaskFormer + DFR regularizer",
     "simformer-dfr": "SimFormer one-stage + DFR regularizer",
+    "simformer-part": "SimFormer one-stage + novel partition",
+    "finetune-part": "SimFormer + novel partition + retraining",
 }
 DEFAULT_ROWS = ["oracle", "oracle-conv", "wsmf", "comp", "simformer", "finetune", "cam"]
 NO_SIMILARITY = ["--set", "loss.similarity=false", "--set", "loss.distillation=false"]
@@ -78,13 +87,17 @@ TRAIN_FLAGS = {
     "cam": ["--method", "cam"],
     "wsmf-dfr": ["--set", "loss.complementary=false", *NO_SIMILARITY, "--regularizer", "dfr"],
     "simformer-dfr": ["--regularizer", "dfr"],
+    "simformer-part": ["--set", "loss.partition=true"],
 }
+#: Rows that score a model retrained on the pseudo labels of another row's model, initialised from it.
+FINETUNED = {"finetune": "simformer", "finetune-part": "simformer-part"}
 #: Pixels either side of a label edge that the boundary column scores (eval --boundary-band).
 BOUNDARY_BAND = 3
 #: Pairs whose paired difference the table reports: each is a claim the README or a note makes.
 COMPARISONS = [("comp", "wsmf"), ("simformer", "comp"), ("finetune", "simformer"), ("simformer", "cam"),
                ("finetune", "cam"),
-               ("wsmf-dfr", "wsmf"), ("simformer-dfr", "simformer")]
+               ("wsmf-dfr", "wsmf"), ("simformer-dfr", "simformer"),
+               ("simformer-part", "simformer"), ("finetune-part", "finetune")]
 
 
 @dataclass(frozen=True)
@@ -192,9 +205,9 @@ def chains_for(unit: str, split: Path, folder: Path, rows: list[str], subset: st
               *[part for item in overrides for part in ("--set", item)]]
     chains = []
     for row in rows:
-        if row == "finetune" and "simformer" in rows:
+        source = FINETUNED.get(row, row)
+        if source != row and source in rows:
             continue  # made by the chain that trains the one-stage model
-        source = "simformer" if row == "finetune" else row
         steps = oracle_iters if row == "oracle-conv" else iters
         home = folder
         if row.startswith("oracle"):
@@ -210,18 +223,19 @@ def chains_for(unit: str, split: Path, folder: Path, rows: list[str], subset: st
         model = home / f"{tag}.zarr"
         chain = Chain(f"{row}/{unit}", [simformer("train", "--out", model, *TRAIN_FLAGS[source], *common,
                                                   "--iters", steps)], 1)
-        if row not in ("cam", "finetune"):  # those rows score the retrained model only
+        if row != "cam" and row not in FINETUNED:  # those rows score the retrained model only
             commands, chain.scores[row] = score(model, split, subset, tag, home)
             chain.commands += commands
-        if row == "cam" or "finetune" in rows and source == "simformer":
-            target = "cam" if row == "cam" else "finetune"
+        finetuned = [other for other, start in FINETUNED.items() if start == source and other in rows]
+        if row == "cam" or finetuned:
+            target = "cam" if row == "cam" else finetuned[0]
             labels = home / f"{target}-pseudolabels.zarr"
             chain.commands.append(simformer("pseudolabel", "--model", model, "--split", split, "--out", labels,
                                             "--among", "image", "--device", "cpu", "--json", ">",
                                             home / f"{target}-pseudolabels.json"))
             chain.extras[target] = home / f"{target}-pseudolabels.json"
             retrained = home / f"{target}-retrained.zarr"
-            init = ["--init-from", model] if target == "finetune" else []
+            init = [] if target == "cam" else ["--init-from", model]
             chain.commands.append(simformer("retrain", "--split", split, "--pseudolabels", labels, "--out", retrained,
                                             *init, *common, "--iters", retrain_iters))
             commands, chain.scores[target] = score(retrained, split, subset, target, home)

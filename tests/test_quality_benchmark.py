@@ -58,3 +58,17 @@ def test_an_oracle_shared_across_splits_is_rescored_not_retrained(quality, tmp_p
     assert chains["oracle"].commands == [] and chains["oracle"].trainings == 0
     assert chains["oracle"].derived == {"oracle": (first / "oracle-1000" / "oracle-metrics-val.zarr", second)}
     assert {p.parent for p in outputs(chains["simformer"])} == {second.parent / "train0"}
+
+
+def test_each_retrained_row_rides_on_the_chain_of_the_model_it_starts_from(quality, tmp_path) -> None:
+    split = tmp_path / "split0" / "split.zarr"
+    chains = {c.name.split("/")[0]: c for c in plan(quality, split, 0, ["simformer", "finetune", "simformer-part",
+                                                                         "finetune-part"])}
+    assert set(chains) == {"simformer", "simformer-part"}
+    part = chains["simformer-part"]
+    assert set(part.scores) == {"simformer-part", "finetune-part"} and part.trainings == 2
+    train, retrain = (c for c in part.commands if c[3] in ("train", "retrain"))
+    assert "loss.partition=true" in train and retrain[retrain.index("--init-from") + 1] == str(train[train.index("--out") + 1])
+    # Asked for alone, a retrained row still trains its starting model, and scores only the retrained one.
+    alone = plan(quality, split, 0, ["finetune-part"])
+    assert [c.name.split("/")[0] for c in alone] == ["finetune-part"] and set(alone[0].scores) == {"finetune-part"}
