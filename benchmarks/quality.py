@@ -91,6 +91,52 @@ TRAIN_FLAGS = {
 }
 #: Rows that score a model retrained on the pseudo labels of another row's model, initialised from it.
 FINETUNED = {"finetune": "simformer", "finetune-part": "simformer-part"}
+#: A variant of a trained row: ``ROW+KEY=VALUE[+KEY=VALUE...]``, the row with those settings.
+VARIED = [row for row in TRAIN_FLAGS if not row.startswith("oracle") and row != "cam"]
+
+
+def base_row(row: str) -> str:
+    return row.partition("+")[0]
+
+
+def row_settings(row: str) -> list[str]:
+    return [item for item in row.split("+")[1:] if item]
+
+
+def row_label(row: str) -> str:
+    settings = row_settings(row)
+    return ROWS[base_row(row)] + (f" ({', '.join(settings)})" if settings else "")
+
+
+def row_tag(row: str) -> str:
+    """A row's artifact names: its variant's settings spelled safely for a file name."""
+    return row.replace("+", "_").replace("=", "-").replace("/", "-")
+
+
+def row_argument(text: str) -> str:
+    """--rows: a row name, or a variant of a trained row."""
+    base, settings = base_row(text), row_settings(text)
+    if base not in ROWS:
+        raise argparse.ArgumentTypeError(f"unknown row {base!r}; choose from {', '.join(ROWS)}")
+    if "+" in text and (base not in VARIED or not settings or any("=" not in item for item in settings)):
+        raise argparse.ArgumentTypeError(f"{text!r}: a variant is ROW+KEY=VALUE[+KEY=VALUE...] of one of "
+                                         f"{', '.join(VARIED)}")
+    return text
+
+
+def ordered(rows: list[str]) -> list[str]:
+    """The table's order: ROWS' order, each variant after its row."""
+    return sorted(dict.fromkeys(rows), key=lambda row: (list(ROWS).index(base_row(row)), "+" in row, row))
+
+
+def comparisons_of(rows: list[str]) -> list[tuple[str, str]]:
+    """The paired comparisons of these rows: COMPARISONS, and each variant against its row and
+    against what its row is compared with."""
+    pairs = [(a, b) for a, b in COMPARISONS if a in rows and b in rows]
+    for variant in (row for row in rows if "+" in row):
+        base = base_row(variant)
+        pairs += [(variant, other) for other in [base] + [b for a, b in COMPARISONS if a == base] if other in rows]
+    return pairs
 #: Pixels either side of a label edge that the boundary column scores (eval --boundary-band).
 BOUNDARY_BAND = 3
 #: Pairs whose paired difference the table reports: each is a claim the README or a note makes.
@@ -219,10 +265,11 @@ def chains_for(unit: str, split: Path, folder: Path, rows: list[str], subset: st
                 chains.append(Chain(f"{row}/{unit}", [], 0, derived={row: (shared, split)}))
                 continue
             home.mkdir(parents=True, exist_ok=True)
-        tag = "oracle" if row.startswith("oracle") else source
+        tag = "oracle" if row.startswith("oracle") else row_tag(source)
         model = home / f"{tag}.zarr"
-        chain = Chain(f"{row}/{unit}", [simformer("train", "--out", model, *TRAIN_FLAGS[source], *common,
-                                                  "--iters", steps)], 1)
+        variant = [part for item in row_settings(source) for part in ("--set", item)]
+        chain = Chain(f"{row}/{unit}", [simformer("train", "--out", model, *TRAIN_FLAGS[base_row(source)], *common,
+                                                  *variant, "--iters", steps)], 1)
         if row != "cam" and row not in FINETUNED:  # those rows score the retrained model only
             commands, chain.scores[row] = score(model, split, subset, tag, home)
             chain.commands += commands
@@ -344,7 +391,7 @@ def table(runs: dict[str, dict[tuple, dict]], rows: list[str], split_seeds: list
             mine = [r["novel_miou"] for (split_seed, _), r in results.items() if split_seed == seed]
             per_split.append(f"{statistics.fmean(mine):.1f}" if mine else "-")
         cells.append(" / ".join(per_split))
-        lines.append(f"| {ROWS[row]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row_label(row)} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -436,7 +483,9 @@ def main() -> None:
     parser.add_argument("--protocol", choices=list(PROTOCOLS), default="tuning")
     parser.add_argument("--split-seeds", type=int, nargs="+", default=None, help="instead of the protocol's")
     parser.add_argument("--train-seeds", type=int, nargs="+", default=None, help="instead of the protocol's")
-    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=DEFAULT_ROWS)
+    parser.add_argument("--rows", nargs="+", type=row_argument, default=DEFAULT_ROWS, metavar="ROW",
+                        help=f"rows: {', '.join(ROWS)}; or ROW+KEY=VALUE[+KEY=VALUE...], a variant of one of "
+                             f"{', '.join(VARIED)} (e.g. simformer-dfr+loss.dfr_weight=5)")
     parser.add_argument("--iters", type=int, default=1000, help="training steps of every row (the tiny preset's)")
     parser.add_argument("--retrain-iters", type=int, default=None, help="steps of the retraining rows (default --iters)")
     parser.add_argument("--oracle-iters", type=int, default=4000, help="steps of the converged oracle (from --curve)")
@@ -504,11 +553,11 @@ def main() -> None:
            "confusion matrix is scored under every split's classes; its sd over splits is the spread between "
            "class choices, not between trainings."),
         "",
-        *table(runs, [row for row in ROWS if row in args.rows], split_seeds),
+        *table(runs, ordered(args.rows), split_seeds),
         "",
     ]
-    comparisons = [f"- {ROWS[a]} vs {ROWS[b]}: {paired(novel(runs, a), novel(runs, b))}"
-                   for a, b in COMPARISONS if runs.get(a) and runs.get(b)]
+    comparisons = [f"- {row_label(a)} vs {row_label(b)}: {paired(novel(runs, a), novel(runs, b))}"
+                   for a, b in comparisons_of(ordered(args.rows)) if runs.get(a) and runs.get(b)]
     if comparisons:
         lines += ["Paired differences of novel mIoU (same split and training seed), mean and 95% interval:", "",
                   *comparisons]

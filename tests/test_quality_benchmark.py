@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import sys
 from pathlib import Path
@@ -72,3 +73,17 @@ def test_each_retrained_row_rides_on_the_chain_of_the_model_it_starts_from(quali
     # Asked for alone, a retrained row still trains its starting model, and scores only the retrained one.
     alone = plan(quality, split, 0, ["finetune-part"])
     assert [c.name.split("/")[0] for c in alone] == ["finetune-part"] and set(alone[0].scores) == {"finetune-part"}
+
+
+def test_a_row_variant_trains_with_its_settings_under_its_own_name_and_is_compared_with_its_row(quality, tmp_path):
+    variant = quality.row_argument("simformer-dfr+loss.dfr_weight=5+loss.dfr_points=64")
+    chains = plan(quality, tmp_path / "split0" / "split.zarr", 0, ["simformer", "simformer-dfr", variant])
+    train = chains[2].commands[0]
+    assert train[train.index("--out") + 1].endswith("simformer-dfr_loss.dfr_weight-5_loss.dfr_points-64.zarr")
+    assert "--regularizer" in train and train[-4:-2] == ["--set", "loss.dfr_points=64"]
+    assert quality.row_label(variant) == "SimFormer one-stage + DFR regularizer (loss.dfr_weight=5, loss.dfr_points=64)"
+    assert quality.comparisons_of(quality.ordered([variant, "simformer-dfr", "simformer"])) == [
+        ("simformer-dfr", "simformer"), (variant, "simformer-dfr"), (variant, "simformer")]
+    for bad in ("cam+loss.x=1", "oracle+loss.x=1", "simformer+", "simformer+loss.partition", "nothing"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            quality.row_argument(bad)
