@@ -9,11 +9,17 @@ forward+backward. Usage::
 
     python benchmarks/train_step.py --out BENCHMARKS.md [--steps 30] [--images 400] [--workers N] [--set KEY=VALUE]
     python benchmarks/train_step.py --preset paper --steps 3 --out BENCHMARKS.md   # ResNet-50, 512 crops
+    python benchmarks/train_step.py --split runs/camvid/split.zarr --out BENCHMARKS.md  # a split of real images
+    python benchmarks/train_step.py --preset paper --device cuda --steps 20 --out BENCHMARKS.md  # bf16 on a GPU
+
+On CUDA the step runs under bf16 autocast as ``simformer train`` does, every mark waits for the GPU
+(so the parts add up to the step), and the peak is the GPU's allocated memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import resource
 import sys
 import tempfile
@@ -58,16 +64,33 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--images", type=int, default=400, help="synthetic training images to sample from")
     parser.add_argument("--preset", choices=["tiny", "paper"], default="tiny")
+    parser.add_argument("--split", type=Path, default=None,
+                        help="train on this split's training images instead of a synthetic split of --images")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--section", default=None, help="BENCHMARKS.md section to write (default from preset/device)")
+    parser.add_argument("--title", default=None, help="added to the section's heading, e.g. the data's name")
     parser.add_argument("--workers", type=int, default=None,
                         help="data-loading worker processes (default: simformer train's default)")
     parser.add_argument("--no-cache", action="store_true", help="read every sample from the split (no sample cache)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="KEY=VALUE training setting, as for simformer train --set")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here")
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+
+    def now() -> float:  # a GPU's work is asynchronous: a mark waits for it
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     with tempfile.TemporaryDirectory() as tmp:
-        split_path = run_split(dataset="synthetic", out=Path(tmp) / "split.zarr",
-                               synthetic=SyntheticSettings(train_images=args.images, val_images=10)).path
+        split_path = args.split or run_split(dataset="synthetic", out=Path(tmp) / "split.zarr",
+                                             synthetic=SyntheticSettings(train_images=args.images, val_images=10)).path
         split = SplitArtifact(split_path)
+        images = split.count("train")
         settings = resolve_settings(split, preset=args.preset, method="simformer", iters=args.steps, batch_size=None,
                                     seed=0, lr=None)
         settings = TrainSettings.model_validate(apply_overrides(settings.model_dump(), args.overrides))
@@ -84,8 +107,8 @@ def main() -> None:
                                    accumulation=1)
         batches = iter(DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers))
         torch.manual_seed(0)
-        model = build_model(settings.model)
-        criterion = build_criterion(settings.model, settings.loss, novel_classes=split.manifest.novel_classes)
+        model = build_model(settings.model).to(device)
+        criterion = build_criterion(settings.model, settings.loss, novel_classes=split.manifest.novel_classes).to(device)
         module = torch.nn.ModuleList([model, criterion])
         optimizer = build_optimizer(module, settings.optim)
         # Hooks time the pair losses (similarity net + distillation) and, inside them, the
@@ -98,59 +121,72 @@ def main() -> None:
                  "similarity net backward": 0.0, "segmenter backward": 0.0, "optimiser": 0.0}
         pair_marks: list[float] = []
         net_marks: list[float] = []
-        criterion.pair_losses.register_forward_pre_hook(lambda *_: pair_marks.append(time.perf_counter()))
-        criterion.pair_losses.register_forward_hook(lambda *_: pair_marks.append(time.perf_counter()))
-        criterion.pair_losses.simnet.register_forward_pre_hook(lambda *_: net_marks.append(time.perf_counter()))
-        criterion.pair_losses.simnet.register_forward_hook(lambda *_: net_marks.append(time.perf_counter()))
+        criterion.pair_losses.register_forward_pre_hook(lambda *_: pair_marks.append(now()))
+        criterion.pair_losses.register_forward_hook(lambda *_: pair_marks.append(now()))
+        criterion.pair_losses.simnet.register_forward_pre_hook(lambda *_: net_marks.append(now()))
+        criterion.pair_losses.simnet.register_forward_hook(lambda *_: net_marks.append(now()))
         for step in range(args.steps + warmup):
-            marks = [time.perf_counter()]
+            if step == warmup and device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            marks = [now()]
             batch = next(batches)
-            marks.append(time.perf_counter())
-            outputs = model(normalize_images(batch.images))
-            marks.append(time.perf_counter())
+            targets = [target.to(device) for target in batch.targets]
+            marks.append(now())
+            with autocast():
+                outputs = model(normalize_images(batch.images.to(device)))
+            marks.append(now())
             leaves, fresh, cut = _cut_at_outputs(outputs)
             pair_marks.clear()
             net_marks.clear()
-            losses = criterion(cut, batch.targets, torch.Generator().manual_seed(step))
-            end_forward = time.perf_counter()
+            with autocast():
+                losses = criterion(cut, targets, torch.Generator().manual_seed(step))
+            end_forward = now()
             pair_seconds = pair_marks[1] - pair_marks[0]
             net_seconds = sum(end - begin for begin, end in zip(net_marks[::2], net_marks[1::2]))
             marks += [end_forward - pair_seconds, end_forward - net_seconds, end_forward]
             total_loss({k: v for k, v in losses.items() if k != "loss_sim"}).backward()
-            marks.append(time.perf_counter())
+            marks.append(now())
             losses["loss_sim"].backward()
-            marks.append(time.perf_counter())
+            marks.append(now())
             torch.autograd.backward(leaves, [torch.zeros_like(f) if f.grad is None else f.grad for f in fresh])
-            marks.append(time.perf_counter())
+            marks.append(now())
             if settings.optim.grad_clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(module.parameters(), settings.optim.grad_clip_norm)
             optimizer.step()
             clear_gradients(optimizer)
-            marks.append(time.perf_counter())
+            marks.append(now())
             if step >= warmup:
                 for name, begin, end in zip(parts, marks, marks[1:]):
                     parts[name] += end - begin
     total = sum(parts.values())
     per_step = total / args.steps
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = (f"Peak GPU memory (allocated): **{torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB** "
+            f"on {torch.cuda.get_device_name(device)}, bf16 autocast {'on' if bf16 else 'off'}."
+            if device.type == "cuda" else f"Peak memory (max RSS of the process): **{peak_mib:.0f} MiB**.")
     rows = [(name, f"{seconds / args.steps * 1000:.0f}", f"{seconds / total:.0%}") for name, seconds in parts.items()]
     segmenter = parts["segmenter forward"] + parts["segmenter backward"]
     networks = segmenter + parts["similarity net forward"] + parts["similarity net backward"]
     overrides = "".join(f" --set {item}" for item in args.overrides)
+    where = "CPU" if device.type == "cpu" else "GPU"
+    data = f"the {images} training images of the split {args.split}" if args.split else f"{images} synthetic images"
     lines = [
-        f"## Training step ({args.preset} preset, CPU)",
+        f"## Training step ({args.preset} preset, {where}{', ' + args.title if args.title else ''})",
         "",
         f"Command: `python benchmarks/train_step.py{' --preset ' + args.preset if args.preset != 'tiny' else ''} "
-        f"--steps {args.steps} --images {args.images}"
-        f"{'' if args.workers is None else f' --workers {args.workers}'}{' --no-cache' if args.no_cache else ''}"
+        f"--steps {args.steps}" + (f" --split {args.split}" if args.split else f" --images {args.images}")
+        + (f" --device {args.device}" if args.device != "cpu" else "")
+        + (f" --title '{args.title}' --section {args.section}" if args.section else "")
+        + f"{'' if args.workers is None else f' --workers {args.workers}'}{' --no-cache' if args.no_cache else ''}"
         f"{overrides}`  ",
-        f"Machine: {machine_line()}, {torch.get_num_threads()} torch threads. Batch {settings.batch_size} "
+        f"Machine: {machine_line()}, {torch.get_num_threads()} torch threads. Data: {data}. "
+        f"Batch {settings.batch_size} "
         f"(4 pairs) of {settings.augment.crop}x{settings.augment.crop} crops, mean of {args.steps} steps after "
         f"{warmup} warm-up steps; mask losses "
         + ("over every pixel" if settings.loss.mask_points is None else f"on {settings.loss.mask_points} points per mask")
         + f"; {workers} data-loading worker process{'es' if workers != 1 else ''}"
         + ("; no sample cache." if args.no_cache else
-           f"; sample cache on: the {args.images} images " + (f"fit, read once by shards in {preload_seconds:.2f} s before "
+           f"; sample cache on: the {images} images " + (f"fit, read once by shards in {preload_seconds:.2f} s before "
            "the first step (not in the table)." if preloaded else "do not all fit; kept as read.")),
         "",
         "| part of the step | ms | share |",
@@ -160,10 +196,10 @@ def main() -> None:
         "",
         f"Images/s: **{settings.batch_size / per_step:.1f}**. Share of the step in the segmenter's own forward + "
         f"backward: **{segmenter / total:.0%}**; with the similarity net (a network of the method too, trained "
-        f"beside the segmenter): **{networks / total:.0%}**. "
-        f"Peak memory (max RSS of the process): **{peak_mib:.0f} MiB**.",
+        f"beside the segmenter): **{networks / total:.0%}**. " + peak,
     ]
-    publish(lines, args.out, "train_step" if args.preset == "tiny" else f"train_step_{args.preset}")
+    section = args.section or ("train_step" if args.preset == "tiny" else f"train_step_{args.preset}")
+    publish(lines, args.out, section + ("_cuda" if device.type == "cuda" and not args.section else ""))
 
 
 if __name__ == "__main__":
