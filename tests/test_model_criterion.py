@@ -324,3 +324,20 @@ def test_novel_partition_settings_are_recorded_only_when_it_is_on():
     on = LossSettings(partition=True).model_dump()
     assert on["partition"] is True and on["partition_presence_share"] == 0.01
     assert "partition_overlap_weight" in LossSettings().model_dump(context={"every_setting": True})
+
+
+def test_novel_mil_term_reads_the_image_labels_of_weak_images_only():
+    settings = LossSettings(similarity=False, distillation=False, novel_mil=True, novel_mil_share=0.25,
+                            novel_mil_weight=3.0)
+    criterion = SetCriterion(num_classes=NUM_CLASSES, mask_dim=8, novel_classes=NOVEL, settings=settings)
+    outputs = _hand_outputs(size=8)
+    targets = [weak_targets(0, 16, [4], pad_columns=4), weak_targets(1, 16, [], pad_columns=4)]
+    losses = criterion(outputs, targets, torch.Generator())
+    assert set(losses) == LAYER_TERMS | {"loss_mil"}
+    scores = torch.einsum("qn,qp->np", outputs["pred_logits"][0].softmax(-1)[:, NOVEL],
+                          outputs["pred_masks"][0].sigmoid().flatten(1))  # image 0: novel 4 present, 5 absent
+    region = torch.zeros(8, 8, dtype=torch.bool)
+    region[4:, 4:6] = True
+    inside = scores[:, region.flatten()]
+    expected = -inside[0].sort(descending=True).values[:2].mean().log() - torch.log1p(-inside[1]).mean()
+    torch.testing.assert_close(losses["loss_mil"], 3.0 * expected)

@@ -12,6 +12,7 @@ from simformer_cli.model.losses import (
     balanced_binary_cross_entropy,
     dice_loss,
     distillation_loss,
+    novel_mil_terms,
     overlap_terms,
     presence_terms,
     sigmoid_focal_loss,
@@ -159,3 +160,19 @@ def test_presence_is_low_for_a_mask_that_claims_part_of_its_region_and_high_for_
     assert terms[2].item() == pytest.approx(-math.log(0.01), rel=1e-4)
     empty = presence_terms(probs[:1], torch.zeros(1, 100, dtype=torch.bool), share=0.1)
     assert empty.item() == 0.0
+
+
+def test_novel_mil_rewards_present_classes_peaking_and_absent_ones_vanishing_in_the_region():
+    region = torch.tensor([[True, True, True, True, False]])
+    present, absent = torch.tensor([[True, False]]), torch.tensor([[False, True]])
+    right = torch.tensor([[[0.9, 0.9, 0.1, 0.1, 0.0], [0.0, 0.0, 0.0, 0.0, 0.9]]])  # absent class only outside
+    wrong = torch.tensor([[[0.1, 0.1, 0.1, 0.1, 0.9], [0.9, 0.9, 0.9, 0.9, 0.0]]])
+    good = novel_mil_terms(right, region, present, absent, share=0.5)
+    assert good.item() == pytest.approx(-math.log(0.9) - math.log(1 - 1e-6), abs=1e-4)
+    bad = novel_mil_terms(wrong, region, present, absent, share=0.5)
+    assert bad.item() == pytest.approx(-math.log(0.1) - math.log(0.1), rel=1e-4)
+    # Nothing present or absent, or no region: nothing to learn, but still a graph.
+    scores = torch.full_like(right, 0.2).requires_grad_(True)
+    assert novel_mil_terms(scores, torch.zeros_like(region), present, absent, share=0.5).item() == 0.0
+    novel_mil_terms(scores, region, present, absent, share=0.5).backward()
+    assert scores.grad[0, 1, :4].gt(0).all() and scores.grad[0, 1, 4] == 0  # absent: pushed down inside only

@@ -75,16 +75,21 @@ def test_regularizer_through_the_cli_is_logged_and_recorded(cli, synthetic_split
     assert manifest.params.settings.loss.regularizer == "none" and "loss_dfr" not in manifest.summary.final_losses
 
 
-def test_novel_partition_through_the_cli_is_logged_and_recorded(cli, synthetic_split: Path, tmp_path: Path) -> None:
-    out = tmp_path / "partition.zarr"
+@pytest.mark.parametrize(("switch", "setting", "terms"), [
+    ("loss.partition=true", ("partition_presence_share", 0.05), ("loss_overlap", "loss_presence")),
+    ("loss.novel_mil=true", ("novel_mil_share", 0.05), ("loss_mil",)),
+])
+def test_naming_terms_through_the_cli_are_logged_and_recorded(cli, synthetic_split: Path, tmp_path: Path, switch: str,
+                                                              setting: tuple[str, float], terms: tuple[str, ...]) -> None:
+    out = tmp_path / "named.zarr"
     result = cli("train", "--split", synthetic_split, "--out", out, "--iters", "2", "--batch-size", "4",
-                 "--device", "cpu", "--set", "loss.partition=true", "--set", "loss.partition_presence_share=0.05")
+                 "--device", "cpu", "--set", switch, "--set", f"loss.{setting[0]}={setting[1]}")
     assert result.code == 0, result.err
     manifest, _, _ = open_artifact(out, ModelManifest)
     loss = manifest.params.settings.loss
-    assert (loss.partition, loss.partition_presence_share, loss.partition_overlap_weight) == (True, 0.05, 1.0)
+    assert getattr(loss, switch.split(".")[1].split("=")[0]) is True and getattr(loss, setting[0]) == setting[1]
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    assert all(np.isfinite(record["loss_overlap"]) and record["loss_presence"] > 0 for record in log)
+    assert all(np.isfinite(record[term]) and record[term] != 0 for record in log for term in terms)
 
 
 class Interrupt(Exception):

@@ -7,6 +7,7 @@ For the last decoder layer and, with deep supervision, every earlier one ("_aux{
                 normalised by the number of such targets in the batch;
 - "loss_comp":  the complementary loss of images with maskless (novel) targets;
 - "loss_overlap", "loss_presence": with ``partition``, the novel partition of those images.
+For the last layer, with ``novel_mil``: "loss_mil", the image-label MIL term on the novel scores.
 For the last layer only, with the batch laid out as image pairs: "loss_sim" (similarity net on
 base pixels) and "loss_distill" (its judgement distilled into novel-class scores). With
 ``regularizer="dfr"``, for the last layer: "loss_dfr", the regularized loss of model/regularizer.py.
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 from simformer_cli.model.losses import (
     complementary_terms,
     dice_loss,
+    novel_mil_terms,
     overlap_terms,
     presence_terms,
     sigmoid_focal_loss,
@@ -74,6 +76,7 @@ class SetCriterion(nn.Module):
             focal_alpha=settings.focal_alpha,
             focal_gamma=settings.focal_gamma,
         )
+        self.register_buffer("novel_classes", torch.as_tensor(list(novel_classes), dtype=torch.int64), persistent=False)
         class_weights = torch.ones(num_classes + 1)
         class_weights[-1] = settings.no_object_weight
         self.register_buffer("class_weights", class_weights, persistent=False)
@@ -131,9 +134,28 @@ class SetCriterion(nn.Module):
             losses["loss_sim"] = self.settings.sim_weight * pair_losses["loss_sim"]
             if "loss_distill" in pair_losses:
                 losses["loss_distill"] = self.settings.distill_weight * pair_losses["loss_distill"]
+        if self.settings.novel_mil:
+            losses["loss_mil"] = self.settings.novel_mil_weight * self._novel_mil(
+                outputs["pred_logits"], outputs["pred_masks"], targets)
         if self.settings.regularizer == "dfr":
             losses["loss_dfr"] = self.settings.dfr_weight * self._regularizer(outputs, targets, generator, images)
         return losses
+
+    def _novel_mil(self, pred_logits: Tensor, pred_masks: Tensor, targets: Sequence[ImageTargets]) -> Tensor:
+        """The image-label MIL term of the last layer on the novel classes' semantic scores
+        S_n = sum_q softmax(z_q)[n] sigmoid(m_q), inside each weak image's non-base region."""
+        device = pred_masks.device
+        novel = self.novel_classes.to(device)
+        weak = [i for i, target in enumerate(targets) if not bool(target.has_mask.all())]
+        if not weak or not len(novel):
+            return pred_masks.sum() * 0
+        logits, masks = pred_logits[weak].float(), pred_masks[weak].float()
+        classes = logits.softmax(-1)[..., novel]  # (W, Q, N)
+        scores = torch.einsum("bqn,bqp->bnp", classes, masks.sigmoid().flatten(2))
+        non_base = torch.stack([(targets[i].base_label < 0) & ~targets[i].pad for i in weak]).float().to(device)
+        region = F.interpolate(non_base[:, None], size=tuple(masks.shape[-2:]), mode="area").flatten(1) > 0.5
+        labelled = torch.stack([torch.isin(novel, targets[i].image_classes.to(device)) for i in weak])
+        return novel_mil_terms(scores, region, labelled, ~labelled, self.settings.novel_mil_share)
 
     def _regularizer(self, outputs: Mapping[str, Tensor | list[dict[str, Tensor]]], targets: Sequence[ImageTargets],
                      generator: torch.Generator, images: Tensor | None) -> Tensor:

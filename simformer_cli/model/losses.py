@@ -1,5 +1,5 @@
 """Pure loss functions of the SimFormer objective: focal, dice, complementary, novel partition,
-similarity, distillation.
+novel MIL, similarity, distillation.
 
 No state, no randomness, no matching: each takes tensors and returns a loss, so each can be
 checked against hand-computed values.
@@ -70,6 +70,30 @@ def presence_terms(probs: Tensor, region: Tensor, share: float) -> Tensor:
     ranked = torch.where(region.bool(), probs, torch.zeros_like(probs)).sort(dim=-1, descending=True).values
     top = ranked.cumsum(-1).gather(-1, (wanted - 1)[:, None])[:, 0] / wanted
     return torch.where(inside > 0, -torch.log(top.clamp(min=1e-6)), torch.zeros_like(top))
+
+
+def novel_mil_terms(scores: Tensor, region: Tensor, present: Tensor, absent: Tensor, share: float) -> Tensor:
+    """The image-label multiple-instance term of a batch: scores (B, N, P) of the novel classes in
+    [0, 1], region (B, P) bool, present and absent (B, N) bool -> a scalar, the mean over present
+    (image, class) of -log(the mean of the class's ``share`` highest scores in the region) plus the
+    mean over absent ones of the mean over the region of -log(1 - score). Images with an empty
+    region count for nothing."""
+    scores = scores.clamp(1e-6, 1 - 1e-6)
+    batch, classes, _ = scores.shape
+    inside = region[:, None, :].expand(-1, classes, -1).reshape(batch * classes, -1)
+    flat = scores.reshape(batch * classes, -1)
+    positive = presence_terms(flat, inside, share).view(batch, classes)
+    counts = region.sum(-1, keepdim=True).to(scores.dtype)
+    negative = (-torch.log1p(-scores) * region[:, None, :]).sum(-1) / counts.clamp(min=1.0)
+    has_region = counts > 0
+    present, absent = present & has_region, absent & has_region
+    zero = scores.sum() * 0
+    total = zero
+    if bool(present.any()):
+        total = total + positive[present].mean()
+    if bool(absent.any()):
+        total = total + negative[absent].mean()
+    return total
 
 
 def balanced_binary_cross_entropy(

@@ -105,6 +105,13 @@ class LossSettings(BaseModel):
     partition_overlap_weight: float = Field(1.0, ge=0.0, le=MAX_WEIGHT)
     partition_presence_weight: float = Field(0.5, ge=0.0, le=MAX_WEIGHT)
     partition_presence_share: float = Field(0.01, gt=0.0, le=1.0)
+    # Image-label multiple-instance term on the novel classes' semantic scores (ours, off by default):
+    # in each image with novel targets, a novel class absent from its image-level label scores
+    # near 0 on every non-base pixel (-log(1 - S)), and each present one scores near 1 on its best
+    # novel_mil_share of them (-log of their mean). Last decoder layer, at the masks' resolution.
+    novel_mil: bool = False
+    novel_mil_weight: float = Field(1.0, ge=0.0, le=MAX_WEIGHT)
+    novel_mil_share: float = Field(0.05, gt=0.0, le=1.0)
     # Pixel-pixel similarity net and its base loss (section 4.5); final layer, image pairs.
     similarity: bool = True
     sim_weight: float = Field(1.0, ge=0.0, le=MAX_WEIGHT)
@@ -146,20 +153,19 @@ class LossSettings(BaseModel):
     @model_serializer(mode="wrap")
     def _omit_options_when_off(self, handler: SerializerFunctionWrapHandler,
                                info: SerializationInfo) -> dict[str, Any]:
-        """Without the regularizer or the novel partition their settings are left out, so that
+        """Without the regularizer, the novel partition or the novel MIL term their settings are left out, so that
         every manifest, digest and resume key of a run that does not use them stays what it was
         before the options existed (``context={"every_setting": True}`` keeps them: what ``--set``
         may name)."""
         data = handler(self)
         if (info.context or {}).get("every_setting"):
             return data
-        off = [prefix for prefix, on in (("dfr_", self.regularizer != "none"), ("partition_", self.partition)) if not on]
-        for key in [key for key in data if any(key.startswith(prefix) for prefix in off)]:
-            del data[key]
-        if self.regularizer == "none":
-            del data["regularizer"]
-        if not self.partition:
-            del data["partition"]
+        options = {"regularizer": ("dfr_", self.regularizer != "none"), "partition": ("partition_", self.partition),
+                   "novel_mil": ("novel_mil_", self.novel_mil)}
+        for switch, (prefix, on) in options.items():
+            if not on:
+                for key in [key for key in data if key == switch or key.startswith(prefix)]:
+                    del data[key]
         return data
 
     @property

@@ -67,7 +67,8 @@ def resolve_settings(
     # Settings of an option that is off would do nothing and not even be recorded.
     options = (("loss.dfr_", resolved.loss.regularizer == "none", "the regularizer",
                 "add --regularizer dfr (or --set loss.regularizer=dfr)"),
-               ("loss.partition_", not resolved.loss.partition, "the novel partition", "add --set loss.partition=true"))
+               ("loss.partition_", not resolved.loss.partition, "the novel partition", "add --set loss.partition=true"),
+               ("loss.novel_mil_", not resolved.loss.novel_mil, "the novel MIL term", "add --set loss.novel_mil=true"))
     for prefix, off, what, fix in options:
         unused = [item for item in overrides if item.partition("=")[0].strip().startswith(prefix)]
         if off and unused:
