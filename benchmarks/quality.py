@@ -416,7 +416,7 @@ def run_units(args: argparse.Namespace, setting: Setting, kind: str, split_seeds
                                      oracle_iters=oracle_iters, retrain_iters=args.retrain_iters or iters,
                                      overrides=args.overrides, oracle_from=oracle_from)
     cores = len(os.sched_getaffinity(0))
-    threads = max(1, cores // args.parallel)
+    threads = args.threads or max(1, cores // args.parallel)
     print(f"{len(chains)} chains, {args.parallel} at a time, {threads} torch thread(s) each; log {log}",
           file=sys.stderr)
     run_chains(chains, args.parallel, threads, log)
@@ -494,6 +494,9 @@ def main() -> None:
     parser.add_argument("--curve", type=int, nargs="+", default=None,
                         help="instead of the table: the oracle's learning curve at these budgets (tuning splits)")
     parser.add_argument("--parallel", type=int, default=2, help="chains run at once")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per chain (default: the cores shared among --parallel chains); give "
+                             "fewer when something else runs beside the benchmark")
     parser.add_argument("--camvid-root", type=Path, default=REPO.parent / "shared" / "data" / "camvid")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE for every training")
     parser.add_argument("--workdir", type=Path, default=None)
