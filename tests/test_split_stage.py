@@ -248,3 +248,27 @@ def test_a_test_subset_and_held_out_training_images(cli, tmp_path: Path) -> None
         assert result.code == 0 and json.loads(result.out)["num_images"] == {"test": 3, "holdout": 2}[subset]
     refused = cli("split", "--dataset", "folder", "--root", root, "--holdout", "5", "--out", tmp_path / "x.zarr")
     assert refused.code == 2 and "--holdout 5" in refused.err and len(refused.err.strip().splitlines()) == 1
+
+
+def test_a_synthetic_split_generates_in_a_folder_of_its_own_and_clears_those_of_dead_splits(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from simformer_cli.settings.synthetic import SyntheticSettings
+
+    out = tmp_path / "split.zarr"
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        # A split generating beside this one (another live process) and one killed outright.
+        (tmp_path / f".split.zarr.synthetic-source-{live.pid}" / "images").mkdir(parents=True)
+        (tmp_path / f".split.zarr.synthetic-source-{dead.pid}" / "images").mkdir(parents=True)
+        run_split(dataset="synthetic", out=out, synthetic=SyntheticSettings(train_images=8, val_images=4, image_size=32),
+                  workers=1)
+        left = sorted(path.name for path in tmp_path.iterdir() if "synthetic-source" in path.name)
+        assert left == [f".split.zarr.synthetic-source-{live.pid}"]  # the live one's work is not touched
+        assert (out / "manifest.json").is_file()
+    finally:
+        live.kill()
+        live.wait()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,9 +140,12 @@ def run_split(
         if existing is not None and not force and existing.params == params:
             reporter.info(f"{out}: up to date (same settings), skipping; pass --force to rebuild")
             return StageResult(existing, read_manifest(out, SplitManifest)[1], out, True)
-        source = out.absolute().parent / f".{out.name}.synthetic-source"
+        # The generated files go to a folder of this process's own: a second split of the same
+        # --out generates beside it and is refused when it comes to write (the artifact's lock).
+        source = out.absolute().parent / f".{out.name}.synthetic-source-{os.getpid()}"
         check_output_path(out, "split")  # refuse before generating, not after
         try:
+            remove_dead_sources(out)
             shutil.rmtree(source, ignore_errors=True)
             source.mkdir(parents=True)
         except OSError as exc:
@@ -167,6 +172,29 @@ def run_split(
     raw = own.raw if own is not None else load_dataset(dataset, sources)
     where = raw.root if DATASETS[dataset].load_files is not None else datasets_root(root)
     return _build(raw, params, out, existing, force, workers, reporter, dataset_root=str(where.absolute()), own=own)
+
+
+def remove_dead_sources(out: Path) -> None:
+    """Delete the generated-source folders that splits killed outright (SIGKILL) left beside
+    ``out``: those whose process is gone."""
+    pattern = re.compile(re.escape(f".{out.name}.synthetic-source-") + r"(\d+)")
+    parent = out.absolute().parent
+    if not parent.is_dir():
+        return
+    for path in parent.iterdir():
+        match = pattern.fullmatch(path.name)
+        if match and path.is_dir() and not path.is_symlink() and not process_alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 @dataclass(frozen=True)
