@@ -74,6 +74,7 @@ def test_numeric_training_options_out_of_range(refusals: Refusals, shared, tmp_p
     ("set-regularizer-setting-while-off", "loss.dfr_weight=2", "--regularizer dfr"),
     ("set-partition-setting-while-off", "loss.partition_presence_share=0.1", "loss.partition=true"),
     ("set-novel-mil-setting-while-off", "loss.novel_mil_weight=2", "loss.novel_mil=true"),
+    ("set-elimination-setting-while-off", "loss.elimination_share=0.1", "loss.elimination=true"),
 ])
 def test_absurd_set_overrides(refusals: Refusals, shared, tmp_path: Path, case: str, setting: str,
                               fragment: str) -> None:  # noqa: ANN001

@@ -33,8 +33,9 @@ from simformer_cli.model.losses import (
     presence_terms,
     sigmoid_focal_loss,
 )
+from simformer_cli.model.elimination import EliminationMemory, elimination_terms, unit_features
 from simformer_cli.model.matcher import HungarianMatcher, small_target_masks
-from simformer_cli.model.pair_losses import PairLosses
+from simformer_cli.model.pair_losses import PairLosses, sample_regions
 from simformer_cli.model.points import point_sample, shared_uncertain_points
 from simformer_cli.model.regularizer import dfr_loss
 from simformer_cli.settings.model import LossSettings, ModelSettings
@@ -84,6 +85,9 @@ class SetCriterion(nn.Module):
             PairLosses(mask_dim=mask_dim, novel_classes=novel_classes, settings=settings)
             if settings.similarity
             else None
+        )
+        self.elimination = (
+            EliminationMemory(len(novel_classes), settings.elimination_memory, mask_dim) if settings.elimination else None
         )
 
     def forward(
@@ -137,6 +141,8 @@ class SetCriterion(nn.Module):
         if self.settings.novel_mil:
             losses["loss_mil"] = self.settings.novel_mil_weight * self._novel_mil(
                 outputs["pred_logits"], outputs["pred_masks"], targets)
+        if self.elimination is not None:
+            losses["loss_elim"] = self.settings.elimination_weight * self._elimination(outputs, targets, generator)
         if self.settings.regularizer == "dfr":
             losses["loss_dfr"] = self.settings.dfr_weight * self._regularizer(outputs, targets, generator, images)
         return losses
@@ -156,6 +162,35 @@ class SetCriterion(nn.Module):
         region = F.interpolate(non_base[:, None], size=tuple(masks.shape[-2:]), mode="area").flatten(1) > 0.5
         labelled = torch.stack([torch.isin(novel, targets[i].image_classes.to(device)) for i in weak])
         return novel_mil_terms(scores, region, labelled, ~labelled, self.settings.novel_mil_share)
+
+    def _elimination(self, outputs: Mapping[str, Tensor | list[dict[str, Tensor]]], targets: Sequence[ImageTargets],
+                     generator: torch.Generator) -> Tensor:
+        """Naming by elimination on the last layer (model/elimination.py): the mean over images with
+        novel targets of their term; then every image's sampled features join the memories of
+        the novel classes its label lacks."""
+        assert self.elimination is not None
+        masks, logits = outputs["pred_masks"].float(), outputs["pred_logits"].float()
+        features = outputs["mask_features"].flatten(2)
+        device = masks.device
+        novel = self.novel_classes.to(device)
+        non_base = torch.stack([(t.base_label < 0) & ~t.pad for t in targets]).float().to(device)
+        region = F.interpolate(non_base[:, None], size=tuple(masks.shape[-2:]), mode="area").flatten(1) > 0.5
+        points = sample_regions(region[:, None], self.settings.elimination_points, generator)
+        terms, updates = [], []
+        for image, target in enumerate(targets):
+            if int(points[image, 0]) < 0:
+                continue  # no non-base pixel in this crop
+            present = torch.isin(novel, target.image_classes.to(device))
+            unit = unit_features(features[image], points[image])
+            if present.any() and not bool(target.has_mask.all()):
+                scores = logits[image].softmax(-1)[:, novel].T @ masks[image].flatten(1)[:, points[image]].sigmoid()
+                terms.append(elimination_terms(self.elimination.similarity(unit), scores, present,
+                                               self.settings.elimination_share))
+            updates.append((unit, (~present).nonzero().flatten().tolist()))
+        for unit, absent in updates:  # after every term: no image is compared with itself
+            for cls in absent:
+                self.elimination.add(cls, unit)
+        return torch.stack(terms).mean() if terms else masks.sum() * 0
 
     def _regularizer(self, outputs: Mapping[str, Tensor | list[dict[str, Tensor]]], targets: Sequence[ImageTargets],
                      generator: torch.Generator, images: Tensor | None) -> Tensor:

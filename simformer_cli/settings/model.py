@@ -112,6 +112,15 @@ class LossSettings(BaseModel):
     novel_mil: bool = False
     novel_mil_weight: float = Field(1.0, ge=0.0, le=MAX_WEIGHT)
     novel_mil_share: float = Field(0.05, gt=0.0, le=1.0)
+    # Naming by elimination across images (ours, off by default; model/elimination.py): per novel
+    # class, a memory of non-base pixel features from images whose label lacks it; in images that
+    # have it, the sampled pixels most alike that memory are pushed off the class, the least alike
+    # towards it. Last decoder layer.
+    elimination: bool = False
+    elimination_weight: float = Field(1.0, ge=0.0, le=MAX_WEIGHT)
+    elimination_memory: int = Field(2048, ge=64, le=1_000_000, description="features kept per novel class")
+    elimination_points: int = Field(128, ge=2, le=4096, description="non-base pixels sampled per image")
+    elimination_share: float = Field(0.25, gt=0.0, le=0.5)
     # Pixel-pixel similarity net and its base loss (section 4.5); final layer, image pairs.
     similarity: bool = True
     sim_weight: float = Field(1.0, ge=0.0, le=MAX_WEIGHT)
@@ -153,7 +162,7 @@ class LossSettings(BaseModel):
     @model_serializer(mode="wrap")
     def _omit_options_when_off(self, handler: SerializerFunctionWrapHandler,
                                info: SerializationInfo) -> dict[str, Any]:
-        """Without the regularizer, the novel partition or the novel MIL term their settings are left out, so that
+        """Without the regularizer or a naming term (partition, novel MIL, elimination) their settings are left out, so that
         every manifest, digest and resume key of a run that does not use them stays what it was
         before the options existed (``context={"every_setting": True}`` keeps them: what ``--set``
         may name)."""
@@ -161,7 +170,7 @@ class LossSettings(BaseModel):
         if (info.context or {}).get("every_setting"):
             return data
         options = {"regularizer": ("dfr_", self.regularizer != "none"), "partition": ("partition_", self.partition),
-                   "novel_mil": ("novel_mil_", self.novel_mil)}
+                   "novel_mil": ("novel_mil_", self.novel_mil), "elimination": ("elimination_", self.elimination)}
         for switch, (prefix, on) in options.items():
             if not on:
                 for key in [key for key in data if key == switch or key.startswith(prefix)]:

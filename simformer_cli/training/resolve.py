@@ -68,7 +68,9 @@ def resolve_settings(
     options = (("loss.dfr_", resolved.loss.regularizer == "none", "the regularizer",
                 "add --regularizer dfr (or --set loss.regularizer=dfr)"),
                ("loss.partition_", not resolved.loss.partition, "the novel partition", "add --set loss.partition=true"),
-               ("loss.novel_mil_", not resolved.loss.novel_mil, "the novel MIL term", "add --set loss.novel_mil=true"))
+               ("loss.novel_mil_", not resolved.loss.novel_mil, "the novel MIL term", "add --set loss.novel_mil=true"),
+               ("loss.elimination_", not resolved.loss.elimination, "naming by elimination",
+                "add --set loss.elimination=true"))
     for prefix, off, what, fix in options:
         unused = [item for item in overrides if item.partition("=")[0].strip().startswith(prefix)]
         if off and unused:
