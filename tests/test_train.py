@@ -99,17 +99,20 @@ class Interrupt(Exception):
     pass
 
 
-def test_interrupted_then_resumed_equals_uninterrupted(synthetic_split: Path, tmp_path: Path) -> None:
-    straight = run_train(split=synthetic_split, out=tmp_path / "straight.zarr", **TRAIN)
+@pytest.mark.parametrize("overrides", [(), ("loss.elimination=true",)], ids=["default", "elimination-memory"])
+def test_interrupted_then_resumed_equals_uninterrupted(synthetic_split: Path, tmp_path: Path,
+                                                       overrides: tuple[str, ...]) -> None:
+    train = {**TRAIN, "overrides": overrides}  # the elimination memory is state that must resume too
+    straight = run_train(split=synthetic_split, out=tmp_path / "straight.zarr", **train)
 
     def stop_at_three(done: int) -> None:
         if done == 3:
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        run_train(split=synthetic_split, out=tmp_path / "resumed.zarr", reporter=OnTrainingStep(stop_at_three), **TRAIN)
+        run_train(split=synthetic_split, out=tmp_path / "resumed.zarr", reporter=OnTrainingStep(stop_at_three), **train)
     assert not (tmp_path / "resumed.zarr").exists()
-    resumed = run_train(split=synthetic_split, out=tmp_path / "resumed.zarr", resume=True, **TRAIN)
+    resumed = run_train(split=synthetic_split, out=tmp_path / "resumed.zarr", resume=True, **train)
     assert resumed.manifest.summary.resumed_from == 2
     assert_same_weights(tmp_path / "straight.zarr", tmp_path / "resumed.zarr")
     log = (tmp_path / "resumed.zarr" / "train_log.jsonl").read_text().splitlines()
