@@ -22,7 +22,6 @@ import ctypes
 import json
 import math
 import multiprocessing
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -109,10 +108,9 @@ def generate_synthetic(
     chunks = list(_chunks(settings))
     done = 0
     if workers > 0 and len(chunks) > 1:
-        # fork where it is safe: the workers touch no threads or locks, and spawn would re-run
-        # the caller's main module; elsewhere spawn
-        method = "fork" if sys.platform == "linux" else "spawn"
-        with multiprocessing.get_context(method).Pool(min(workers, len(chunks)), _keep_freed_memory) as pool:
+        # Spawned, never forked: a fork copies the locks other threads of the caller hold (a
+        # progress display's refresh thread, say), and a worker that needs one waits forever.
+        with multiprocessing.get_context("spawn").Pool(min(workers, len(chunks)), _keep_freed_memory) as pool:
             jobs = [(out_dir, settings, *chunk) for chunk in chunks]
             for finished in pool.imap_unordered(_write_chunk, jobs):
                 done += finished
