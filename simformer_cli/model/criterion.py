@@ -158,8 +158,7 @@ class SetCriterion(nn.Module):
         logits, masks = pred_logits[weak].float(), pred_masks[weak].float()
         classes = logits.softmax(-1)[..., novel]  # (W, Q, N)
         scores = torch.einsum("bqn,bqp->bnp", classes, masks.sigmoid().flatten(2))
-        non_base = torch.stack([(targets[i].base_label < 0) & ~targets[i].pad for i in weak]).float().to(device)
-        region = F.interpolate(non_base[:, None], size=tuple(masks.shape[-2:]), mode="area").flatten(1) > 0.5
+        region = _non_base_region([targets[i] for i in weak], tuple(masks.shape[-2:]), device)
         labelled = torch.stack([torch.isin(novel, targets[i].image_classes.to(device)) for i in weak])
         return novel_mil_terms(scores, region, labelled, ~labelled, self.settings.novel_mil_share)
 
@@ -173,8 +172,7 @@ class SetCriterion(nn.Module):
         features = outputs["mask_features"].flatten(2)
         device = masks.device
         novel = self.novel_classes.to(device)
-        non_base = torch.stack([(t.base_label < 0) & ~t.pad for t in targets]).float().to(device)
-        region = F.interpolate(non_base[:, None], size=tuple(masks.shape[-2:]), mode="area").flatten(1) > 0.5
+        region = _non_base_region(targets, tuple(masks.shape[-2:]), device)
         points = sample_regions(region[:, None], self.settings.elimination_points, generator)
         terms, updates = [], []
         for image, target in enumerate(targets):
@@ -249,8 +247,7 @@ class SetCriterion(nn.Module):
         device = pred_masks.device
         layer, image = rows.layer[novel].to(device), rows.image[novel].to(device)
         probs = pred_masks[layer, image, rows.query[novel].to(device)].sigmoid().flatten(1)  # (n, h*w)
-        non_base = torch.stack([(t.base_label < 0) & ~t.pad for t in targets]).float().to(device)  # (B, H, W)
-        region = F.interpolate(non_base[:, None], size=tuple(pred_masks.shape[-2:]), mode="area").flatten(1) > 0.5
+        region = _non_base_region(targets, tuple(pred_masks.shape[-2:]), device)
         presence = zero.index_add(0, layer, presence_terms(probs, region[image], self.settings.partition_presence_share))
         presence = presence / torch.bincount(layer, minlength=layers).clamp(min=1)
         # One group per (layer, image); images without novel targets have only the zero row.
@@ -346,6 +343,13 @@ class SetCriterion(nn.Module):
                                         dice_weight=settings.dice_weight, alpha=settings.focal_alpha,
                                         gamma=settings.focal_gamma)
         return zero.index_add(0, group_layer.to(device), per_group) / (len(unknown) + 1e-5)
+
+
+def _non_base_region(targets: Sequence[ImageTargets], size: tuple[int, int], device: torch.device) -> Tensor:
+    """(B, h*w) bool: the pixels of the masks' grid that are mostly neither base-labelled nor
+    padding (area-downsampled), where the naming terms look."""
+    non_base = torch.stack([(t.base_label < 0) & ~t.pad for t in targets]).float().to(device)
+    return F.interpolate(non_base[:, None], size=size, mode="area").flatten(1) > 0.5
 
 
 def _union_table(row_group: Tensor, groups: int) -> Tensor:
