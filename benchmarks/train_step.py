@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import resource
 import sys
 import tempfile
@@ -74,6 +75,8 @@ def main() -> None:
     parser.add_argument("--no-cache", action="store_true", help="read every sample from the split (no sample cache)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="KEY=VALUE training setting, as for simformer train --set")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON line (ms per step, images/s, threads) instead of the table")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -160,6 +163,10 @@ def main() -> None:
                     parts[name] += end - begin
     total = sum(parts.values())
     per_step = total / args.steps
+    if args.json:
+        print(json.dumps({"step_ms": per_step * 1000, "images_per_s": settings.batch_size / per_step,
+                          "threads": torch.get_num_threads(), "batch": settings.batch_size}))
+        return
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     peak = (f"Peak GPU memory (allocated): **{torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB** "
             f"on {torch.cuda.get_device_name(device)}, bf16 autocast {'on' if bf16 else 'off'}."
