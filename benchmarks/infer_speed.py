@@ -18,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _tables import machine_line, publish  # noqa: E402
 
+from simformer_cli.inference.predict import BATCH_IMAGES  # noqa: E402
 from simformer_cli.settings.synthetic import SyntheticSettings  # noqa: E402
 from simformer_cli.pipeline.infer import run_infer  # noqa: E402
 from simformer_cli.pipeline.split import run_split  # noqa: E402
@@ -45,8 +46,9 @@ def main() -> None:
         "## Inference (tiny preset, CPU)",
         "",
         "Command: `python benchmarks/infer_speed.py`  ",
-        f"Machine: {machine_line()}. 300 synthetic validation images of 128x128, one image per forward pass "
-        "(the views of one image are batched), label maps written to the predictions artifact.",
+        f"Machine: {machine_line()}. 300 synthetic validation images of 128x128, up to "
+        f"{BATCH_IMAGES} images of one size per forward pass with all their views, label maps written to the "
+        "predictions artifact.",
         "",
         "| test-time views | images | seconds | images/s |",
         "|---|---|---|---|",

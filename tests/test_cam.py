@@ -143,7 +143,7 @@ def test_scorer_gives_refined_scores_to_image_novel_classes_only(synthetic_split
     novel = set(split.manifest.novel_classes)
     with_novel = [i for i in range(split.count("train")) if novel & set(np.flatnonzero(split.image_labels("train")[i]))]
     for index in (with_novel[0], next(i for i in range(split.count("train")) if i not in with_novel)):
-        scores = scorer(index, split.image("train", index))
+        scores = scorer.one(index, split.image("train", index))
         candidates = sorted(novel & set(np.flatnonzero(split.image_labels("train")[index]).tolist()))
         assert scores.shape == (split.num_classes, *split.sizes("train")[index])
         others = [c for c in range(split.num_classes) if c not in candidates]

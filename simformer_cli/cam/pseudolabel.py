@@ -15,6 +15,7 @@ without novel classes keeps its weak label.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -45,7 +46,8 @@ def refine_cams(cams: Tensor, embedding: Tensor, settings: CamSettings) -> Tenso
 
 
 class CamScorer:
-    """``scorer(index, image)`` -> (K, H, W) float32 scores of a train image (see the module doc)."""
+    """``scorer(indices, images)`` -> (K, H, W) float32 scores of each train image (see the module
+    doc); ``scorer.one(index, image)`` for one."""
 
     def __init__(self, network: CamNet, split: SplitArtifact, settings: CamSettings, test_time: TestTimeSettings,
                  runtime: Runtime) -> None:
@@ -82,8 +84,11 @@ class CamScorer:
                     embedding = outputs["embedding"]
         return total, embedding
 
+    def __call__(self, indices: Sequence[int], images: Sequence[np.ndarray]) -> list[Tensor]:
+        return [self.one(index, image) for index, image in zip(indices, images)]
+
     @torch.no_grad()
-    def __call__(self, index: int, image: np.ndarray) -> Tensor:
+    def one(self, index: int, image: np.ndarray) -> Tensor:
         height, width = image.shape[:2]
         scores = torch.full((self.candidates.shape[1], height, width), NOT_A_CANDIDATE)
         classes = torch.from_numpy(np.flatnonzero(self.candidates[index]))

@@ -18,42 +18,68 @@ from simformer_cli.devices import Runtime
 from simformer_cli.model import SIZE_DIVISOR, MaskFormer, normalize_images, semantic_scores
 from simformer_cli.settings.test_time import TestTimeSettings
 
+#: Images of one size that share a forward pass (their views too), at most this many and at most
+#: this many pixels together: small images batched run faster than one by one, large ones gain
+#: little and would only take memory.
+BATCH_IMAGES = 8
+BATCH_PIXELS = 2**20
+
+
 @torch.no_grad()
 def predict_scores(
     model: MaskFormer, images: Sequence[np.ndarray], settings: TestTimeSettings, device: torch.device,
-    autocast_dtype: torch.dtype | None = None,
+    autocast_dtype: torch.dtype | None = None, batch_images: int = BATCH_IMAGES,
 ) -> list[torch.Tensor]:
-    """(K, H, W) float32 scores for each (H, W, 3) uint8 image; images may differ in size."""
-    results = []
-    for image in images:
-        height, width = image.shape[:2]
-        tensor = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None].to(device).float()
-        total = None
-        views = 0
-        for scale in settings.scales:
-            vh, vw = settings.view_size(height, width, scale)
-            resized = F.interpolate(tensor, size=(vh, vw), mode="bilinear", align_corners=False)
-            ph, pw = -(-vh // SIZE_DIVISOR) * SIZE_DIVISOR, -(-vw // SIZE_DIVISOR) * SIZE_DIVISOR
-            views_in = [resized, resized.flip(-1)] if settings.flip else [resized]
-            batch = torch.cat([F.pad(normalize_images(v), (0, pw - vw, 0, ph - vh)) for v in views_in])
-            with torch.autocast(device_type=device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                outputs = model(batch)
-            scores = semantic_scores(outputs["pred_logits"], outputs["pred_masks"])  # (V, K, ph/4, pw/4)
-            scores = F.interpolate(scores, size=(ph, pw), mode="bilinear", align_corners=False)[..., :vh, :vw]
-            if settings.flip:
-                scores = torch.stack([scores[0], scores[1].flip(-1)])
-            scores = F.interpolate(scores, size=(height, width), mode="bilinear", align_corners=False).sum(0)
-            total = scores if total is None else total + scores
-            views += 2 if settings.flip else 1
-        results.append((total / views).float())
-    return results
+    """(K, H, W) float32 scores for each (H, W, 3) uint8 image; images may differ in size. Images
+    of the same size go through the network together, up to ``batch_images`` (and
+    ``BATCH_PIXELS``) at a time."""
+    results: list[torch.Tensor | None] = [None] * len(images)
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for position, image in enumerate(images):
+        by_size.setdefault(image.shape[:2], []).append(position)
+    for (height, width), positions in by_size.items():
+        per_batch = max(1, min(batch_images, BATCH_PIXELS // (height * width)))
+        for start in range(0, len(positions), per_batch):
+            chunk = positions[start : start + per_batch]
+            stacked = np.stack([np.asarray(images[k], dtype=np.uint8) for k in chunk])
+            tensor = torch.from_numpy(stacked).permute(0, 3, 1, 2).to(device).float()
+            for position, scores in zip(chunk, _scores_of_same_size(model, tensor, settings, device, autocast_dtype)):
+                results[position] = scores
+    return results  # type: ignore[return-value]
+
+
+def _scores_of_same_size(
+    model: MaskFormer, tensor: torch.Tensor, settings: TestTimeSettings, device: torch.device,
+    autocast_dtype: torch.dtype | None,
+) -> torch.Tensor:
+    """(N, K, H, W) scores of (N, 3, H, W) float images of one size, averaged over the views."""
+    count, _, height, width = tensor.shape
+    total = None
+    views = 0
+    for scale in settings.scales:
+        vh, vw = settings.view_size(height, width, scale)
+        resized = F.interpolate(tensor, size=(vh, vw), mode="bilinear", align_corners=False)
+        ph, pw = -(-vh // SIZE_DIVISOR) * SIZE_DIVISOR, -(-vw // SIZE_DIVISOR) * SIZE_DIVISOR
+        views_in = [resized, resized.flip(-1)] if settings.flip else [resized]
+        batch = torch.cat([F.pad(normalize_images(v), (0, pw - vw, 0, ph - vh)) for v in views_in])
+        with torch.autocast(device_type=device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            outputs = model(batch)
+        scores = semantic_scores(outputs["pred_logits"], outputs["pred_masks"])  # (V * N, K, ph/4, pw/4)
+        scores = F.interpolate(scores, size=(ph, pw), mode="bilinear", align_corners=False)[..., :vh, :vw]
+        if settings.flip:
+            scores = scores[:count] + scores[count:].flip(-1)
+        scores = F.interpolate(scores, size=(height, width), mode="bilinear", align_corners=False)
+        total = scores if total is None else total + scores
+        views += 2 if settings.flip else 1
+    return (total / views).float()
 
 
 class MaskFormerScorer:
-    """``scorer(index, image)`` -> (K, H, W) float32 semantic scores of a MaskFormer under ``test_time``."""
+    """``scorer(indices, images)`` -> (K, H, W) float32 semantic scores of each image, from a
+    MaskFormer under ``test_time``."""
 
     def __init__(self, model: MaskFormer, test_time: TestTimeSettings, runtime: Runtime) -> None:
         self.model, self.test_time, self.runtime = model, test_time, runtime
 
-    def __call__(self, index: int, image: np.ndarray) -> torch.Tensor:
-        return predict_scores(self.model, [image], self.test_time, self.runtime.device, self.runtime.autocast_dtype)[0]
+    def __call__(self, indices: Sequence[int], images: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        return predict_scores(self.model, images, self.test_time, self.runtime.device, self.runtime.autocast_dtype)

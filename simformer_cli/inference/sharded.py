@@ -30,7 +30,10 @@ from simformer_cli.settings.labels import label_dtype_for
 DONE_DIR = ".done"
 M = TypeVar("M", bound=ManifestBase)
 LabelRule = Callable[[int, torch.Tensor], np.ndarray]  # (image index, (K, H, W) scores) -> label map
-ImageScorer = Callable[[int, np.ndarray], torch.Tensor]  # (image index, (H, W, 3) image) -> (K, H, W) scores
+# (image indices, their (H, W, 3) images) -> (K, H, W) scores of each
+ImageScorer = Callable[[Sequence[int], Sequence[np.ndarray]], list[torch.Tensor]]
+#: Images handed to the scorer at once (it may batch those of one size).
+SCORER_IMAGES = 8
 
 
 class ImageSource(Protocol):
@@ -113,13 +116,14 @@ def _predict_shards(job: PredictionJob, layout: SubsetLayout, staging: Path, run
     with reporter.task("predicting", sum(len(r) for r in todo)) as advance:
         for shard in todo:
             labels, scores = [], []
-            for index in shard:
-                score = job.scorer(index, job.source.image(index))
-                labels.append(job.label_rule(index, score).astype(job.label_dtype))
-                if scores_array is not None:
-                    small = torch.nn.functional.avg_pool2d(score[None], SCORE_STRIDE, ceil_mode=True)[0]
-                    scores.append(small.half().cpu().numpy())
-                advance(1)
+            for start in range(shard.start, shard.stop, SCORER_IMAGES):
+                indices = range(start, min(start + SCORER_IMAGES, shard.stop))
+                for index, score in zip(indices, job.scorer(indices, [job.source.image(i) for i in indices])):
+                    labels.append(job.label_rule(index, score).astype(job.label_dtype))
+                    if scores_array is not None:
+                        small = torch.nn.functional.avg_pool2d(score[None], SCORE_STRIDE, ceil_mode=True)[0]
+                        scores.append(small.half().cpu().numpy())
+                advance(len(indices))
             write_shard_block(labels_array, shard.start, labels, job.ignore_index)
             if scores_array is not None:
                 _write_scores(scores_array, shard.start, scores)
