@@ -169,13 +169,16 @@ class LossSettings(BaseModel):
         data = handler(self)
         if (info.context or {}).get("every_setting"):
             return data
-        options = {"regularizer": ("dfr_", self.regularizer != "none"), "partition": ("partition_", self.partition),
-                   "novel_mil": ("novel_mil_", self.novel_mil), "elimination": ("elimination_", self.elimination)}
-        for switch, (prefix, on) in options.items():
+        for switch, (prefix, on) in self.optional_terms().items():
             if not on:
                 for key in [key for key in data if key == switch or key.startswith(prefix)]:
                     del data[key]
         return data
+
+    def optional_terms(self) -> dict[str, tuple[str, bool]]:
+        """Each optional term's switch -> (the prefix of its settings, whether it is on)."""
+        return {"regularizer": ("dfr_", self.regularizer != "none"), "partition": ("partition_", self.partition),
+                "novel_mil": ("novel_mil_", self.novel_mil), "elimination": ("elimination_", self.elimination)}
 
     @property
     def needs_pairs(self) -> bool:

@@ -17,6 +17,15 @@ from simformer_cli.settings.training import (
 )
 
 
+#: An optional loss term's switch -> (its name, how to turn it on), for refusing its settings while it is off.
+_OFF_TERMS = {
+    "regularizer": ("the regularizer", "add --regularizer dfr (or --set loss.regularizer=dfr)"),
+    "partition": ("the novel partition", "add --set loss.partition=true"),
+    "novel_mil": ("the novel MIL term", "add --set loss.novel_mil=true"),
+    "elimination": ("naming by elimination", "add --set loss.elimination=true"),
+}
+
+
 def resolve_settings(
     split: SplitArtifact, *, preset: PresetName, method: Method, iters: int | None, batch_size: int | None,
     seed: int | None, lr: float | None, overrides: Sequence[str] = (), world_size: int = 1,
@@ -65,15 +74,10 @@ def resolve_settings(
             raise UserError(f"--set {typed[-1]}: {message}") from None
         raise UserError(f"training settings: {where + ': ' if where else ''}{message}") from None
     # Settings of an option that is off would do nothing and not even be recorded.
-    options = (("loss.dfr_", resolved.loss.regularizer == "none", "the regularizer",
-                "add --regularizer dfr (or --set loss.regularizer=dfr)"),
-               ("loss.partition_", not resolved.loss.partition, "the novel partition", "add --set loss.partition=true"),
-               ("loss.novel_mil_", not resolved.loss.novel_mil, "the novel MIL term", "add --set loss.novel_mil=true"),
-               ("loss.elimination_", not resolved.loss.elimination, "naming by elimination",
-                "add --set loss.elimination=true"))
-    for prefix, off, what, fix in options:
-        unused = [item for item in overrides if item.partition("=")[0].strip().startswith(prefix)]
-        if off and unused:
+    for switch, (prefix, on) in resolved.loss.optional_terms().items():
+        unused = [item for item in overrides if item.partition("=")[0].strip().startswith(f"loss.{prefix}")]
+        if not on and unused:
+            what, fix = _OFF_TERMS[switch]
             raise UserError(f"--set {unused[0]}: {what} is off, so this setting would do nothing; {fix}")
     problem = batch_problem(resolved.batch_size, world_size, resolved.loss.needs_pairs)
     if problem:
