@@ -65,6 +65,60 @@ def test_rule_keeps_only_image_level_novel_classes_and_pastes_base(trained) -> N
     assert PseudoLabelRule(FakeSplit(split, weak, present=[0]), None, "image")(0, scores).tolist() == [[0, 255, 255, 255]]
 
 
+def test_quantile_rule_lets_a_class_that_scores_low_everywhere_take_its_best_pixels(trained) -> None:  # noqa: ANN001
+    split = SplitArtifact(trained[1])  # novel {3 car, 4 person}
+    weak = np.array([[0, 255, 255, 255]], dtype=np.uint8)
+    scores = torch.zeros(6, 1, 4)
+    scores[3, 0] = torch.tensor([0.0, 0.90, 0.80, 0.85])  # car: high everywhere
+    scores[4, 0] = torch.tensor([0.0, 0.10, 0.40, 0.05])  # person: low, but highest at pixel 2
+    fake = FakeSplit(split, weak, present=[0, 3, 4])
+    assert PseudoLabelRule(fake, None, "image")(0, scores).tolist() == [[0, 3, 3, 3]]
+    # Over the training images, car scores 0.7-0.95 and person 0-0.5: at pixel 2, person's 0.40
+    # is in its top fifth and car's 0.80 in its lower half.
+    quantiles = {3: np.linspace(0.7, 0.95, 11), 4: np.linspace(0.0, 0.5, 11)}
+    assert PseudoLabelRule(fake, None, "quantile", quantiles)(0, scores).tolist() == [[0, 3, 4, 3]]
+    # min_score still judges the chosen class's own score, not its quantile
+    assert PseudoLabelRule(fake, 0.5, "quantile", quantiles)(0, scores).tolist() == [[0, 3, 255, 3]]
+    with pytest.raises(ValueError, match="quantiles"):
+        PseudoLabelRule(fake, None, "quantile")
+
+
+def test_class_quantiles_rank_each_class_on_the_images_that_have_it(trained) -> None:  # noqa: ANN001
+    from simformer_cli.inference.pseudolabel import QUANTILE_POINTS, class_quantiles
+    from simformer_cli.progress import SilentReporter
+
+    split = SplitArtifact(trained[1])
+    novel = split.manifest.novel_classes
+    seen = []
+
+    def constant(indices, images):  # noqa: ANN001, ANN202  class c scores c / 10 + the image's index / 1000
+        seen.extend(indices)
+        return [torch.arange(6.0)[:, None, None].expand(6, *image.shape[:2]) / 10 + index / 1000
+                for index, image in zip(indices, images)]
+
+    tables = class_quantiles(split, constant, SilentReporter(), batch=2)
+    present = split.image_labels("train")
+    assert seen == [i for i in range(split.count("train")) if present[i, novel].any()]
+    for c in novel:
+        having = np.flatnonzero(present[:, c])
+        table = tables[c]
+        assert len(table) <= QUANTILE_POINTS and np.all(np.diff(table) >= 0)
+        assert np.isclose(table[0], c / 10 + having.min() / 1000) and np.isclose(table[-1], c / 10 + having.max() / 1000)
+
+
+def test_pseudolabel_among_quantile_through_the_cli(cli, trained, tmp_path: Path) -> None:  # noqa: ANN001
+    _, split, model = trained
+    result = cli("pseudolabel", "--model", model, "--split", split, "--out", tmp_path / "q.zarr", "--among", "quantile",
+                 "--device", "cpu", "--json")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["params"]["among"] == "quantile"
+    artifact, reader = SplitArtifact(split), PseudoLabelReader(tmp_path / "q.zarr")
+    for index in range(artifact.count("train")):
+        label, weak = reader(index), artifact.label("train", index)
+        allowed = set(np.flatnonzero(artifact.image_labels("train")[index])) & {3, 4}
+        assert set(np.unique(label[weak == 255])) <= allowed | {255}
+
+
 def test_pseudolabels_report_quality_and_feed_retraining(cli, trained, tmp_path: Path) -> None:  # noqa: ANN001
     _, split, model = trained
     out = tmp_path / "pl.zarr"

@@ -24,7 +24,9 @@ class PseudoLabelParams(Frozen):
     min_score: float | None = Field(None, ge=0.0, le=1.0, description="novel pixels scoring lower become ignore")
     among: Among = Field(
         "all", description="all: argmax over all classes, kept where it is one of the image's novel classes (the "
-                           "paper); image: pixels without base ground truth take the best of the image's novel classes")
+                           "paper); image: pixels without base ground truth take the best of the image's novel classes; "
+                           "quantile: the same, each class's scores first ranked among its own scores on the "
+                           "training images that have it")
 
 
 class PseudoLabelSummary(Frozen):

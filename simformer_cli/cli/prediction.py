@@ -68,7 +68,9 @@ def pseudolabel(
                                                             "a CAM model's own cam.min_score).")] = None,
     among: Annotated[Among, choice("--among", Among, help="all: argmax over all classes, kept if a novel class of the "
                                                           "image (the paper); image: pixels without base ground truth "
-                                                          "take the best novel class of the image.")] = "all",
+                                                          "take the best novel class of the image; quantile: the same after ranking each class's "
+                                                          "scores among its own on the training images that have it (for "
+                                                          "novel classes that appear together).")] = "all",
     device: DeviceOption = "auto",
     threads: options.ThreadsOption = None,
     force: ForceOption = False,

@@ -8,6 +8,7 @@ quality measure reports the novel pseudo labels' mIoU against the full train lab
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,11 @@ class PseudoLabelRule:
     CAM baseline uses too.
     """
 
-    def __init__(self, split: SplitArtifact, min_score: float | None, among: str = "all") -> None:
+    def __init__(self, split: SplitArtifact, min_score: float | None, among: str = "all",
+                 quantiles: dict[int, np.ndarray] | None = None) -> None:
+        if among == "quantile" and quantiles is None:
+            raise ValueError("among='quantile' needs the classes' quantiles (class_quantiles)")
+        self.quantiles = quantiles or {}
         manifest = split.manifest
         self.split = split
         self.ignore = manifest.ignore_index
@@ -42,10 +47,14 @@ class PseudoLabelRule:
     def __call__(self, index: int, scores: torch.Tensor) -> np.ndarray:
         allowed = self.is_novel & self.split.image_labels("train")[index]
         weak = self.split.label("train", index)  # base pixels carry their class, all else is ignore
-        if self.among == "image":
+        if self.among in ("image", "quantile"):
             classes = np.flatnonzero(allowed)
             if len(classes):
-                best, position = scores[torch.from_numpy(classes).to(scores.device)].max(0)
+                chosen = scores[torch.from_numpy(classes).to(scores.device)]
+                ranked = chosen if self.among == "image" else torch.stack(
+                    [quantile_of(self.quantiles[c], row) for c, row in zip(classes, chosen)])
+                position = ranked.argmax(0)
+                best = chosen.gather(0, position[None])[0]
                 predicted = classes[position.cpu().numpy()]
                 keep = np.ones(predicted.shape, dtype=bool)
             else:
@@ -61,6 +70,49 @@ class PseudoLabelRule:
         base = weak != self.ignore
         label[base] = weak[base]
         return label
+
+
+#: Scores kept per class for its quantiles: every image's share is thinned to at most
+#: ``QUANTILE_PER_IMAGE`` evenly spaced pixels, the pooled scores to ``QUANTILE_POINTS``.
+QUANTILE_PER_IMAGE = 2048
+QUANTILE_POINTS = 4096
+
+
+def quantile_of(table: np.ndarray, scores: torch.Tensor) -> torch.Tensor:
+    """The quantile (0..1) of each score among the sorted ``table`` (linear between its points)."""
+    levels = np.linspace(0.0, 1.0, len(table))
+    ranked = np.interp(scores.detach().cpu().numpy().ravel(), table, levels).reshape(scores.shape)
+    return torch.from_numpy(ranked).to(scores.device)
+
+
+def class_quantiles(
+    split: SplitArtifact, score_many: Callable[[Sequence[int], Sequence[np.ndarray]], list[torch.Tensor]],
+    reporter: Reporter, batch: int = 8,
+) -> dict[int, np.ndarray]:
+    """Per novel class, the sorted scores (thinned to ``QUANTILE_POINTS``) it gets on the pixels
+    without base ground truth of every training image whose image-level label has it: the table
+    ``among="quantile"`` ranks that class's scores in. Deterministic: evenly spaced pixels, no draws."""
+    manifest = split.manifest
+    novel = np.asarray(manifest.novel_classes)
+    present = split.image_labels("train")
+    images = [i for i in range(split.count("train")) if present[i, novel].any()]
+    pooled: dict[int, list[np.ndarray]] = {int(c): [] for c in novel}
+    with reporter.task("ranking each novel class's scores", len(images)) as advance:
+        for start in range(0, len(images), batch):
+            indices = images[start : start + batch]
+            for index, scores in zip(indices, score_many(indices, [split.image("train", i) for i in indices])):
+                open_pixels = torch.from_numpy(split.label("train", index) == manifest.ignore_index)
+                for c in novel[present[index, novel]]:
+                    values = scores[int(c)].cpu()[open_pixels].numpy()
+                    step = max(1, -(-len(values) // QUANTILE_PER_IMAGE))
+                    pooled[int(c)].append(values[::step])
+            advance(len(indices))
+    tables = {}
+    for c, parts in pooled.items():
+        values = np.sort(np.concatenate(parts)) if parts else np.zeros(1, dtype=np.float32)
+        positions = np.linspace(0, len(values) - 1, min(len(values), QUANTILE_POINTS)).round().astype(int)
+        tables[c] = values[positions].astype(np.float64)
+    return tables
 
 
 def measure_quality(staging: Path, split: SplitArtifact, seconds: float, reporter: Reporter) -> PseudoLabelSummary:

@@ -13,9 +13,10 @@ from simformer_cli.artifacts.pseudolabels import PseudoLabelParams, PseudoLabels
 from simformer_cli.artifacts.split import SplitArtifact
 from simformer_cli.cam.pseudolabel import CamScorer
 from simformer_cli.data.images import SplitImages
+from simformer_cli.devices import broadcast_object
 from simformer_cli.errors import UserError
 from simformer_cli.inference.predict import MaskFormerScorer
-from simformer_cli.inference.pseudolabel import PseudoLabelRule, measure_quality
+from simformer_cli.inference.pseudolabel import PseudoLabelRule, class_quantiles, measure_quality
 from simformer_cli.inference.sharded import PredictionJob, run_prediction_job
 from simformer_cli.pipeline.stage import StageResult, load_model, running_on, up_to_date, warn_if_busy
 from simformer_cli.progress import Reporter
@@ -60,9 +61,13 @@ def run_pseudolabel(
         classes = split_artifact.manifest
         scorer = (MaskFormerScorer(network, test_time, runtime) if cam is None  # type: ignore[arg-type]
                   else CamScorer(network, split_artifact, cam, test_time, runtime))  # type: ignore[arg-type]
+        quantiles = None
+        if among == "quantile":  # every rank ranks the same way: rank 0 computes, the others receive
+            quantiles = broadcast_object(runtime, class_quantiles(split_artifact, scorer, reporter)
+                                         if runtime.is_main else None)
         job = PredictionJob(source=SplitImages(split_artifact, "train"), scorer=scorer,
                             num_classes=len(classes.class_names), ignore_index=classes.ignore_index,
-                            label_rule=PseudoLabelRule(split_artifact, min_score, among))
+                            label_rule=PseudoLabelRule(split_artifact, min_score, among, quantiles))
 
         def make_manifest(staging: Path, arrays: dict[str, ArraySpec], seconds: float) -> PseudoLabelsManifest:
             return PseudoLabelsManifest(

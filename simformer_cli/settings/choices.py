@@ -11,6 +11,6 @@ DeviceChoice = Literal["auto", "cpu", "cuda"]
 SubsetName = Literal["train", "val", "test", "holdout"]
 #: Which classes a pixel's pseudo label is chosen among: all (the argmax over every class, kept where
 #: it is one of the image's novel classes: the paper) or image (the best of the image's novel classes).
-Among = Literal["all", "image"]
+Among = Literal["all", "image", "quantile"]
 #: Where the pipeline's retraining starts: the one-stage model's weights, or the preset's initialisation (the paper).
 RetrainStart = Literal["one-stage", "scratch"]
