@@ -127,6 +127,10 @@ def oversubscription(threads: int, cores: int, busy: float | None) -> str | None
     if busy is None or busy + threads <= cores + 0.5:
         return None
     share = max(1, cores - round(busy))
+    if threads <= share:  # already as small as it can be: the advice would be to do what it does
+        return (f"this machine is busy (other processes keep about {busy:.1f} of its {cores} cores working): "
+                f"this process's {threads} torch thread(s) will share the cores with them, so its steps will be "
+                "slower than on a quiet machine")
     return (f"this machine is busy (other processes keep about {busy:.1f} of its {cores} cores working) and "
             f"{threads} torch thread(s) more will compete with them, which can make each step many times "
             f"slower; give each process its share of the cores: --threads {share} (or OMP_NUM_THREADS={share})")
