@@ -26,6 +26,12 @@ and, not by default::
     simformer-part        SimFormer one-stage + the novel partition (loss.partition)
     finetune-part         that model + retraining
 
+and variants ``ROW+KEY=VALUE[+KEY=VALUE...]`` of every row but the oracles and CAM, trained with
+those ``--set`` settings under their own names; a retrained row's variant trains its one-stage
+model with them and takes ``pseudolabel.among=RULE`` as its pseudo-label rule (default ``image``),
+e.g. ``finetune+loss.elimination=true+pseudolabel.among=quantile``. Retrained rows that start from
+one model share its training.
+
 Every row is reported as mean ± standard deviation over all its runs (split seeds x training
 seeds); a difference between two rows is called an effect only when the 95% confidence interval
 of their paired differences (same split, same training seed) excludes zero.
@@ -91,8 +97,11 @@ TRAIN_FLAGS = {
 }
 #: Rows that score a model retrained on the pseudo labels of another row's model, initialised from it.
 FINETUNED = {"finetune": "simformer", "finetune-part": "simformer-part"}
-#: A variant of a trained row: ``ROW+KEY=VALUE[+KEY=VALUE...]``, the row with those settings.
-VARIED = [row for row in TRAIN_FLAGS if not row.startswith("oracle") and row != "cam"]
+#: A variant of a trained row: ``ROW+KEY=VALUE[+KEY=VALUE...]``, the row with those settings. A
+#: retrained row's variant trains its one-stage model with them, except ``pseudolabel.among=RULE``,
+#: the pseudo-label rule (default ``image``).
+VARIED = [row for row in TRAIN_FLAGS if not row.startswith("oracle") and row != "cam"] + list(FINETUNED)
+AMONG = "pseudolabel.among"
 
 
 def base_row(row: str) -> str:
@@ -101,6 +110,23 @@ def base_row(row: str) -> str:
 
 def row_settings(row: str) -> list[str]:
     return [item for item in row.split("+")[1:] if item]
+
+
+def training_settings(row: str) -> list[str]:
+    return [item for item in row_settings(row) if not item.startswith(AMONG + "=")]
+
+
+def source_of(row: str) -> str:
+    """The row whose model a row scores or starts from: a retrained row's one-stage row (with the
+    variant's training settings), every other row itself."""
+    if base_row(row) not in FINETUNED:
+        return row
+    return "+".join([FINETUNED[base_row(row)], *training_settings(row)])
+
+
+def among_of(row: str) -> str:
+    rules = [item.partition("=")[2] for item in row_settings(row) if item.startswith(AMONG + "=")]
+    return rules[-1] if rules else "image"
 
 
 def row_label(row: str) -> str:
@@ -121,6 +147,8 @@ def row_argument(text: str) -> str:
     if "+" in text and (base not in VARIED or not settings or any("=" not in item for item in settings)):
         raise argparse.ArgumentTypeError(f"{text!r}: a variant is ROW+KEY=VALUE[+KEY=VALUE...] of one of "
                                          f"{', '.join(VARIED)}")
+    if base not in FINETUNED and len(training_settings(text)) != len(settings):
+        raise argparse.ArgumentTypeError(f"{text!r}: {AMONG} is a setting of the retrained rows ({', '.join(FINETUNED)})")
     return text
 
 
@@ -251,8 +279,8 @@ def chains_for(unit: str, split: Path, folder: Path, rows: list[str], subset: st
               *[part for item in overrides for part in ("--set", item)]]
     chains = []
     for row in rows:
-        source = FINETUNED.get(row, row)
-        if source != row and source in rows:
+        source = source_of(row)
+        if source != row and (source in rows or any(source_of(other) == source for other in rows[:rows.index(row)])):
             continue  # made by the chain that trains the one-stage model
         steps = oracle_iters if row == "oracle-conv" else iters
         home = folder
@@ -270,22 +298,23 @@ def chains_for(unit: str, split: Path, folder: Path, rows: list[str], subset: st
         variant = [part for item in row_settings(source) for part in ("--set", item)]
         chain = Chain(f"{row}/{unit}", [simformer("train", "--out", model, *TRAIN_FLAGS[base_row(source)], *common,
                                                   *variant, "--iters", steps)], 1)
-        if row != "cam" and row not in FINETUNED:  # those rows score the retrained model only
+        if row != "cam" and base_row(row) not in FINETUNED:  # those rows score the retrained model only
             commands, chain.scores[row] = score(model, split, subset, tag, home)
             chain.commands += commands
-        finetuned = [other for other, start in FINETUNED.items() if start == source and other in rows]
-        if row == "cam" or finetuned:
-            target = "cam" if row == "cam" else finetuned[0]
-            labels = home / f"{target}-pseudolabels.zarr"
+        targets = ["cam"] if row == "cam" else [other for other in rows
+                                                if base_row(other) in FINETUNED and source_of(other) == source]
+        for target in targets:
+            name = row_tag(target)
+            labels = home / f"{name}-pseudolabels.zarr"
             chain.commands.append(simformer("pseudolabel", "--model", model, "--split", split, "--out", labels,
-                                            "--among", "image", "--device", "cpu", "--json", ">",
-                                            home / f"{target}-pseudolabels.json"))
-            chain.extras[target] = home / f"{target}-pseudolabels.json"
-            retrained = home / f"{target}-retrained.zarr"
+                                            "--among", among_of(target), "--device", "cpu", "--json", ">",
+                                            home / f"{name}-pseudolabels.json"))
+            chain.extras[target] = home / f"{name}-pseudolabels.json"
+            retrained = home / f"{name}-retrained.zarr"
             init = [] if target == "cam" else ["--init-from", model]
             chain.commands.append(simformer("retrain", "--split", split, "--pseudolabels", labels, "--out", retrained,
                                             *init, *common, "--iters", retrain_iters))
-            commands, chain.scores[target] = score(retrained, split, subset, target, home)
+            commands, chain.scores[target] = score(retrained, split, subset, name, home)
             chain.commands += commands
             chain.trainings += 1
         chains.append(chain)

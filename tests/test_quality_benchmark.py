@@ -87,3 +87,23 @@ def test_a_row_variant_trains_with_its_settings_under_its_own_name_and_is_compar
     for bad in ("cam+loss.x=1", "oracle+loss.x=1", "simformer+", "simformer+loss.partition", "nothing"):
         with pytest.raises(argparse.ArgumentTypeError):
             quality.row_argument(bad)
+
+
+def test_retrained_variants_share_their_one_stage_model_and_choose_their_pseudo_label_rule(quality, tmp_path) -> None:
+    elimination = quality.row_argument("finetune+loss.elimination=true")
+    ranked = quality.row_argument("finetune+loss.elimination=true+pseudolabel.among=quantile")
+    chains = plan(quality, tmp_path / "split0" / "split.zarr", 0, ["simformer", "finetune", elimination, ranked])
+    assert len(chains) == 2  # simformer (+ finetune), and one chain for the elimination model's two retrainings
+    varied = chains[1]
+    assert set(varied.scores) == {elimination, ranked} and varied.trainings == 3
+    train = varied.commands[0]
+    assert train[train.index("--out") + 1].endswith("simformer_loss.elimination-true.zarr")
+    assert "loss.elimination=true" in train and not any("pseudolabel" in str(part) for part in train)
+    rules = [c[c.index("--among") + 1] for c in varied.commands if c[3] == "pseudolabel"]
+    assert rules == ["image", "quantile"]
+    assert [c[c.index("--among") + 1] for c in chains[0].commands if c[3] == "pseudolabel"] == ["image"]
+    everything = [p for chain in chains for p in outputs(chain)]
+    assert len(everything) == len(set(everything))
+    assert (ranked, "finetune") in quality.comparisons_of([ranked, "finetune"])
+    with pytest.raises(argparse.ArgumentTypeError, match="retrained rows"):
+        quality.row_argument("simformer+pseudolabel.among=quantile")
