@@ -2,6 +2,10 @@
 in total, and peak memory. Usage::
 
     python benchmarks/pipeline.py --out BENCHMARKS.md [--workdir runs/syn]
+    python benchmarks/pipeline.py --title CamVid --section pipeline_camvid --out BENCHMARKS.md -- \
+        --dataset folder --root ../shared/data/camvid --novel-classes tree,car,pedestrian
+
+Arguments after ``--`` go to ``simformer pipeline`` (another dataset, other settings).
 
 ``--workdir`` keeps the artifacts (an empty or new folder: a finished pipeline there would be
 skipped, not timed), e.g. for ``benchmarks/loss_curve.py`` on its models.
@@ -26,6 +30,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--workdir", type=Path, default=None, help="keep the artifacts here (a new or empty folder)")
+    parser.add_argument("--title", default="synthetic data", help="the data's name in the heading")
+    parser.add_argument("--section", default="pipeline", help="BENCHMARKS.md section to write")
+    parser.add_argument("pipeline_args", nargs="*", help="after --: more options of simformer pipeline")
     args = parser.parse_args()
     if args.workdir is not None and args.workdir.exists() and any(args.workdir.iterdir()):
         raise SystemExit(f"--workdir {args.workdir}: not empty; a finished pipeline there would be skipped, not timed")
@@ -33,15 +40,18 @@ def main() -> None:
         began = time.perf_counter()
         workdir = args.workdir or Path(tmp) / "syn"
         done = subprocess.run([sys.executable, "-m", "simformer_cli", "pipeline", "--workdir", str(workdir),
-                               "--json"], capture_output=True, text=True, check=True)
+                               "--json", *args.pipeline_args], capture_output=True, text=True, check=True)
         total = time.perf_counter() - began
     result = json.loads(done.stdout)
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     one, re = result["one_stage"], result["retrained"]
     lines = [
-        "## Whole default pipeline (synthetic data, tiny preset, CPU)",
+        f"## Whole default pipeline ({args.title}, tiny preset, CPU)",
         "",
-        "Command: `python benchmarks/pipeline.py` (runs `simformer pipeline --workdir TMP --json`)  ",
+        "Command: `python benchmarks/pipeline.py"
+        + (f" --title {args.title} --section {args.section}" if args.section != "pipeline" else "")
+        + (f" -- {' '.join(args.pipeline_args)}" if args.pipeline_args else "")
+        + f"` (runs `simformer pipeline --workdir TMP --json{''.join(' ' + a for a in args.pipeline_args)}`)  ",
         f"Machine: {machine_line()}.",
         "",
         "| stage | seconds |",
@@ -58,7 +68,7 @@ def main() -> None:
         "",
         f"Pseudo labels on the training set: novel mIoU {result['pseudo_label_novel_miou']:.2f} against the full labels.",
     ]
-    publish(lines, args.out, "pipeline")
+    publish(lines, args.out, args.section)
 
 
 if __name__ == "__main__":
