@@ -99,9 +99,12 @@ TRAIN_FLAGS = {
 FINETUNED = {"finetune": "simformer", "finetune-part": "simformer-part"}
 #: A variant of a trained row: ``ROW+KEY=VALUE[+KEY=VALUE...]``, the row with those settings. A
 #: retrained row's variant trains its one-stage model with them, except ``pseudolabel.among=RULE``,
-#: the pseudo-label rule (default ``image``).
+#: the pseudo-label rule (default ``image``), and ``pseudolabel.rounds=N``: N rounds of pseudo
+#: labels and retraining, each round's from the model the round before retrained (default 1).
 VARIED = [row for row in TRAIN_FLAGS if not row.startswith("oracle") and row != "cam"] + list(FINETUNED)
 AMONG = "pseudolabel.among"
+ROUNDS = "pseudolabel.rounds"
+PSEUDO_LABEL_SETTINGS = (AMONG, ROUNDS)
 
 
 def base_row(row: str) -> str:
@@ -113,7 +116,7 @@ def row_settings(row: str) -> list[str]:
 
 
 def training_settings(row: str) -> list[str]:
-    return [item for item in row_settings(row) if not item.startswith(AMONG + "=")]
+    return [item for item in row_settings(row) if item.partition("=")[0] not in PSEUDO_LABEL_SETTINGS]
 
 
 def source_of(row: str) -> str:
@@ -124,9 +127,22 @@ def source_of(row: str) -> str:
     return "+".join([FINETUNED[base_row(row)], *training_settings(row)])
 
 
+def pseudo_label_setting(row: str, key: str, default: str) -> str:
+    values = [item.partition("=")[2] for item in row_settings(row) if item.partition("=")[0] == key]
+    return values[-1] if values else default
+
+
 def among_of(row: str) -> str:
-    rules = [item.partition("=")[2] for item in row_settings(row) if item.startswith(AMONG + "=")]
-    return rules[-1] if rules else "image"
+    return pseudo_label_setting(row, AMONG, "image")
+
+
+def rounds_of(row: str) -> int:
+    return int(pseudo_label_setting(row, ROUNDS, "1"))
+
+
+def first_round(row: str) -> str:
+    """A retrained row without its rounds setting: the row whose artifacts are its first round."""
+    return "+".join([base_row(row), *(item for item in row_settings(row) if item.partition("=")[0] != ROUNDS)])
 
 
 def row_label(row: str) -> str:
@@ -148,7 +164,11 @@ def row_argument(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r}: a variant is ROW+KEY=VALUE[+KEY=VALUE...] of one of "
                                          f"{', '.join(VARIED)}")
     if base not in FINETUNED and len(training_settings(text)) != len(settings):
-        raise argparse.ArgumentTypeError(f"{text!r}: {AMONG} is a setting of the retrained rows ({', '.join(FINETUNED)})")
+        raise argparse.ArgumentTypeError(f"{text!r}: {' and '.join(PSEUDO_LABEL_SETTINGS)} are settings of the "
+                                         f"retrained rows ({', '.join(FINETUNED)})")
+    rounds = pseudo_label_setting(text, ROUNDS, "1")
+    if not rounds.isdigit() or int(rounds) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: {ROUNDS} is a whole number of rounds, at least 1")
     return text
 
 
@@ -304,19 +324,26 @@ def chains_for(unit: str, split: Path, folder: Path, rows: list[str], subset: st
         targets = ["cam"] if row == "cam" else [other for other in rows
                                                 if base_row(other) in FINETUNED and source_of(other) == source]
         for target in targets:
-            name = row_tag(target)
-            labels = home / f"{name}-pseudolabels.zarr"
-            chain.commands.append(simformer("pseudolabel", "--model", model, "--split", split, "--out", labels,
-                                            "--among", among_of(target), "--device", "cpu", "--json", ">",
-                                            home / f"{name}-pseudolabels.json"))
-            chain.extras[target] = home / f"{name}-pseudolabels.json"
-            retrained = home / f"{name}-retrained.zarr"
-            init = [] if target == "cam" else ["--init-from", model]
-            chain.commands.append(simformer("retrain", "--split", split, "--pseudolabels", labels, "--out", retrained,
-                                            *init, *common, "--iters", retrain_iters))
-            commands, chain.scores[target] = score(retrained, split, subset, name, home)
-            chain.commands += commands
-            chain.trainings += 1
+            # Round 1's artifacts are those of the row without its rounds setting (shared with it
+            # when both are asked for); round r's pseudo labels come from round r-1's model.
+            first = first_round(target)
+            starting = model
+            for round_ in range(1, rounds_of(target) + 1):
+                name = row_tag(first) + (f"-round{round_}" if round_ > 1 else "")
+                labels, retrained = home / f"{name}-pseudolabels.zarr", home / f"{name}-retrained.zarr"
+                chain.extras[target] = home / f"{name}-pseudolabels.json"
+                init = [] if target == "cam" else ["--init-from", starting]
+                round_commands = [
+                    simformer("pseudolabel", "--model", starting, "--split", split, "--out", labels,
+                              "--among", among_of(target), "--device", "cpu", "--json", ">", chain.extras[target]),
+                    simformer("retrain", "--split", split, "--pseudolabels", labels, "--out", retrained,
+                              *init, *common, "--iters", retrain_iters)]
+                if round_commands[0] not in chain.commands:
+                    chain.commands += round_commands
+                    chain.trainings += 1
+                starting = retrained
+            commands, chain.scores[target] = score(starting, split, subset, row_tag(target), home)
+            chain.commands += [command for command in commands if command not in chain.commands]
         chains.append(chain)
     return chains
 

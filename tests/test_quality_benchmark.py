@@ -107,3 +107,28 @@ def test_retrained_variants_share_their_one_stage_model_and_choose_their_pseudo_
     assert (ranked, "finetune") in quality.comparisons_of([ranked, "finetune"])
     with pytest.raises(argparse.ArgumentTypeError, match="retrained rows"):
         quality.row_argument("simformer+pseudolabel.among=quantile")
+
+
+def test_a_second_round_retrains_on_the_first_retrained_models_pseudo_labels(quality, tmp_path) -> None:
+    once = quality.row_argument("finetune+pseudolabel.among=quantile")
+    twice = quality.row_argument("finetune+pseudolabel.among=quantile+pseudolabel.rounds=2")
+    chains = plan(quality, tmp_path / "split0" / "split.zarr", 0, ["simformer", once, twice])
+    assert len(chains) == 1 and chains[0].trainings == 3  # one-stage, round 1 (shared by both rows), round 2
+    folder = tmp_path / "split0" / "train0"
+    labels = [c for c in chains[0].commands if c[3] == "pseudolabel"]
+    retrains = [c for c in chains[0].commands if c[3] == "retrain"]
+    first, second = "finetune_pseudolabel.among-quantile", "finetune_pseudolabel.among-quantile-round2"
+    assert [c[c.index("--model") + 1] for c in labels] == [str(folder / "simformer.zarr"),
+                                                            str(folder / f"{first}-retrained.zarr")]
+    assert [c[c.index("--init-from") + 1] for c in retrains] == [str(folder / "simformer.zarr"),
+                                                                  str(folder / f"{first}-retrained.zarr")]
+    assert all(c[c.index("--among") + 1] == "quantile" for c in labels)
+    assert chains[0].scores[once].name == f"{first}-metrics-val.json"
+    assert chains[0].scores[twice].name == f"{quality.row_tag(twice)}-metrics-val.json"
+    infers = [c for c in chains[0].commands if c[3] == "infer"]
+    assert infers[-1][infers[-1].index("--model") + 1] == str(folder / f"{second}-retrained.zarr")
+    alone = plan(quality, tmp_path / "split0" / "split.zarr", 0, [twice])
+    assert alone[0].trainings == 3 and set(alone[0].scores) == {twice}
+    for bad in ("finetune+pseudolabel.rounds=0", "finetune+pseudolabel.rounds=two", "simformer+pseudolabel.rounds=2"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            quality.row_argument(bad)
