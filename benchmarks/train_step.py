@@ -11,6 +11,10 @@ forward+backward. Usage::
     python benchmarks/train_step.py --preset paper --steps 3 --out BENCHMARKS.md   # ResNet-50, 512 crops
     python benchmarks/train_step.py --split runs/camvid/split.zarr --out BENCHMARKS.md  # a split of real images
     python benchmarks/train_step.py --preset paper --device cuda --steps 20 --out BENCHMARKS.md  # bf16 on a GPU
+    python benchmarks/train_step.py --json [--channels-last] [--compile]  # ms a step, for trying a change
+
+``--channels-last`` stores the segmenter's weights and the images channels-last; ``--compile``
+runs the segmenter through ``torch.compile`` (its compile time is in ``warmup_s``).
 
 On CUDA the step runs under bf16 autocast as ``simformer train`` does, every mark waits for the GPU
 (so the parts add up to the step), and the peak is the GPU's allocated memory.
@@ -77,6 +81,8 @@ def main() -> None:
                         help="KEY=VALUE training setting, as for simformer train --set")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON line (ms per step, images/s, threads) instead of the table")
+    parser.add_argument("--channels-last", action="store_true", help="segmenter weights and images channels-last")
+    parser.add_argument("--compile", action="store_true", help="run the segmenter through torch.compile")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -111,6 +117,9 @@ def main() -> None:
         batches = iter(DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers))
         torch.manual_seed(0)
         model = build_model(settings.model).to(device)
+        layout = torch.channels_last if args.channels_last else torch.contiguous_format
+        model = model.to(memory_format=layout)
+        network = torch.compile(model) if args.compile else model
         criterion = build_criterion(settings.model, settings.loss, novel_classes=split.manifest.novel_classes).to(device)
         module = torch.nn.ModuleList([model, criterion])
         optimizer = build_optimizer(module, settings.optim)
@@ -128,15 +137,18 @@ def main() -> None:
         criterion.pair_losses.register_forward_hook(lambda *_: pair_marks.append(now()))
         criterion.pair_losses.simnet.register_forward_pre_hook(lambda *_: net_marks.append(now()))
         criterion.pair_losses.simnet.register_forward_hook(lambda *_: net_marks.append(now()))
+        began = now()
         for step in range(args.steps + warmup):
-            if step == warmup and device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
+            if step == warmup:
+                warmup_seconds = now() - began
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
             marks = [now()]
             batch = next(batches)
             targets = [target.to(device) for target in batch.targets]
             marks.append(now())
             with autocast():
-                outputs = model(normalize_images(batch.images.to(device)))
+                outputs = network(normalize_images(batch.images.to(device)).contiguous(memory_format=layout))
             marks.append(now())
             leaves, fresh, cut = _cut_at_outputs(outputs)
             pair_marks.clear()
@@ -165,7 +177,9 @@ def main() -> None:
     per_step = total / args.steps
     if args.json:
         print(json.dumps({"step_ms": per_step * 1000, "images_per_s": settings.batch_size / per_step,
-                          "threads": torch.get_num_threads(), "batch": settings.batch_size}))
+                          "threads": torch.get_num_threads(), "batch": settings.batch_size,
+                          "warmup_s": warmup_seconds, "channels_last": args.channels_last,
+                          "compile": args.compile}))
         return
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     peak = (f"Peak GPU memory (allocated): **{torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB** "
@@ -185,6 +199,7 @@ def main() -> None:
         + (f" --device {args.device}" if args.device != "cpu" else "")
         + (f" --title '{args.title}' --section {args.section}" if args.section else "")
         + f"{'' if args.workers is None else f' --workers {args.workers}'}{' --no-cache' if args.no_cache else ''}"
+        + f"{' --channels-last' if args.channels_last else ''}{' --compile' if args.compile else ''}"
         f"{overrides}`  ",
         f"Machine: {machine_line()}, {torch.get_num_threads()} torch threads. Data: {data}. "
         f"Batch {settings.batch_size} "
