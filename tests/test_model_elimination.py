@@ -30,6 +30,18 @@ def test_the_most_alike_points_are_pushed_off_the_class_and_the_least_alike_towa
     assert nothing.item() == 0.0 and nothing.requires_grad
 
 
+def test_the_naming_share_sets_how_many_least_alike_points_are_pushed_towards_the_class():
+    similarity = torch.tensor([[0.9, 0.8, 0.1, 0.0], [math.nan] * 4])
+    scores = torch.tensor([[0.5, 0.2, 0.6, 0.3], [0.5, 0.5, 0.2, 0.1]])
+    present = torch.tensor([True, True])
+    alike = -(math.log(0.5) + math.log(0.8)) / 2
+    only_least = elimination_terms(similarity, scores, present, share=0.5, naming_share=0.25)
+    assert only_least.item() == pytest.approx(alike - math.log(0.3 / 0.4), rel=1e-5)  # point 3 alone
+    assert elimination_terms(similarity, scores, present, share=0.5, naming_share=0.0).item() == pytest.approx(alike)
+    assert elimination_terms(similarity, scores, present, share=0.5, naming_share=0.5).item() == pytest.approx(
+        elimination_terms(similarity, scores, present, share=0.5).item())
+
+
 def test_memory_is_a_ring_per_class_that_answers_once_it_holds_enough():
     memory = EliminationMemory(classes=2, size=MIN_MEMORY + 4, dim=2)
     east = torch.tensor([[1.0, 0.0]]).repeat(MIN_MEMORY - 1, 1)

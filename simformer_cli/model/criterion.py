@@ -183,7 +183,8 @@ class SetCriterion(nn.Module):
             if present.any() and not bool(target.has_mask.all()):
                 scores = logits[image].softmax(-1)[:, novel].T @ masks[image].flatten(1)[:, points[image]].sigmoid()
                 terms.append(elimination_terms(self.elimination.similarity(unit), scores, present,
-                                               self.settings.elimination_share))
+                                               self.settings.elimination_share,
+                                               self.settings.elimination_naming_share))
             updates.append((unit, (~present).nonzero().flatten().tolist()))
         for unit, absent in updates:  # after every term: no image is compared with itself
             for cls in absent:

@@ -10,8 +10,10 @@ that memory (its largest cosine similarity to an entry):
 
 - the ``elimination_share`` most alike pixels look like things that are not n: their semantic
   score S_n is pushed towards 0 (-log(1 - S_n));
-- the same share least alike are the likeliest n: among the image's novel classes, n is pushed to
-  win there (cross-entropy of the scores normalised over the image's novel classes).
+- the ``elimination_naming_share`` least alike (default: the same share; 0: none) are the likeliest
+  n: among the image's novel classes, n is pushed to win there (cross-entropy of the scores
+  normalised over the image's novel classes). A class that covers less of the region than this
+  share (CamVid's pedestrians, about 4%) gets other classes' pixels pushed to it.
 
 A class whose memory holds fewer than ``MIN_MEMORY`` entries is skipped (nothing to compare with).
 The memory is filled after the loss is taken, so an image is never compared with itself.
@@ -29,21 +31,26 @@ from torch import Tensor, nn
 MIN_MEMORY = 64
 
 
-def elimination_terms(similarity: Tensor, scores: Tensor, present: Tensor, share: float) -> Tensor:
+def elimination_terms(similarity: Tensor, scores: Tensor, present: Tensor, share: float,
+                      naming_share: float | None = None) -> Tensor:
     """The term of one image: similarity (N, P) of its P points to each novel class's memory (NaN
     where a class is skipped), scores (N, P) of the novel classes at the points in [0, 1], present
     (N,) bool -> a scalar: the mean over present, compared classes of the negative term on the
-    most alike points plus the positive term on the least alike."""
+    ``share`` most alike points plus the positive term on the ``naming_share`` (default ``share``;
+    0: no positive term) least alike."""
     points = similarity.shape[1]
     count = max(1, math.ceil(share * points))
+    naming_count = count if naming_share is None else math.ceil(naming_share * points)
     scores = scores.clamp(1e-6, 1 - 1e-6)
     naming = scores / scores[present].sum(0, keepdim=True).clamp(min=1e-6)
     compared = present & ~similarity.isnan().any(1)
     terms = []
     for cls in compared.nonzero().flatten().tolist():
         order = similarity[cls].argsort(descending=True)
-        alike, unlike = order[:count], order[-count:]
-        terms.append(-torch.log1p(-scores[cls, alike]).mean() - naming[cls, unlike].clamp(min=1e-6).log().mean())
+        term = -torch.log1p(-scores[cls, order[:count]]).mean()
+        if naming_count:
+            term = term - naming[cls, order[points - naming_count:]].clamp(min=1e-6).log().mean()
+        terms.append(term)
     return torch.stack(terms).mean() if terms else scores.sum() * 0
 
 

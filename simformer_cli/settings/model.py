@@ -121,6 +121,10 @@ class LossSettings(BaseModel):
     elimination_memory: int = Field(2048, ge=64, le=1_000_000, description="features kept per novel class")
     elimination_points: int = Field(128, ge=2, le=4096, description="non-base pixels sampled per image")
     elimination_share: float = Field(0.25, gt=0.0, le=0.5)
+    # The least alike share pushed towards the class (None: elimination_share; 0: none, only the
+    # push off the class). A class covering less of the non-base region than this share has
+    # other classes' pixels pushed to it.
+    elimination_naming_share: float | None = Field(None, ge=0.0, le=0.5)
     # Pixel-pixel similarity net and its base loss (section 4.5); final layer, image pairs.
     similarity: bool = True
     sim_weight: float = Field(1.0, ge=0.0, le=MAX_WEIGHT)
