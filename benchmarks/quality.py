@@ -68,6 +68,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _tables import machine_line, publish  # noqa: E402
 
+from simformer_cli.artifacts.store import partial_dir  # noqa: E402
+from simformer_cli.training.checkpoint import latest_checkpoint  # noqa: E402
+from simformer_cli.training.loop import CHECKPOINTS  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 ROWS = {
     "oracle": "oracle (full labels), same budget",
@@ -185,6 +189,9 @@ def comparisons_of(rows: list[str]) -> list[tuple[str, str]]:
         base = base_row(variant)
         pairs += [(variant, other) for other in [base] + [b for a, b in COMPARISONS if a == base] if other in rows]
     return pairs
+#: Training steps between checkpoints: a benchmark stopped mid-training continues from the last
+#: one when it is run again (the weights are those of an uninterrupted run).
+CHECKPOINT_EVERY = 200
 #: Pixels either side of a label edge that the boundary column scores (eval --boundary-band).
 BOUNDARY_BAND = 3
 #: Pairs whose paired difference the table reports: each is a claim the README or a note makes.
@@ -295,7 +302,7 @@ def chains_for(unit: str, split: Path, folder: Path, rows: list[str], subset: st
     """The chains of one unit (a split and a training seed): one per row, retraining rows inside
     the chain of the model they start from. ``oracle_from``: the folder of the split whose oracle
     models this split shares (same training data), scored again under this split's classes."""
-    common = ["--split", split, "--seed", seed, "--device", "cpu", "--checkpoint-every", 100_000,
+    common = ["--split", split, "--seed", seed, "--device", "cpu", "--checkpoint-every", CHECKPOINT_EVERY,
               *[part for item in overrides for part in ("--set", item)]]
     chains = []
     for row in rows:
@@ -353,16 +360,31 @@ def training_outputs(chains: list[Chain]) -> list[Path]:
     return [Path(c[c.index("--out") + 1]) for chain in chains for c in chain.commands if c[3] in ("train", "retrain")]
 
 
+def interrupted(command: list[str]) -> bool:
+    """Whether a train or retrain command's output is missing and an interrupted run of it left a
+    checkpoint: the command then continues it (``--resume``) instead of starting over."""
+    if command[3] not in ("train", "retrain"):
+        return False
+    out = Path(command[command.index("--out") + 1])
+    return not out.exists() and latest_checkpoint(partial_dir(out) / CHECKPOINTS) is not None
+
+
 def run_command(command: list[str], env: dict[str, str], log: Path) -> None:
     """Run one command (a trailing ``> FILE`` sends stdout there, written only when it succeeds);
-    stop the benchmark on failure."""
+    stop the benchmark on failure. A training that an earlier run of the benchmark left
+    interrupted continues from its last checkpoint; where that checkpoint cannot be resumed
+    (made with other settings), the training starts over."""
     stdout_path = None
     if len(command) > 2 and command[-2] == ">":
         command, stdout_path = command[:-2], Path(command[-1])
-    with open(log, "a") as err:
-        err.write("$ " + " ".join(command) + "\n")
-        err.flush()
-        done = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+    attempts = [command + ["--resume"], command] if interrupted(command) else [command]
+    for attempt in attempts:
+        with open(log, "a") as err:
+            err.write("$ " + " ".join(attempt) + "\n")
+            err.flush()
+            done = subprocess.run(attempt, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+        if done.returncode == 0:
+            break
     if done.returncode != 0:
         raise SystemExit(f"failed ({done.returncode}): {' '.join(command)}; see {log}")
     if stdout_path is not None:

@@ -132,3 +132,24 @@ def test_a_second_round_retrains_on_the_first_retrained_models_pseudo_labels(qua
     for bad in ("finetune+pseudolabel.rounds=0", "finetune+pseudolabel.rounds=two", "simformer+pseudolabel.rounds=2"):
         with pytest.raises(argparse.ArgumentTypeError):
             quality.row_argument(bad)
+
+
+def test_an_interrupted_training_continues_from_its_checkpoint_and_starts_over_if_it_cannot(quality, tmp_path, monkeypatch):
+    out = tmp_path / "simformer.zarr"
+    train = ["python", "-m", "simformer_cli", "train", "--out", str(out), "--iters", "1000"]
+    assert not quality.interrupted(train)  # nothing left behind
+    step = tmp_path / ".simformer.zarr.partial" / "checkpoints" / "step-0000200"
+    step.mkdir(parents=True)
+    (step / "state.json").write_text("{}")
+    assert quality.interrupted(train) and not quality.interrupted(["python", "-m", "simformer_cli", "infer", "--out", str(out)])
+    runs = []
+
+    def fake_run(command, **_):
+        runs.append(command)
+        return argparse.Namespace(returncode=2 if "--resume" in command else 0, stdout="")
+
+    monkeypatch.setattr(quality.subprocess, "run", fake_run)
+    quality.run_command(train, {}, tmp_path / "log")
+    assert runs == [train + ["--resume"], train]  # the checkpoint was refused: started over
+    out.mkdir()
+    assert not quality.interrupted(train)  # finished: the command's own up-to-date check decides
