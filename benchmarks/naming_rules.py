@@ -17,6 +17,12 @@ each rule below, and the table gives the novel IoUs of each rule over those pixe
                 have it, (q - (1 - f)) / f: how deep into its own top share a pixel is. The shares
                 come from the audit labels, so this is a ceiling for the idea, not a rule a user
                 could run
+    unlike-absent
+                naming by elimination at labelling time: a pixel that looks like the open pixels
+                of training images whose label lacks class n is unlikely to be n. Its alikeness
+                to n is its largest cosine similarity (the model's mask features) to a memory of
+                open-pixel features from those images, ranked among the alikeness of the images
+                that have n; the class is chosen by quantile x (1 - that rank)
 
 The ``image`` and ``quantile`` labels are the ``pseudolabel`` stage's own rule
 (``inference.pseudolabel``), so the figures are those of the pseudo labels it would write.
@@ -33,11 +39,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from simformer_cli.artifacts.split import SplitArtifact
 from simformer_cli.devices import start_runtime
 from simformer_cli.inference.predict import MaskFormerScorer
 from simformer_cli.inference.pseudolabel import PseudoLabelRule, class_quantiles, quantile_of
+from simformer_cli.model import SIZE_DIVISOR, normalize_images
 from simformer_cli.pipeline.stage import load_model
 from simformer_cli.progress import SilentReporter
 from simformer_cli.settings.test_time import TestTimeSettings
@@ -70,9 +78,21 @@ def main() -> None:
         label[open_pixels] = classes[ranked.argmax(0).numpy()][open_pixels]
         return label
 
+    alikeness = absent_alikeness(split, model, test_time)
+
+    def unlike_absent(index: int, scores: torch.Tensor) -> np.ndarray:
+        classes = novel[present[index]]
+        ranked = torch.stack([quantile_of(quantiles[c], scores[c]) * (1 - alikeness(index, c)) for c in classes])
+        label = split.label("train", index).copy()
+        open_pixels = label == ignore
+        label[open_pixels] = classes[ranked.argmax(0).numpy()][open_pixels]
+        return label
+
     rules = {"image": image_rule, "per-image": image_rule,
-             "quantile": PseudoLabelRule(split, None, "quantile", quantiles), "tail (true shares)": tail}
+             "quantile": PseudoLabelRule(split, None, "quantile", quantiles), "tail (true shares)": tail,
+             "unlike-absent": unlike_absent}
     hits, unions = {name: np.zeros(len(novel)) for name in rules}, {name: np.zeros(len(novel)) for name in rules}
+    confusion = {name: np.zeros((len(novel), len(novel))) for name in rules}  # true novel class x chosen one
     images = [i for i in range(0, split.count("train"), args.every) if present[i].any()]
     for index in images:
         scores = scorer([index], [split.image("train", index)])[0]
@@ -83,6 +103,7 @@ def main() -> None:
         for name, rule in rules.items():
             chosen = rule(index, scores / peaks[:, None, None] if name == "per-image" else scores)[open_pixels]
             for k, cls in enumerate(novel):
+                confusion[name][k] += [(chosen[truth == cls] == other).sum() for other in novel]
                 predicted, actual = (chosen == cls) & scored, truth == cls
                 hits[name][k] += (predicted & actual).sum()
                 unions[name][k] += (predicted | actual).sum()
@@ -93,6 +114,66 @@ def main() -> None:
     for name in rules:
         ious = 100 * hits[name] / np.maximum(unions[name], 1)
         print(f"| {name} | " + " | ".join(f"{v:.1f}" for v in ious) + f" | {ious.mean():.1f} |")
+    print("\nShare of each novel class's pixels (rows) that each rule names each novel class (columns), %:")
+    for name in rules:
+        shares_of = 100 * confusion[name] / np.maximum(confusion[name].sum(1, keepdims=True), 1)
+        print(f"{name}: " + "; ".join(f"{manifest.class_names[c]} -> " + " ".join(f"{v:.0f}" for v in row)
+                                      for c, row in zip(novel, shares_of)))
+
+
+#: Open-pixel features kept per training image for the memories, and per class memory.
+MEMORY_PER_IMAGE, MEMORY_SIZE = 64, 4096
+
+
+@torch.no_grad()
+def absent_alikeness(split, model, test_time):
+    """``alikeness(index, c)`` -> (H, W): each pixel's largest cosine similarity to the open pixels
+    of the training images lacking class c, as a quantile (0..1) among the same similarities over
+    the open pixels of the training images that have c."""
+    manifest = split.manifest
+    novel, ignore = [int(c) for c in manifest.novel_classes], manifest.ignore_index
+    labels = split.image_labels("train")
+    features, open_grid, sizes = [], [], []
+    for index in range(split.count("train")):
+        image = split.image("train", index)
+        height, width = image.shape[:2]
+        vh, vw = test_time.view_size(height, width)
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+        view = F.interpolate(tensor, size=(vh, vw), mode="bilinear", align_corners=False)
+        ph, pw = -(-vh // SIZE_DIVISOR) * SIZE_DIVISOR, -(-vw // SIZE_DIVISOR) * SIZE_DIVISOR
+        grid = model(F.pad(normalize_images(view), (0, pw - vw, 0, ph - vh)))["mask_features"][0]
+        grid = F.normalize(grid[:, : -(-vh // 4), : -(-vw // 4)].float(), dim=0)
+        label = torch.from_numpy(split.label("train", index).astype(np.int64))[None, None].float()
+        small = F.interpolate(label, size=grid.shape[1:], mode="nearest")[0, 0] == ignore
+        features.append(grid)
+        open_grid.append(small)
+        sizes.append((height, width))
+    memories = {}
+    for c in novel:
+        parts = []
+        for index in np.flatnonzero(~labels[:, c]):
+            values = features[index][:, open_grid[index]].T
+            step = max(1, -(-len(values) // MEMORY_PER_IMAGE))
+            parts.append(values[::step])
+        pooled = torch.cat(parts) if parts else torch.zeros(0, features[0].shape[0])
+        memories[c] = pooled[:: max(1, -(-len(pooled) // MEMORY_SIZE))]
+
+    def grid_alike(index: int, c: int) -> torch.Tensor:
+        grid = features[index]
+        flat = grid.flatten(1).T  # (h*w, C)
+        return (flat @ memories[c].T).amax(1).reshape(grid.shape[1:])
+
+    tables = {}
+    for c in novel:
+        pooled = [grid_alike(i, c)[open_grid[i]] for i in np.flatnonzero(labels[:, c])]
+        values = np.sort(torch.cat(pooled).numpy()) if pooled else np.zeros(1)
+        tables[c] = values[np.linspace(0, len(values) - 1, min(len(values), 4096)).round().astype(int)].astype(np.float64)
+
+    def alikeness(index: int, c: int) -> torch.Tensor:
+        ranked = quantile_of(tables[c], grid_alike(index, c))
+        return F.interpolate(ranked[None, None].float(), size=sizes[index], mode="bilinear", align_corners=False)[0, 0]
+
+    return alikeness
 
 
 def true_shares(split, full, present: np.ndarray) -> dict[int, float]:
