@@ -579,6 +579,8 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE for every training")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None, help="write the table into this BENCHMARKS.md")
+    parser.add_argument("--section", default=None,
+                        help="the BENCHMARKS.md section to write (default quality-SETTING-PROTOCOL, or -curve)")
     args = parser.parse_args()
     setting = settings(args.camvid_root)[args.setting]
     if args.setting.startswith("camvid") and not (args.camvid_root / "classes.json").is_file():
@@ -601,7 +603,7 @@ def main() -> None:
     if args.curve:
         chains = run_units(args, setting, "tuning", split_seeds, train_seeds, ["oracle"], work, log,
                            oracle_iters=args.oracle_iters, iters_of=args.curve)
-        publish(curve_section(chains, args, setting, subset, command, began, split_seeds), args.out, f"quality-{name}")
+        publish(curve_section(chains, args, setting, subset, command, began, split_seeds), args.out, args.section or f"quality-{name}")
         return
     rows = [row for row in args.rows if row != "oracle-conv"]
     chains = run_units(args, setting, protocol.kind, split_seeds, train_seeds, rows, work, log,
@@ -645,7 +647,7 @@ def main() -> None:
     if pseudo:
         lines += ["", "Pseudo labels on the training images, novel mIoU against the full labels: " + "; ".join(
             f"{row} {spread(values)}" for row, values in sorted(pseudo.items())) + "."]
-    publish(lines, args.out, f"quality-{name}")
+    publish(lines, args.out, args.section or f"quality-{name}")
 
 
 def novel(runs: dict[str, dict[tuple, dict]], row: str) -> dict[tuple, float]:
