@@ -70,23 +70,21 @@ def main() -> None:
     present = split.image_labels("train")[:, novel]
     shares = true_shares(split, full, present)
 
-    def tail(index: int, scores: torch.Tensor) -> np.ndarray:
-        classes = novel[present[index]]
-        ranked = torch.stack([(quantile_of(quantiles[c], scores[c]) - (1 - shares[c])) / shares[c] for c in classes])
-        label = split.label("train", index).copy()
-        open_pixels = label == ignore
-        label[open_pixels] = classes[ranked.argmax(0).numpy()][open_pixels]
-        return label
+    def ranking_rule(rank):  # noqa: ANN001, ANN202
+        """A rule giving each open pixel the image's novel class c with the largest rank(index, c, scores)."""
+        def rule(index: int, scores: torch.Tensor) -> np.ndarray:
+            classes = novel[present[index]]
+            ranked = torch.stack([rank(index, c, scores) for c in classes])
+            label = split.label("train", index).copy()
+            open_pixels = label == ignore
+            label[open_pixels] = classes[ranked.argmax(0).numpy()][open_pixels]
+            return label
+        return rule
 
+    tail = ranking_rule(lambda index, c, scores: (quantile_of(quantiles[c], scores[c]) - (1 - shares[c])) / shares[c])
     alikeness = absent_alikeness(split, model, test_time)
-
-    def unlike_absent(index: int, scores: torch.Tensor) -> np.ndarray:
-        classes = novel[present[index]]
-        ranked = torch.stack([quantile_of(quantiles[c], scores[c]) * (1 - alikeness(index, c)) for c in classes])
-        label = split.label("train", index).copy()
-        open_pixels = label == ignore
-        label[open_pixels] = classes[ranked.argmax(0).numpy()][open_pixels]
-        return label
+    unlike_absent = ranking_rule(
+        lambda index, c, scores: quantile_of(quantiles[c], scores[c]) * (1 - alikeness(index, c)))
 
     rules = {"image": image_rule, "per-image": image_rule,
              "quantile": PseudoLabelRule(split, None, "quantile", quantiles), "tail (true shares)": tail,
