@@ -13,7 +13,10 @@ def machine_line() -> str:
     import os
 
     cores = len(os.sched_getaffinity(0))
-    return f"{platform.processor() or platform.machine()}, {cores} cores, Python {platform.python_version()}, torch {torch.__version__}"
+    line = f"{platform.processor() or platform.machine()}, {cores} cores, Python {platform.python_version()}, torch {torch.__version__}"
+    if torch.cuda.is_available():
+        line += f", GPU {torch.cuda.get_device_name(0)} ({torch.cuda.device_count()} visible)"
+    return line
 
 
 def write_section(path: Path, name: str, body: str) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -40,16 +41,19 @@ def main() -> None:
         began = time.perf_counter()
         workdir = args.workdir or Path(tmp) / "syn"
         done = subprocess.run([sys.executable, "-m", "simformer_cli", "pipeline", "--workdir", str(workdir),
-                               "--json", *args.pipeline_args], capture_output=True, text=True, check=True)
+                               "--json", *args.pipeline_args], capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"simformer pipeline failed ({done.returncode}):\n{done.stderr[-4000:]}")
         total = time.perf_counter() - began
     result = json.loads(done.stdout)
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     one, re = result["one_stage"], result["retrained"]
+    device = "GPU" if "cuda" in args.pipeline_args else "CPU"
     lines = [
-        f"## Whole default pipeline ({args.title}, tiny preset, CPU)",
+        f"## Whole default pipeline ({args.title}, tiny preset, {device})",
         "",
         "Command: `python benchmarks/pipeline.py"
-        + (f" --title {args.title} --section {args.section}" if args.section != "pipeline" else "")
+        + (f" --title {shlex.quote(args.title)} --section {args.section}" if args.section != "pipeline" else "")
         + (f" -- {' '.join(args.pipeline_args)}" if args.pipeline_args else "")
         + f"` (runs `simformer pipeline --workdir TMP --json{''.join(' ' + a for a in args.pipeline_args)}`)  ",
         f"Machine: {machine_line()}.",

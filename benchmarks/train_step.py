@@ -103,7 +103,7 @@ def main() -> None:
         settings = resolve_settings(split, preset=args.preset, method="simformer", iters=args.steps, batch_size=None,
                                     seed=0, lr=None)
         settings = TrainSettings.model_validate(apply_overrides(settings.model_dump(), args.overrides))
-        workers = default_workers("cpu") if args.workers is None else args.workers
+        workers = default_workers(device.type) if args.workers is None else args.workers
         warmup = 3 if args.preset == "tiny" else 1
         dataset = WeakTrainingSet(split_path, augment_settings=settings.augment, seed=0,
                                   cache_bytes=0 if args.no_cache else SAMPLE_CACHE_BYTES // max(1, workers))
