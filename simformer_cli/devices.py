@@ -51,6 +51,11 @@ def start_runtime(choice: DeviceChoice, *, bf16: bool = True) -> Runtime:
     device = resolve_device(choice)
     if device.type == "cuda":
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        visible = torch.cuda.device_count()
+        if local_rank >= visible:
+            raise UserError(f"torchrun started more processes on this machine than it has GPUs (this one is local rank "
+                            f"{local_rank}, PyTorch sees {visible} GPU(s)); launch with --nproc_per_node {visible} "
+                            "or fewer")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():

@@ -91,3 +91,16 @@ def test_a_busy_machine_is_named_once_the_work_starts(cli, synthetic_split, tmp_
     # a refusal stays one line: no warning before the inputs are accepted
     result = cli("train", "--split", tmp_path / "missing.zarr", "--out", tmp_path / "n.zarr", "--device", "cpu")
     assert result.code == 2 and "warning" not in result.err and len(result.err.splitlines()) == 1
+
+
+def test_more_torchrun_processes_than_gpus_is_one_clear_error(monkeypatch) -> None:
+    """Two processes on a one-GPU machine: a user error naming the fix, before any CUDA call."""
+    from simformer_cli.errors import UserError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(UserError, match="--nproc_per_node 1 or fewer"):
+        devices.start_runtime("cuda")
