@@ -90,8 +90,10 @@ def main() -> None:
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
+    timers = {"wait": device.type == "cuda"}
+
     def now() -> float:  # a GPU's work is asynchronous: a mark waits for it
-        if device.type == "cuda":
+        if timers["wait"]:
             torch.cuda.synchronize()
         return time.perf_counter()
 
@@ -112,9 +114,12 @@ def main() -> None:
         preload_seconds = time.perf_counter() - began
         partners = PartnerSampler(split.image_labels("train"), split.manifest.novel_classes, split.manifest.base_classes)
         plan = StepPlan(seed=0, num_images=split.count("train"), batch_size=settings.batch_size, pairs=True)
-        sampler = StepBatchSampler(plan, partners, start=0, stop=args.steps + warmup, rank=0, world_size=1,
+        # On a GPU the timed steps are followed by as many untimed ones (no mark waits for the GPU).
+        untimed = args.steps if device.type == "cuda" else 0
+        sampler = StepBatchSampler(plan, partners, start=0, stop=args.steps + warmup + untimed, rank=0, world_size=1,
                                    accumulation=1)
-        batches = iter(DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers))
+        batches = iter(DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
+                                  pin_memory=device.type == "cuda"))
         torch.manual_seed(0)
         model = build_model(settings.model).to(device)
         layout = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -144,11 +149,11 @@ def main() -> None:
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
             marks = [now()]
-            batch = next(batches)
-            targets = [target.to(device) for target in batch.targets]
+            batch = next(batches).to(device, non_blocking=True)
+            targets = batch.targets
             marks.append(now())
             with autocast():
-                outputs = network(normalize_images(batch.images.to(device)).contiguous(memory_format=layout))
+                outputs = network(normalize_images(batch.images).contiguous(memory_format=layout))
             marks.append(now())
             leaves, fresh, cut = _cut_at_outputs(outputs)
             pair_marks.clear()
@@ -173,6 +178,25 @@ def main() -> None:
             if step >= warmup:
                 for name, begin, end in zip(parts, marks, marks[1:]):
                     parts[name] += end - begin
+        untimed_step = None
+        if untimed:
+            timers["wait"] = False
+            torch.cuda.synchronize()
+            began = time.perf_counter()
+            for step in range(untimed):
+                batch = next(batches).to(device, non_blocking=True)
+                with autocast():
+                    outputs = network(normalize_images(batch.images).contiguous(memory_format=layout))
+                    losses = criterion(outputs, batch.targets, torch.Generator().manual_seed(step))
+                total_loss(losses).backward()
+                logged = {name: float(value.detach()) for name, value in losses.items()}  # as the loop logs them
+                if settings.optim.grad_clip_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(module.parameters(), settings.optim.grad_clip_norm)
+                optimizer.step()
+                clear_gradients(optimizer)
+            del logged
+            torch.cuda.synchronize()
+            untimed_step = (time.perf_counter() - began) / untimed
     total = sum(parts.values())
     per_step = total / args.steps
     if args.json:
@@ -220,6 +244,10 @@ def main() -> None:
         f"backward: **{segmenter / total:.0%}**; with the similarity net (a network of the method too, trained "
         f"beside the segmenter): **{networks / total:.0%}**. " + peak,
     ]
+    if untimed_step is not None:
+        lines += ["", f"Every mark above waits for the GPU, so no part overlaps another. The next {untimed} steps, "
+                  f"untimed inside (as `simformer train` runs): **{untimed_step * 1000:.0f} ms** a step, "
+                  f"**{settings.batch_size / untimed_step:.1f} images/s**."]
     section = args.section or ("train_step" if args.preset == "tiny" else f"train_step_{args.preset}")
     publish(lines, args.out, section + ("_cuda" if device.type == "cuda" and not args.section else ""))
 

@@ -146,3 +146,22 @@ def test_a_batch_travels_between_processes_as_one_buffer() -> None:
             got.validate()
         assert len(storages) == 1
     assert back.targets[1].masks.shape == (0, 24, 20)
+
+
+def test_batch_moves_as_one_buffer() -> None:
+    """``TrainBatch.to``: the CPU keeps the batch itself; another device gets every tensor from one
+    copy of one buffer, equal to the original (here the copy is made on the CPU to check it)."""
+    rng = np.random.default_rng(1)
+    label = rng.integers(0, 4, (16, 12)).astype(np.uint8)
+    pad = np.zeros((16, 12), dtype=bool)
+    targets = [targets_from_label_map(label, pad, base_classes=[1, 2], maskless_classes=[3], ignore_index=255)]
+    batch = TrainBatch(images=torch.from_numpy(rng.integers(0, 256, (1, 3, 16, 12), dtype=np.uint8)),
+                       targets=targets, keys=[(0, 0, 5)])
+    assert batch.to(torch.device("cpu")) is batch
+    for source in (batch, pickle.loads(pickle.dumps(batch))):  # built here, or received from a worker
+        moved = source.moved(torch.device("cpu"))
+        assert moved.keys == batch.keys and torch.equal(moved.images, batch.images)
+        storages = {tensor.untyped_storage().data_ptr() for tensor in moved.tensors()}
+        assert len(storages) == 1
+        for sent, got in zip(batch.tensors(), moved.tensors()):
+            assert sent.dtype == got.dtype and torch.equal(sent, got)

@@ -174,8 +174,8 @@ def train_loop(
                 masks = sum_over_processes(runtime, float(sum(count_masks(b.targets) for b in micro_batches)))
                 extra["num_masks"] = masks / (runtime.world_size * accumulation)
             for micro, batch in enumerate(micro_batches):
-                images = batch.images.to(runtime.device, non_blocking=True)
-                targets = [t.to(runtime.device) for t in batch.targets]
+                batch = batch.to(runtime.device, non_blocking=True)
+                images, targets = batch.images, batch.targets
                 generator = _step_generator(settings.seed, step, runtime.rank, micro)
                 sync = micro == accumulation - 1 or runtime.world_size == 1
                 context = contextlib.nullcontext() if sync else wrapped.no_sync()  # type: ignore[operator]
