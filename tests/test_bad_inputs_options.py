@@ -162,6 +162,8 @@ def test_synthetic_options_are_named(refusals: Refusals, tmp_path: Path) -> None
     ("pipeline-batch-size-micro-batches", ["--batch-size", "18"], "16 and 20"),
     ("pipeline-batch-size-odd", ["--batch-size", "5"], "must be even"),
     ("pipeline-scales-too-large", ["--pseudo-scales", "40"], "--pseudo-scales"),
+    ("pipeline-rounds-zero", ["--rounds", "0"], "--rounds 0"),
+    ("pipeline-set-unknown-key", ["--set", "loss.elimnation=true"], "did you mean loss.elimination"),
 ])
 def test_pipeline_options_are_refused_before_any_stage(refusals: Refusals, tmp_path: Path, case: str,
                                                        extra: list[str], fragment: str) -> None:

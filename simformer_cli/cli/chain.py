@@ -10,8 +10,8 @@ import typer
 from simformer_cli.cli import options
 from simformer_cli.cli.console import RichReporter, print_json
 from simformer_cli.cli.options import (
-    AnnotationsOption, DeviceOption, ImagesOption, JsonOption, RootOption, TagsOption, ValAnnotationsOption, choice,
-    examples,
+    AnnotationsOption, DeviceOption, ImagesOption, JsonOption, RootOption, SetOption, TagsOption, ValAnnotationsOption,
+    choice, examples,
 )
 from simformer_cli.data.datasets import DATASETS
 from simformer_cli.settings.choices import Among, RetrainStart
@@ -21,6 +21,8 @@ PIPELINE_EXAMPLES = examples(
     "simformer pipeline --workdir runs/syn",
     "simformer pipeline --workdir runs/quick --synthetic-train 200 --synthetic-val 50 --iters 200 --json",
     "simformer pipeline --workdir runs/ade --dataset ade20k --root datasets --official-split 1 --preset paper",
+    "simformer pipeline --workdir runs/camvid --dataset folder --root ../shared/data/camvid "
+    "--novel-classes tree,car,pedestrian --set loss.elimination=true --pseudo-among quantile --rounds 3",
 )
 
 
@@ -50,6 +52,9 @@ def pipeline(
     retrain_from: Annotated[RetrainStart, choice(
         "--retrain-from", RetrainStart, help="Retraining starts from the one-stage model's weights (retrain --init-from), "
                                              "or from the preset's initialisation (scratch, as the paper).")] = "one-stage",
+    rounds: Annotated[int, typer.Option(
+        help="Rounds of pseudolabel + retrain; each round labels with the previous round's model.")] = 1,
+    set_: SetOption = None,
     device: DeviceOption = "auto",
     threads: options.ThreadsOption = None,
     json_out: JsonOption = False,
@@ -69,7 +74,8 @@ def pipeline(
         retrain_iters=retrain_iters, batch_size=batch_size,
         checkpoint_every=options.positive("--checkpoint-every", checkpoint_every),
         pseudo_scales=options.scales("--pseudo-scales", pseudo_scales), pseudo_flip=pseudo_flip,
-        pseudo_among=pseudo_among, retrain_from=retrain_from, device=device, reporter=RichReporter("pipeline"),
+        pseudo_among=pseudo_among, retrain_from=retrain_from, rounds=rounds, overrides=set_ or (), device=device,
+        reporter=RichReporter("pipeline"),
     )
     print_pipeline_table(result.one_stage, result.retrained, result.pseudo_label_novel_miou, result.workdir)
     if json_out:

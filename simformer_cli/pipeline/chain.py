@@ -1,5 +1,8 @@
 """``simformer pipeline``: split -> train -> infer -> eval -> pseudolabel -> retrain -> infer -> eval.
 
+With ``rounds`` above 1, pseudolabel and retrain run again from each retrained model (round r's
+pseudo labels come from round r-1's model) before the final infer and eval.
+
 Every stage writes into one work folder and skips itself when its artifact is complete and up to
 date; an interrupted training continues from its last checkpoint and an interrupted prediction
 from its last finished shard, so running the same command again after a kill finishes the chain
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,12 +28,23 @@ from simformer_cli.pipeline.train import run_train
 from simformer_cli.progress import Reporter, SilentReporter
 from simformer_cli.settings.choices import Among, DeviceChoice, RetrainStart
 from simformer_cli.settings.synthetic import SyntheticSettings
-from simformer_cli.settings.training import MAX_BATCH_SIZE, MAX_ITERS, PresetName, batch_problem
+from simformer_cli.settings.training import MAX_BATCH_SIZE, MAX_ITERS, PresetName, batch_problem, preset_settings
+from simformer_cli.training.resolve import apply_overrides
+
+#: Most pseudo-label rounds a pipeline runs.
+MAX_ROUNDS = 10
 
 
-def check_training_options(*, iters: int | None, retrain_iters: int | None, batch_size: int | None) -> None:
+def check_training_options(*, iters: int | None, retrain_iters: int | None, batch_size: int | None,
+                           rounds: int = 1, overrides: Sequence[str] = (), preset: PresetName = "tiny") -> None:
     """Refuse training options that train or retrain would refuse, before the chain starts: a bad
-    ``--retrain-iters`` must not wait for split, train, infer and pseudolabel to finish first."""
+    ``--retrain-iters`` must not wait for split, train, infer and pseudolabel to finish first.
+    ``--set`` keys are checked here (an unknown key is refused); their values, by train."""
+    if not 1 <= rounds <= MAX_ROUNDS:
+        raise UserError(f"--rounds {rounds}: expected 1 to {MAX_ROUNDS} rounds of pseudo labels and retraining")
+    if overrides:
+        apply_overrides(preset_settings(preset, num_classes=2, dataset="synthetic", image_size=128).model_dump(
+            context={"every_setting": True}), overrides)
     for option, value in (("--iters", iters), ("--retrain-iters", retrain_iters)):
         if value is not None and not 1 <= value <= MAX_ITERS:
             raise UserError(f"{option} {value}: expected 1 to {MAX_ITERS} training steps")
@@ -77,6 +92,8 @@ def run_pipeline(
     pseudo_flip: bool = False,
     pseudo_among: Among = "all",
     retrain_from: RetrainStart = "one-stage",
+    rounds: int = 1,
+    overrides: Sequence[str] = (),
     device: DeviceChoice = "auto",
     workers: int | None = None,
     reporter: Reporter | None = None,
@@ -94,26 +111,32 @@ def run_pipeline(
         if step:
             reporter.info(f"── {step}")
 
-    check_training_options(iters=iters, retrain_iters=retrain_iters, batch_size=batch_size)
+    check_training_options(iters=iters, retrain_iters=retrain_iters, batch_size=batch_size, rounds=rounds,
+                           overrides=overrides, preset=preset)
     say("split")
     split = run_split(dataset=dataset, root=root, out=workdir / "split.zarr", ratio=ratio, seed=seed,
                       official_split=official_split, novel_classes=novel_classes, tags=tags,
                       images=images, annotations=annotations, val_annotations=val_annotations,
                       synthetic=synthetic, workers=workers, reporter=reporter).path
     training = dict(preset=preset, batch_size=batch_size, checkpoint_every=checkpoint_every, resume="auto",
-                    device=device, reporter=reporter)
+                    overrides=list(overrides), device=device, reporter=reporter)
     say("train (SimFormer, weak labels)")
     model = run_train(split=split, out=workdir / "model.zarr", iters=iters, **training).path  # type: ignore[arg-type]
     one_stage = _predict_and_evaluate(model, split, device, reporter, say)
-    say("pseudolabel")
-    pseudo = run_pseudolabel(model=model, split=split, out=workdir / "pseudolabels.zarr", scales=pseudo_scales,
-                             flip=pseudo_flip, among=pseudo_among, device=device, reporter=reporter)
-    say("retrain (base ground truth + novel pseudo labels)")
-    # From the one-stage weights by default: within the same budget it ends far above retraining
-    # from the preset's initialisation (BENCHMARKS.md); "scratch" is the paper's route.
-    retrained_model = run_retrain(split=split, pseudolabels=pseudo.path, out=workdir / "model-retrained.zarr",
-                                  init_from=model if retrain_from == "one-stage" else None,
-                                  iters=retrain_iters if retrain_iters is not None else iters, **training).path  # type: ignore[arg-type]
+    retrained_model = model
+    for round_ in range(1, rounds + 1):
+        suffix, named = ("", "") if round_ == 1 else (f"-round{round_}", f" (round {round_})")
+        say("pseudolabel" + named)
+        pseudo = run_pseudolabel(model=retrained_model, split=split, out=workdir / f"pseudolabels{suffix}.zarr",
+                                 scales=pseudo_scales, flip=pseudo_flip, among=pseudo_among, device=device,
+                                 reporter=reporter)
+        say("retrain (base ground truth + novel pseudo labels)" + named)
+        # From the previous model's weights by default: within the same budget it ends far above
+        # retraining from the preset's initialisation (BENCHMARKS.md); "scratch" is the paper's route.
+        retrained_model = run_retrain(split=split, pseudolabels=pseudo.path, out=workdir / f"model-retrained{suffix}.zarr",
+                                      init_from=retrained_model if retrain_from == "one-stage" else None,
+                                      iters=retrain_iters if retrain_iters is not None else iters,
+                                      **training).path  # type: ignore[arg-type]
     retrained = _predict_and_evaluate(retrained_model, split, device, reporter, say)
     say("")
     return PipelineResult(one_stage, retrained, pseudo.manifest.summary.novel_miou_vs_audit, workdir, seconds)
