@@ -59,11 +59,12 @@ def test_pipeline_can_retrain_from_scratch(tmp_path: Path) -> None:
 
 def test_pipeline_runs_rounds_of_pseudo_labels_with_training_settings(tmp_path: Path) -> None:
     """``--rounds 2``: round 2 labels with round 1's retrained model and retrains from it; ``--set``
-    reaches train and both retrainings; the final table is the last round's model."""
+    reaches train and both retrainings, ``--train-set`` train alone; the final table is the last
+    round's model."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     small = [*SMALL[:SMALL.index("--iters")], "--iters", "2", *SMALL[SMALL.index("--iters") + 2:]]
     command = [sys.executable, "-m", "simformer_cli", "pipeline", "--workdir", str(tmp_path), *small,
-               "--rounds", "2", "--set", "loss.elimination=true"]
+               "--rounds", "2", "--set", "optim.weight_decay=0.001", "--train-set", "loss.elimination=true"]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     table = json.loads(done.stdout)
@@ -82,7 +83,9 @@ def test_pipeline_runs_rounds_of_pseudo_labels_with_training_settings(tmp_path: 
     assert source("model-retrained-round2.zarr", "init") == (tmp_path / "model-retrained.zarr").absolute()
     assert source("model-retrained-round2.zarr", "pseudolabels") == (tmp_path / "pseudolabels-round2.zarr").absolute()
     for name in ("model.zarr", "model-retrained.zarr", "model-retrained-round2.zarr"):
-        assert manifest(name)["params"]["settings"]["loss"]["elimination"] is True, name
+        settings = manifest(name)["params"]["settings"]
+        assert settings["optim"]["weight_decay"] == 0.001, name
+        assert settings["loss"].get("elimination", False) is (name == "model.zarr"), name  # off: left out
 
 
 def test_quickstart_recipe_runs_on_a_tiny_setting(tmp_path: Path) -> None:

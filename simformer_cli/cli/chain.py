@@ -22,7 +22,7 @@ PIPELINE_EXAMPLES = examples(
     "simformer pipeline --workdir runs/quick --synthetic-train 200 --synthetic-val 50 --iters 200 --json",
     "simformer pipeline --workdir runs/ade --dataset ade20k --root datasets --official-split 1 --preset paper",
     "simformer pipeline --workdir runs/camvid --dataset folder --root ../shared/data/camvid "
-    "--novel-classes tree,car,pedestrian --set loss.elimination=true --pseudo-among quantile --rounds 3",
+    "--novel-classes tree,car,pedestrian --train-set loss.elimination=true --pseudo-among quantile --rounds 3",
 )
 
 
@@ -55,6 +55,9 @@ def pipeline(
     rounds: Annotated[int, typer.Option(
         help="Rounds of pseudolabel + retrain; each round labels with the previous round's model.")] = 1,
     set_: SetOption = None,
+    train_set: Annotated[Optional[list[str]], typer.Option(
+        "--train-set", help="Like --set, for train alone (the one-stage model), e.g. a naming term: "
+                            "--train-set loss.elimination=true.")] = None,
     device: DeviceOption = "auto",
     threads: options.ThreadsOption = None,
     json_out: JsonOption = False,
@@ -74,7 +77,8 @@ def pipeline(
         retrain_iters=retrain_iters, batch_size=batch_size,
         checkpoint_every=options.positive("--checkpoint-every", checkpoint_every),
         pseudo_scales=options.scales("--pseudo-scales", pseudo_scales), pseudo_flip=pseudo_flip,
-        pseudo_among=pseudo_among, retrain_from=retrain_from, rounds=rounds, overrides=set_ or (), device=device,
+        pseudo_among=pseudo_among, retrain_from=retrain_from, rounds=rounds, overrides=set_ or (), train_overrides=train_set or (),
+        device=device,
         reporter=RichReporter("pipeline"),
     )
     print_pipeline_table(result.one_stage, result.retrained, result.pseudo_label_novel_miou, result.workdir)

@@ -36,7 +36,8 @@ MAX_ROUNDS = 10
 
 
 def check_training_options(*, iters: int | None, retrain_iters: int | None, batch_size: int | None,
-                           rounds: int = 1, overrides: Sequence[str] = (), preset: PresetName = "tiny") -> None:
+                           rounds: int = 1, overrides: Sequence[str] = (), preset: PresetName = "tiny",
+                           ) -> None:
     """Refuse training options that train or retrain would refuse, before the chain starts: a bad
     ``--retrain-iters`` must not wait for split, train, infer and pseudolabel to finish first.
     ``--set`` keys are checked here (an unknown key is refused); their values, by train."""
@@ -94,6 +95,7 @@ def run_pipeline(
     retrain_from: RetrainStart = "one-stage",
     rounds: int = 1,
     overrides: Sequence[str] = (),
+    train_overrides: Sequence[str] = (),
     device: DeviceChoice = "auto",
     workers: int | None = None,
     reporter: Reporter | None = None,
@@ -112,7 +114,7 @@ def run_pipeline(
             reporter.info(f"── {step}")
 
     check_training_options(iters=iters, retrain_iters=retrain_iters, batch_size=batch_size, rounds=rounds,
-                           overrides=overrides, preset=preset)
+                           overrides=[*overrides, *train_overrides], preset=preset)
     say("split")
     split = run_split(dataset=dataset, root=root, out=workdir / "split.zarr", ratio=ratio, seed=seed,
                       official_split=official_split, novel_classes=novel_classes, tags=tags,
@@ -121,7 +123,8 @@ def run_pipeline(
     training = dict(preset=preset, batch_size=batch_size, checkpoint_every=checkpoint_every, resume="auto",
                     overrides=list(overrides), device=device, reporter=reporter)
     say("train (SimFormer, weak labels)")
-    model = run_train(split=split, out=workdir / "model.zarr", iters=iters, **training).path  # type: ignore[arg-type]
+    model = run_train(split=split, out=workdir / "model.zarr", iters=iters,
+                      **dict(training, overrides=[*overrides, *train_overrides])).path  # type: ignore[arg-type]
     one_stage = _predict_and_evaluate(model, split, device, reporter, say)
     retrained_model = model
     for round_ in range(1, rounds + 1):
