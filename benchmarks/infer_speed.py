@@ -40,8 +40,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         split = run_split(dataset="synthetic", out=tmp_path / "split.zarr",
-                          synthetic=SyntheticSettings(train_images=64, val_images=args.images,
-                                                             test_images=0, image_size=args.image_size)).path
+                          synthetic=SyntheticSettings(train_images=64, val_images=args.images, test_images=0,
+                                                      image_size=args.image_size)).path
         model = run_train(split=split, out=tmp_path / "model.zarr", preset=args.preset, iters=2,
                           device=args.device).path
         for label, scales, flip in (("single scale", (1.0,), False), ("scales 0.75,1,1.25 + flip", (0.75, 1.0, 1.25), True)):
