@@ -128,6 +128,12 @@ def main() -> None:
         criterion = build_criterion(settings.model, settings.loss, novel_classes=split.manifest.novel_classes).to(device)
         module = torch.nn.ModuleList([model, criterion])
         optimizer = build_optimizer(module, settings.optim)
+
+        def optimise() -> None:  # the end of a step, as the training loop ends it
+            if settings.optim.grad_clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(module.parameters(), settings.optim.grad_clip_norm)
+            optimizer.step()
+            clear_gradients(optimizer)
         # Hooks time the pair losses (similarity net + distillation) and, inside them, the
         # similarity net's own calls (its base-loss forward and the teacher's pass). The backward
         # is run in three parts: the set losses and distillation (down to the networks' outputs),
@@ -170,10 +176,7 @@ def main() -> None:
             marks.append(now())
             torch.autograd.backward(leaves, [torch.zeros_like(f) if f.grad is None else f.grad for f in fresh])
             marks.append(now())
-            if settings.optim.grad_clip_norm is not None:
-                torch.nn.utils.clip_grad_norm_(module.parameters(), settings.optim.grad_clip_norm)
-            optimizer.step()
-            clear_gradients(optimizer)
+            optimise()
             marks.append(now())
             if step >= warmup:
                 for name, begin, end in zip(parts, marks, marks[1:]):
@@ -190,10 +193,7 @@ def main() -> None:
                     losses = criterion(outputs, batch.targets, torch.Generator().manual_seed(step))
                 total_loss(losses).backward()
                 logged = {name: float(value.detach()) for name, value in losses.items()}  # as the loop logs them
-                if settings.optim.grad_clip_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(module.parameters(), settings.optim.grad_clip_norm)
-                optimizer.step()
-                clear_gradients(optimizer)
+                optimise()
             del logged
             torch.cuda.synchronize()
             untimed_step = (time.perf_counter() - began) / untimed
