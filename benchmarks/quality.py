@@ -56,6 +56,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -550,7 +551,7 @@ def command_line(args: argparse.Namespace, parser: argparse.ArgumentParser) -> s
         elif isinstance(value, list):
             shown.append(f"{flag} {' '.join(map(str, value))}")
         else:
-            shown.append(f"{flag} {value}")
+            shown.append(f"{flag} {shlex.quote(str(value))}")
     return "python benchmarks/quality.py" + "".join(f" {part}" for part in shown)
 
 
@@ -581,6 +582,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the table into this BENCHMARKS.md")
     parser.add_argument("--section", default=None,
                         help="the BENCHMARKS.md section to write (default quality-SETTING-PROTOCOL, or -curve)")
+    parser.add_argument("--title", default=None, help="added to the section's heading, e.g. what its rows compare")
     args = parser.parse_args()
     setting = settings(args.camvid_root)[args.setting]
     if args.setting.startswith("camvid") and not (args.camvid_root / "classes.json").is_file():
@@ -615,7 +617,8 @@ def main() -> None:
     minutes = (time.perf_counter() - began) / 60
     trainings = training_outputs(chains)
     lines = [
-        f"## Quality, {args.setting} data: {'REPORTED (held-out images)' if protocol.kind == 'report' else 'tuning'}",
+        f"## Quality, {args.setting} data: {'REPORTED (held-out images)' if protocol.kind == 'report' else 'tuning'}"
+        + (f" ({args.title})" if args.title else ""),
         "",
         f"Command: `{command} --out BENCHMARKS.md`  ",
         f"Machine: {machine_line()}; {minutes:.1f} minutes for this run of the command "
@@ -662,7 +665,7 @@ def curve_section(chains: list[Chain], args: argparse.Namespace, setting: Settin
         for path in chain.scores.values():
             points.setdefault(steps, []).append(json.loads(path.read_text()))
     lines = [
-        f"## Quality, {args.setting} data: the oracle's learning curve (tuning)",
+        f"## Quality, {args.setting} data: the oracle's learning curve (tuning)" + (f" ({args.title})" if args.title else ""),
         "",
         f"Command: `{command} --out BENCHMARKS.md`  ",
         f"Machine: {machine_line()}; {(time.perf_counter() - began) / 60:.1f} minutes for this run of the command.  ",

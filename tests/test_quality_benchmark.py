@@ -153,3 +153,14 @@ def test_an_interrupted_training_continues_from_its_checkpoint_and_starts_over_i
     assert runs == [train + ["--resume"], train]  # the checkpoint was refused: started over
     out.mkdir()
     assert not quality.interrupted(train)  # finished: the command's own up-to-date check decides
+
+
+def test_the_command_line_shown_with_a_table_quotes_what_the_shell_would_split(quality) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--title", default=None)
+    parser.add_argument("--rows", nargs="+", default=["simformer"])
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(["--title", "weight of the DFR regularizer", "--rows", "simformer", "simformer-dfr",
+                              "--out", "B.md"])
+    shown = quality.command_line(args, parser)
+    assert shown == "python benchmarks/quality.py --title 'weight of the DFR regularizer' --rows simformer simformer-dfr"

@@ -140,8 +140,8 @@ class LossSettings(BaseModel):
     # Regularized loss (the DFR route, model/regularizer.py): predictions of pixels alike in colour,
     # place and deep features must agree; last layer only, on dfr_points sampled pixels per image.
     regularizer: Regularizer = "none"
-    # Chosen from the gradient share that benchmarks/regularizer_step.py reports, not from quality runs.
-    dfr_weight: float = Field(50.0, ge=0.0, le=MAX_WEIGHT)
+    # Chosen on the quality benchmark's tuning splits (BENCHMARKS.md, "weight of the DFR regularizer").
+    dfr_weight: float = Field(1.0, ge=0.0, le=MAX_WEIGHT)
     # unlabelled: pairs of pixels no target mask covers (novel and ignore pixels); all: any non-padding pixels.
     dfr_pixels: Literal["unlabelled", "all"] = "unlabelled"
     dfr_points: int = Field(256, ge=2, le=4096, description="sampled pixels per image; all their pairs are used")
