@@ -480,7 +480,7 @@ def run_units(args: argparse.Namespace, setting: Setting, kind: str, split_seeds
     """Make the splits, then build and run every chain of these units (``iters_of``: one unit per
     budget, for the learning curve)."""
     chains: list[Chain] = []
-    subset = setting.subsets[kind]
+    subset = args.score_on or setting.subsets[kind]
     for split_seed in split_seeds:
         split = work / f"split{split_seed}" / "split.zarr"
         first = work / f"split{split_seeds[0]}"
@@ -572,6 +572,9 @@ def main() -> None:
                         help="training seeds of the converged oracle (the most expensive row)")
     parser.add_argument("--curve", type=int, nargs="+", default=None,
                         help="instead of the table: the oracle's learning curve at these budgets (tuning splits)")
+    parser.add_argument("--score-on", default=None, metavar="SUBSET",
+                        help="score the tuning runs on this subset of their splits instead (e.g. CamVid's val), "
+                             "a check of how tuning figures carry over")
     parser.add_argument("--parallel", type=int, default=2, help="chains run at once")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per chain (default: the cores shared among --parallel chains); give "
@@ -589,6 +592,8 @@ def main() -> None:
         print(f"skipped: no CamVid folder at {args.camvid_root} (pass --camvid-root)", file=sys.stderr)
         return
     protocol = PROTOCOLS["tuning" if args.curve else args.protocol]
+    if args.score_on and protocol.kind != "tuning":
+        parser.error("--score-on scores the tuning runs elsewhere; the report protocol has its own images")
     one_split = not setting.seeded or (args.curve and not setting.oracle_per_split)  # more would repeat one training
     split_seeds = args.split_seeds or list(protocol.split_seeds[:1] if one_split else protocol.split_seeds)
     train_seeds = args.train_seeds or list(protocol.train_seeds)
@@ -601,7 +606,7 @@ def main() -> None:
     log = work / "quality.log"
     began = time.perf_counter()
     command = command_line(args, parser)
-    subset = setting.subsets[protocol.kind]
+    subset = args.score_on or setting.subsets[protocol.kind]
     if args.curve:
         chains = run_units(args, setting, "tuning", split_seeds, train_seeds, ["oracle"], work, log,
                            oracle_iters=args.oracle_iters, iters_of=args.curve)
@@ -625,9 +630,7 @@ def main() -> None:
         f"({len(trainings)} trainings; those already in the workdir were reused).  ",
         f"Data: {setting.description}. Split seeds {', '.join(map(str, split_seeds))}; training seeds "
         f"{', '.join(map(str, train_seeds))} (converged oracle: {', '.join(map(str, args.oracle_seeds))}, "
-        f"{args.oracle_iters} steps). Scored on the **{subset}** images"
-        + (" (held out: never used to choose a setting)." if protocol.kind == "report"
-           else " (used to choose settings: not a figure to report).") + "  ",
+        f"{args.oracle_iters} steps). Scored on the **{subset}** images" + scored_note(args, protocol.kind) + "  ",
         f"Every other training: {args.iters} steps of the tiny preset, batch 8; retraining "
         f"{args.retrain_iters or args.iters} steps from the one-stage weights. Mean ± sd over the runs. "
         "*novel found*: IoU of the union of the novel classes; *novel renamed*: novel mIoU under the best "
@@ -655,6 +658,16 @@ def main() -> None:
 
 def novel(runs: dict[str, dict[tuple, dict]], row: str) -> dict[tuple, float]:
     return {unit: result["novel_miou"] for unit, result in runs[row].items()}
+
+
+def scored_note(args: argparse.Namespace, kind: str) -> str:
+    """What the scored images are to the protocol, for the table's data line."""
+    if args.score_on:
+        return (f" (`--score-on {args.score_on}`: the tuning runs' models scored on other images, to see how "
+                "the tuning figures carry over; nothing is chosen on them).")
+    if kind == "report":
+        return " (held out: never used to choose a setting)."
+    return " (used to choose settings: not a figure to report)."
 
 
 def curve_section(chains: list[Chain], args: argparse.Namespace, setting: Setting, subset: str, command: str,

@@ -164,3 +164,9 @@ def test_the_command_line_shown_with_a_table_quotes_what_the_shell_would_split(q
                               "--out", "B.md"])
     shown = quality.command_line(args, parser)
     assert shown == "python benchmarks/quality.py --title 'weight of the DFR regularizer' --rows simformer simformer-dfr"
+
+
+def test_score_on_names_the_images_and_says_nothing_is_chosen_on_them(quality) -> None:
+    scored = quality.scored_note(argparse.Namespace(score_on="val"), "tuning")
+    assert "--score-on val" in scored and "nothing is chosen" in scored
+    assert "never used to choose" in quality.scored_note(argparse.Namespace(score_on=None), "report")
