@@ -474,13 +474,12 @@ def table(runs: dict[str, dict[tuple, dict]], rows: list[str], split_seeds: list
     return lines
 
 
-def run_units(args: argparse.Namespace, setting: Setting, kind: str, split_seeds: list[int], train_seeds: list[int],
+def run_units(args: argparse.Namespace, setting: Setting, subset: str, split_seeds: list[int], train_seeds: list[int],
               rows: list[str], work: Path, log: Path, *, oracle_iters: int,
               iters_of: list[int] | None = None) -> list[Chain]:
     """Make the splits, then build and run every chain of these units (``iters_of``: one unit per
     budget, for the learning curve)."""
     chains: list[Chain] = []
-    subset = args.score_on or setting.subsets[kind]
     for split_seed in split_seeds:
         split = work / f"split{split_seed}" / "split.zarr"
         first = work / f"split{split_seeds[0]}"
@@ -608,22 +607,22 @@ def main() -> None:
     command = command_line(args, parser)
     subset = args.score_on or setting.subsets[protocol.kind]
     if args.curve:
-        chains = run_units(args, setting, "tuning", split_seeds, train_seeds, ["oracle"], work, log,
+        chains = run_units(args, setting, subset, split_seeds, train_seeds, ["oracle"], work, log,
                            oracle_iters=args.oracle_iters, iters_of=args.curve)
         publish(curve_section(chains, args, setting, subset, command, began, split_seeds), args.out, args.section or f"quality-{name}")
         return
     rows = [row for row in args.rows if row != "oracle-conv"]
-    chains = run_units(args, setting, protocol.kind, split_seeds, train_seeds, rows, work, log,
+    chains = run_units(args, setting, subset, split_seeds, train_seeds, rows, work, log,
                        oracle_iters=args.oracle_iters)
     if "oracle-conv" in args.rows:
-        chains += run_units(args, setting, protocol.kind, split_seeds, args.oracle_seeds, ["oracle-conv"], work, log,
+        chains += run_units(args, setting, subset, split_seeds, args.oracle_seeds, ["oracle-conv"], work, log,
                             oracle_iters=args.oracle_iters)
     runs, pseudo = collect(chains)
     minutes = (time.perf_counter() - began) / 60
     trainings = training_outputs(chains)
     lines = [
-        f"## Quality, {args.setting} data: {'REPORTED (held-out images)' if protocol.kind == 'report' else 'tuning'}"
-        + (f" ({args.title})" if args.title else ""),
+        heading(f"Quality, {args.setting} data: {'REPORTED (held-out images)' if protocol.kind == 'report' else 'tuning'}",
+                args),
         "",
         f"Command: `{command} --out BENCHMARKS.md`  ",
         f"Machine: {machine_line()}; {minutes:.1f} minutes for this run of the command "
@@ -660,6 +659,11 @@ def novel(runs: dict[str, dict[tuple, dict]], row: str) -> dict[tuple, float]:
     return {unit: result["novel_miou"] for unit, result in runs[row].items()}
 
 
+def heading(text: str, args: argparse.Namespace) -> str:
+    """A section's heading, with ``--title`` after it."""
+    return f"## {text}" + (f" ({args.title})" if args.title else "")
+
+
 def scored_note(args: argparse.Namespace, kind: str) -> str:
     """What the scored images are to the protocol, for the table's data line."""
     if args.score_on:
@@ -678,7 +682,7 @@ def curve_section(chains: list[Chain], args: argparse.Namespace, setting: Settin
         for path in chain.scores.values():
             points.setdefault(steps, []).append(json.loads(path.read_text()))
     lines = [
-        f"## Quality, {args.setting} data: the oracle's learning curve (tuning)" + (f" ({args.title})" if args.title else ""),
+        heading(f"Quality, {args.setting} data: the oracle's learning curve (tuning)", args),
         "",
         f"Command: `{command} --out BENCHMARKS.md`  ",
         f"Machine: {machine_line()}; {(time.perf_counter() - began) / 60:.1f} minutes for this run of the command.  ",
