@@ -474,6 +474,14 @@ def table(runs: dict[str, dict[tuple, dict]], rows: list[str], split_seeds: list
     return lines
 
 
+def check_subset(split: Path, subset: str) -> None:
+    """Stop before any training when the images to score on are not a subset of the split."""
+    have = json.loads((split / "manifest.json").read_text())["manifest"]["summary"]["subsets"]
+    if subset not in have:
+        raise SystemExit(f"error: {split} has no '{subset}' images to score on (it has {', '.join(sorted(have))}); "
+                         "give --score-on one of those")
+
+
 def run_units(args: argparse.Namespace, setting: Setting, subset: str, split_seeds: list[int], train_seeds: list[int],
               rows: list[str], work: Path, log: Path, *, oracle_iters: int,
               iters_of: list[int] | None = None) -> list[Chain]:
@@ -485,6 +493,7 @@ def run_units(args: argparse.Namespace, setting: Setting, subset: str, split_see
         first = work / f"split{split_seeds[0]}"
         oracle_from = None if setting.oracle_per_split or split_seed == split_seeds[0] else first
         run_command(simformer("split", *setting.split_args(split_seed), "--out", split), dict(os.environ), log)
+        check_subset(split, subset)
         for train_seed in train_seeds:
             for iters in (iters_of or [args.iters]):
                 folder = split.parent / (f"train{train_seed}" if iters_of is None else f"oracle-{iters}")

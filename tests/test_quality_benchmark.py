@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -170,3 +171,13 @@ def test_score_on_names_the_images_and_says_nothing_is_chosen_on_them(quality) -
     scored = quality.scored_note(argparse.Namespace(score_on="val"), "tuning")
     assert "--score-on val" in scored and "nothing is chosen" in scored
     assert "never used to choose" in quality.scored_note(argparse.Namespace(score_on=None), "report")
+
+
+def test_a_subset_the_split_lacks_is_refused_before_training(quality, tmp_path) -> None:
+    split = tmp_path / "split.zarr"
+    split.mkdir()
+    subsets = {"train": {}, "val": {}, "test": {}}
+    (split / "manifest.json").write_text(json.dumps({"manifest": {"summary": {"subsets": subsets}}}))
+    quality.check_subset(split, "val")  # present: nothing to say
+    with pytest.raises(SystemExit, match="no 'holdout' images to score on .*test, train, val"):
+        quality.check_subset(split, "holdout")
