@@ -23,6 +23,13 @@ each rule below, and the table gives the novel IoUs of each rule over those pixe
                 to n is its largest cosine similarity (the model's mask features) to a memory of
                 open-pixel features from those images, ranked among the alikeness of the images
                 that have n; the class is chosen by quantile x (1 - that rank)
+    clusters    naming by elimination over whole clusters: the open pixels' mask features of all
+                training images are grouped by k-means (``--clusters`` groups), and a group is
+                unlike class n as far as its pixels lie in images whose label lacks n, against what
+                the open pixels of all images do. A pixel takes the image's class its group is least
+                unlike (``quantile`` breaks ties)
+    clusters x quantile
+                quantile x (1 - how unlike n the pixel's group is)
 
 The ``image`` and ``quantile`` labels are the ``pseudolabel`` stage's own rule
 (``inference.pseudolabel``), so the figures are those of the pseudo labels it would write.
@@ -56,6 +63,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--split", type=Path, required=True)
     parser.add_argument("--every", type=int, default=1, help="score every N-th training image (the quantiles use all)")
+    parser.add_argument("--clusters", type=int, default=12, help="k-means groups of the clusters rules")
     args = parser.parse_args()
     split = SplitArtifact(args.split)
     manifest = split.manifest
@@ -82,13 +90,19 @@ def main() -> None:
         return rule
 
     tail = ranking_rule(lambda index, c, scores: (quantile_of(quantiles[c], scores[c]) - (1 - shares[c])) / shares[c])
-    alikeness = absent_alikeness(split, model, test_time)
+    features = open_features(split, model, test_time)
+    alikeness = absent_alikeness(split, features)
     unlike_absent = ranking_rule(
         lambda index, c, scores: quantile_of(quantiles[c], scores[c]) * (1 - alikeness(index, c)))
+    unlike = cluster_unlikeness(split, features, args.clusters, full)
+    by_cluster = ranking_rule(
+        lambda index, c, scores: (1 - unlike(index, c)) + 1e-3 * quantile_of(quantiles[c], scores[c]))
+    cluster_quantile = ranking_rule(
+        lambda index, c, scores: quantile_of(quantiles[c], scores[c]) * (1 - unlike(index, c)))
 
     rules = {"image": image_rule, "per-image": image_rule,
              "quantile": PseudoLabelRule(split, None, "quantile", quantiles), "tail (true shares)": tail,
-             "unlike-absent": unlike_absent}
+             "unlike-absent": unlike_absent, "clusters": by_cluster, "clusters x quantile": cluster_quantile}
     hits, unions = {name: np.zeros(len(novel)) for name in rules}, {name: np.zeros(len(novel)) for name in rules}
     confusion = {name: np.zeros((len(novel), len(novel))) for name in rules}  # true novel class x chosen one
     images = [i for i in range(0, split.count("train"), args.every) if present[i].any()]
@@ -124,13 +138,10 @@ MEMORY_PER_IMAGE, MEMORY_SIZE = 64, 4096
 
 
 @torch.no_grad()
-def absent_alikeness(split, model, test_time):
-    """``alikeness(index, c)`` -> (H, W): each pixel's largest cosine similarity to the open pixels
-    of the training images lacking class c, as a quantile (0..1) among the same similarities over
-    the open pixels of the training images that have c."""
-    manifest = split.manifest
-    novel, ignore = [int(c) for c in manifest.novel_classes], manifest.ignore_index
-    labels = split.image_labels("train")
+def open_features(split, model, test_time):
+    """Per training image: its mask features on the stride-4 grid (unit length, (C, h, w)), which
+    grid cells are open (no base ground truth), and the image's size."""
+    ignore = split.manifest.ignore_index
     features, open_grid, sizes = [], [], []
     for index in range(split.count("train")):
         image = split.image("train", index)
@@ -146,6 +157,22 @@ def absent_alikeness(split, model, test_time):
         features.append(grid)
         open_grid.append(small)
         sizes.append((height, width))
+    return features, open_grid, sizes
+
+
+def to_image(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(grid[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]
+
+
+@torch.no_grad()
+def absent_alikeness(split, open_features_):
+    """``alikeness(index, c)`` -> (H, W): each pixel's largest cosine similarity to the open pixels
+    of the training images lacking class c, as a quantile (0..1) among the same similarities over
+    the open pixels of the training images that have c."""
+    manifest = split.manifest
+    novel = [int(c) for c in manifest.novel_classes]
+    labels = split.image_labels("train")
+    features, open_grid, sizes = open_features_
     memories = {}
     for c in novel:
         parts = []
@@ -168,10 +195,81 @@ def absent_alikeness(split, model, test_time):
         tables[c] = values[np.linspace(0, len(values) - 1, min(len(values), 4096)).round().astype(int)].astype(np.float64)
 
     def alikeness(index: int, c: int) -> torch.Tensor:
-        ranked = quantile_of(tables[c], grid_alike(index, c))
-        return F.interpolate(ranked[None, None].float(), size=sizes[index], mode="bilinear", align_corners=False)[0, 0]
+        return to_image(quantile_of(tables[c], grid_alike(index, c)), sizes[index])
 
     return alikeness
+
+
+#: Open-pixel features per image that the k-means sees, and its rounds.
+KMEANS_PER_IMAGE, KMEANS_ROUNDS = 256, 30
+
+
+@torch.no_grad()
+def cluster_unlikeness(split, open_features_, clusters: int, full):
+    """``unlike(index, c)`` -> (H, W), 0..1: how unlike class c the k-means group of each pixel is.
+
+    A group's unlikeness to c is the share of its open pixels that lie in training images whose
+    label lacks c, over the same share for all open pixels (capped at 1): a group of class c has
+    none there, a group of another class about as many as everything else. Prints each group's
+    size, its true classes (from the audit labels: a diagnostic of how well the features separate
+    the classes, which no rule reads) and its unlikeness to each novel class."""
+    manifest = split.manifest
+    novel = [int(c) for c in manifest.novel_classes]
+    present = split.image_labels("train")[:, novel]
+    features, open_grid, sizes = open_features_
+    pool = torch.cat([f[:, o].T[:: max(1, -(-int(o.sum()) // KMEANS_PER_IMAGE))]
+                      for f, o in zip(features, open_grid) if o.any()])
+    generator = torch.Generator().manual_seed(0)
+    centers = pool[torch.randperm(len(pool), generator=generator)[:clusters]].clone()
+    for _ in range(KMEANS_ROUNDS):
+        nearest = (pool @ centers.T).argmax(1)
+        for k in range(clusters):
+            members = pool[nearest == k]
+            if len(members):
+                centers[k] = F.normalize(members.mean(0), dim=0)
+    groups = []
+    mass = np.zeros((clusters, len(features)))
+    for index, (f, o) in enumerate(zip(features, open_grid)):
+        group = (f.flatten(1).T @ centers.T).argmax(1).reshape(f.shape[1:])
+        groups.append(group)
+        mass[:, index] = np.bincount(group[o].numpy(), minlength=clusters)
+    unlike = np.ones((clusters, len(novel)))
+    for k in range(len(novel)):
+        lacking = ~present[:, k]
+        everyone = mass[:, lacking].sum() / max(mass.sum(), 1)
+        if everyone > 0:
+            unlike[:, k] = np.minimum(1.0, mass[:, lacking].sum(1) / np.maximum(mass.sum(1), 1) / everyone)
+    describe_groups(split, groups, open_grid, sizes, full, mass, unlike)
+
+    def unlikeness(index: int, c: int) -> torch.Tensor:
+        table = torch.from_numpy(unlike[:, novel.index(c)])
+        return to_image(table[groups[index]], sizes[index])
+
+    return unlikeness
+
+
+def describe_groups(split, groups, open_grid, sizes, full, mass, unlike) -> None:
+    """Print each k-means group's share of the open pixels, its true classes and its unlikeness."""
+    manifest = split.manifest
+    novel, ignore = [int(c) for c in manifest.novel_classes], manifest.ignore_index
+    names = manifest.class_names
+    truth_counts = np.zeros((len(mass), len(names) + 1))
+    for index, group in enumerate(groups):
+        truth = torch.from_numpy(full(index).astype(np.int64))[None, None].float()
+        small = F.interpolate(truth, size=group.shape, mode="nearest")[0, 0].long()[open_grid[index]]
+        small[small == ignore] = len(names)
+        np.add.at(truth_counts, (group[open_grid[index]].numpy(), small.numpy()), 1)
+    print("k-means groups of the open pixels (true classes from the audit labels; unlikeness per novel class):")
+    print("| group | share of open pixels | " + " | ".join(names[c] for c in novel) + " | other | unlike "
+          + " / ".join(names[c] for c in novel) + " |")
+    print("|---|---|" + "---|" * (len(novel) + 2))
+    for k in np.argsort(-mass.sum(1)):
+        row = truth_counts[k] / max(truth_counts[k].sum(), 1)
+        other = 1 - sum(row[c] for c in novel)
+        print(f"| {k} | {100 * mass[k].sum() / max(mass.sum(), 1):.1f}% | "
+              + " | ".join(f"{100 * row[c]:.0f}%" for c in novel) + f" | {100 * other:.0f}% | "
+              + " / ".join(f"{u:.2f}" for u in unlike[k]) + " |")
+    print()
 
 
 def true_shares(split, full, present: np.ndarray) -> dict[int, float]:
