@@ -30,6 +30,18 @@ each rule below, and the table gives the novel IoUs of each rule over those pixe
                 unlike (``quantile`` breaks ties)
     clusters x quantile
                 quantile x (1 - how unlike n the pixel's group is)
+    clusters, evidence in images
+                the same groups, each named by counting images instead of pixels: the log-likelihood
+                ratio of "the group is n" (it would appear in images lacking n only by stray
+                pixels) against "it is not" (it would appear there as often as elsewhere)
+    clusters, consistent with the image labels
+                the same groups, named all at once: of every naming of the groups, the one under
+                which the groups appearing in each training image best match its label (a class of
+                the label that no appearing group carries costs 1, an appearing group carrying a
+                class the label lacks costs 1)
+    clusters, true majority (a ceiling)
+                each group named after the novel class most of its pixels truly are (audit labels):
+                what naming whole groups could reach with these features
 
 The ``image`` and ``quantile`` labels are the ``pseudolabel`` stage's own rule
 (``inference.pseudolabel``), so the figures are those of the pseudo labels it would write.
@@ -64,6 +76,8 @@ def main() -> None:
     parser.add_argument("--split", type=Path, required=True)
     parser.add_argument("--every", type=int, default=1, help="score every N-th training image (the quantiles use all)")
     parser.add_argument("--clusters", type=int, default=12, help="k-means groups of the clusters rules")
+    parser.add_argument("--appears", type=float, default=0.02,
+                        help="a group appears in an image where it holds this share of its open pixels")
     args = parser.parse_args()
     split = SplitArtifact(args.split)
     manifest = split.manifest
@@ -94,15 +108,24 @@ def main() -> None:
     alikeness = absent_alikeness(split, features)
     unlike_absent = ranking_rule(
         lambda index, c, scores: quantile_of(quantiles[c], scores[c]) * (1 - alikeness(index, c)))
-    unlike = cluster_unlikeness(split, features, args.clusters, full)
+    grouped = cluster_unlikeness(split, features, args.clusters, full, args.appears)
     by_cluster = ranking_rule(
-        lambda index, c, scores: (1 - unlike(index, c)) + 1e-3 * quantile_of(quantiles[c], scores[c]))
+        lambda index, c, scores: (1 - grouped["unlike"](index, c)) + 1e-3 * quantile_of(quantiles[c], scores[c]))
     cluster_quantile = ranking_rule(
-        lambda index, c, scores: quantile_of(quantiles[c], scores[c]) * (1 - unlike(index, c)))
+        lambda index, c, scores: quantile_of(quantiles[c], scores[c]) * (1 - grouped["unlike"](index, c)))
+    by_evidence = ranking_rule(
+        lambda index, c, scores: grouped["evidence"](index, c) + 1e-3 * quantile_of(quantiles[c], scores[c]))
+    by_consistency = ranking_rule(
+        lambda index, c, scores: grouped["consistent"](index, c) + 1e-3 * quantile_of(quantiles[c], scores[c]))
+    by_majority = ranking_rule(
+        lambda index, c, scores: grouped["majority"](index, c) + 1e-3 * quantile_of(quantiles[c], scores[c]))
 
     rules = {"image": image_rule, "per-image": image_rule,
              "quantile": PseudoLabelRule(split, None, "quantile", quantiles), "tail (true shares)": tail,
-             "unlike-absent": unlike_absent, "clusters": by_cluster, "clusters x quantile": cluster_quantile}
+             "unlike-absent": unlike_absent, "clusters": by_cluster, "clusters x quantile": cluster_quantile,
+             "clusters, evidence in images": by_evidence,
+             "clusters, consistent with the image labels": by_consistency,
+             "clusters, true majority (a ceiling)": by_majority}
     hits, unions = {name: np.zeros(len(novel)) for name in rules}, {name: np.zeros(len(novel)) for name in rules}
     confusion = {name: np.zeros((len(novel), len(novel))) for name in rules}  # true novel class x chosen one
     images = [i for i in range(0, split.count("train"), args.every) if present[i].any()]
@@ -205,7 +228,7 @@ KMEANS_PER_IMAGE, KMEANS_ROUNDS = 256, 30
 
 
 @torch.no_grad()
-def cluster_unlikeness(split, open_features_, clusters: int, full):
+def cluster_unlikeness(split, open_features_, clusters: int, full, appears: float):
     """``unlike(index, c)`` -> (H, W), 0..1: how unlike class c the k-means group of each pixel is.
 
     A group's unlikeness to c is the share of its open pixels that lie in training images whose
@@ -239,36 +262,122 @@ def cluster_unlikeness(split, open_features_, clusters: int, full):
         everyone = mass[:, lacking].sum() / max(mass.sum(), 1)
         if everyone > 0:
             unlike[:, k] = np.minimum(1.0, mass[:, lacking].sum(1) / np.maximum(mass.sum(1), 1) / everyone)
-    describe_groups(split, groups, open_grid, sizes, full, mass, unlike)
+    evidence = group_evidence(mass, present, appears)
+    consistent = np.zeros((clusters, len(novel)))
+    consistent[np.arange(clusters), consistent_naming(mass, present, appears)] = 1.0
+    truth = group_truth(split, groups, open_grid, full, clusters)
+    majority = np.zeros((clusters, len(novel)))
+    majority[np.arange(clusters), truth[:, novel].argmax(1)] = 1.0
+    describe_groups(split, truth, mass, unlike, evidence)
 
-    def unlikeness(index: int, c: int) -> torch.Tensor:
-        table = torch.from_numpy(unlike[:, novel.index(c)])
-        return to_image(table[groups[index]], sizes[index])
+    def per_pixel(table: np.ndarray, index: int, c: int) -> torch.Tensor:
+        return to_image(torch.from_numpy(table[:, novel.index(c)])[groups[index]], sizes[index])
 
-    return unlikeness
+    return {"unlike": lambda index, c: per_pixel(unlike, index, c),
+            "evidence": lambda index, c: per_pixel(evidence, index, c),
+            "majority": lambda index, c: per_pixel(majority, index, c),
+            "consistent": lambda index, c: per_pixel(consistent, index, c)}
 
 
-def describe_groups(split, groups, open_grid, sizes, full, mass, unlike) -> None:
-    """Print each k-means group's share of the open pixels, its true classes and its unlikeness."""
-    manifest = split.manifest
-    novel, ignore = [int(c) for c in manifest.novel_classes], manifest.ignore_index
-    names = manifest.class_names
-    truth_counts = np.zeros((len(mass), len(names) + 1))
+#: The rate at which a group of class n still appears in images whose label lacks n (stray pixels).
+STRAY = 0.02
+
+
+def group_evidence(mass: np.ndarray, present: np.ndarray, appears: float) -> np.ndarray:
+    """(groups, novel classes): the log-likelihood ratio, counted in images, of "group k is class n"
+    against "k is another class". Were k of class n, it would appear in the images lacking n only
+    by stray pixels (rate ``STRAY``); were it not, it would appear there as often as in the images
+    that have n. Images, not pixels, are the counts: pixels of one image are far from independent."""
+    totals = mass.sum(0)
+    seen = (mass >= appears * np.maximum(totals, 1)) & (totals > 0)
+    evidence = np.zeros((len(mass), present.shape[1]))
+    for n in range(present.shape[1]):
+        lacking, having = (~present[:, n]) & (totals > 0), present[:, n] & (totals > 0)
+        if not lacking.any() or not having.any():
+            continue
+        rate = np.clip(seen[:, having].mean(1), STRAY, 1 - STRAY)
+        hits, misses = seen[:, lacking].sum(1), (~seen[:, lacking]).sum(1)
+        evidence[:, n] = hits * np.log(STRAY / rate) + misses * np.log((1 - STRAY) / (1 - rate))
+    return evidence
+
+
+#: Namings of the groups tried one by one at most (3 classes, 12 groups: 531,441).
+MAX_NAMINGS = 600_000
+
+
+def consistent_naming(mass: np.ndarray, present: np.ndarray, appears: float, chunk: int = 4096) -> np.ndarray:
+    """The novel class of each group (index into the novel classes) under which the groups that
+    appear in each image best match its image-level label: every class of the label should be
+    named by a group that appears there (a miss costs 1), and no group that appears should carry a
+    class the label lacks (each costs 1). Every naming is tried (classes ** groups of them)."""
+    totals = mass.sum(0)
+    keep = totals > 0
+    seen = (mass >= appears * np.maximum(totals, 1))[:, keep].astype(np.int32)  # (groups, images)
+    labels = present[keep].astype(np.int32)  # (images, classes)
+    groups, classes = seen.shape[0], labels.shape[1]
+
+    def cost_of(naming: np.ndarray) -> int:
+        named = np.zeros((seen.shape[1], classes), dtype=bool)
+        for group, cls in enumerate(naming):
+            named[:, cls] |= seen[group] > 0
+        return int((labels.astype(bool) & ~named).sum() + (seen * (1 - labels[:, naming].T)).sum())
+
+    total = classes ** groups
+    if total > MAX_NAMINGS:  # too many to try: change one group's class at a time while that helps
+        best = np.zeros(groups, dtype=int)
+        improved = True
+        while improved:
+            improved = False
+            for group in range(groups):
+                for cls in range(classes):
+                    trial = best.copy()
+                    trial[group] = cls
+                    if cost_of(trial) < cost_of(best):
+                        best, improved = trial, True
+        return best
+    best, best_cost = None, np.inf
+    for start in range(0, total, chunk):
+        codes = np.arange(start, min(total, start + chunk))
+        naming = (codes[:, None] // classes ** np.arange(groups)[None, :]) % classes  # (namings, groups)
+        onehot = np.eye(classes, dtype=np.int32)[naming]  # (namings, groups, classes)
+        named = np.einsum("agc,gi->aic", onehot, seen) > 0  # (namings, images, classes): class named there
+        misses = (labels[None] & ~named).sum((1, 2))
+        strays = np.einsum("agc,gi,ic->a", onehot, seen, 1 - labels)
+        cost = misses + strays
+        at = int(cost.argmin())
+        if cost[at] < best_cost:
+            best, best_cost = naming[at], cost[at]
+    return best
+
+
+def group_truth(split, groups, open_grid, full, clusters: int) -> np.ndarray:
+    """(groups, classes + 1): how many open grid cells of each group are of each true class (the
+    audit labels; the last column is unlabelled)."""
+    names, ignore = split.manifest.class_names, split.manifest.ignore_index
+    counts = np.zeros((clusters, len(names) + 1))
     for index, group in enumerate(groups):
         truth = torch.from_numpy(full(index).astype(np.int64))[None, None].float()
         small = F.interpolate(truth, size=group.shape, mode="nearest")[0, 0].long()[open_grid[index]]
         small[small == ignore] = len(names)
-        np.add.at(truth_counts, (group[open_grid[index]].numpy(), small.numpy()), 1)
-    print("k-means groups of the open pixels (true classes from the audit labels; unlikeness per novel class):")
-    print("| group | share of open pixels | " + " | ".join(names[c] for c in novel) + " | other | unlike "
-          + " / ".join(names[c] for c in novel) + " |")
-    print("|---|---|" + "---|" * (len(novel) + 2))
+        np.add.at(counts, (group[open_grid[index]].numpy(), small.numpy()), 1)
+    return counts
+
+
+def describe_groups(split, truth, mass, unlike, evidence) -> None:
+    """Print each k-means group's share of the open pixels, its true classes, its unlikeness and
+    the evidence that it is each novel class."""
+    names, novel = split.manifest.class_names, [int(c) for c in split.manifest.novel_classes]
+    novel_names = " / ".join(names[c] for c in novel)
+    print("k-means groups of the open pixels (true classes from the audit labels):")
+    print("| group | share of open pixels | " + " | ".join(names[c] for c in novel)
+          + f" | other | unlike {novel_names} | evidence {novel_names} |")
+    print("|---|---|" + "---|" * (len(novel) + 3))
     for k in np.argsort(-mass.sum(1)):
-        row = truth_counts[k] / max(truth_counts[k].sum(), 1)
+        row = truth[k] / max(truth[k].sum(), 1)
         other = 1 - sum(row[c] for c in novel)
         print(f"| {k} | {100 * mass[k].sum() / max(mass.sum(), 1):.1f}% | "
               + " | ".join(f"{100 * row[c]:.0f}%" for c in novel) + f" | {100 * other:.0f}% | "
-              + " / ".join(f"{u:.2f}" for u in unlike[k]) + " |")
+              + " / ".join(f"{u:.2f}" for u in unlike[k]) + " | " + " / ".join(f"{e:.0f}" for e in evidence[k]) + " |")
     print()
 
 
