@@ -229,13 +229,19 @@ KMEANS_PER_IMAGE, KMEANS_ROUNDS = 256, 30
 
 @torch.no_grad()
 def cluster_unlikeness(split, open_features_, clusters: int, full, appears: float):
-    """``unlike(index, c)`` -> (H, W), 0..1: how unlike class c the k-means group of each pixel is.
+    """Group the open pixels of all training images by k-means on their mask features, name the
+    groups four ways, and return each naming as ``name -> f(index, c) -> (H, W)``, the score of
+    class c at each pixel of a training image (that of the pixel's group):
 
-    A group's unlikeness to c is the share of its open pixels that lie in training images whose
-    label lacks c, over the same share for all open pixels (capped at 1): a group of class c has
-    none there, a group of another class about as many as everything else. Prints each group's
-    size, its true classes (from the audit labels: a diagnostic of how well the features separate
-    the classes, which no rule reads) and its unlikeness to each novel class."""
+    - ``unlike``: the share of the group's open pixels that lie in images whose label lacks c,
+      over the same share for all open pixels (capped at 1): a group of class c has none there, a
+      group of another class about as many as everything else (lower is more like c);
+    - ``evidence``: :func:`group_evidence`; ``consistent``: :func:`consistent_naming` (1 for the
+      group's class, else 0);
+    - ``majority``: 1 for the novel class most of the group's pixels truly are (the audit labels;
+      a ceiling, not a rule a user could run).
+
+    Prints each group's size, its true classes and its scores."""
     manifest = split.manifest
     novel = [int(c) for c in manifest.novel_classes]
     present = split.image_labels("train")[:, novel]
