@@ -108,24 +108,21 @@ def main() -> None:
     alikeness = absent_alikeness(split, features)
     unlike_absent = ranking_rule(
         lambda index, c, scores: quantile_of(quantiles[c], scores[c]) * (1 - alikeness(index, c)))
-    grouped = cluster_unlikeness(split, features, args.clusters, full, args.appears)
-    by_cluster = ranking_rule(
-        lambda index, c, scores: (1 - grouped["unlike"](index, c)) + 1e-3 * quantile_of(quantiles[c], scores[c]))
+    grouped = group_namings(split, features, args.clusters, full, args.appears)
+
+    def group_rule(name: str):  # noqa: ANN202
+        """Each open pixel takes the class its group's naming ``name`` scores highest; quantile breaks ties."""
+        return ranking_rule(lambda index, c, scores: grouped[name](index, c) + 1e-3 * quantile_of(quantiles[c], scores[c]))
+
     cluster_quantile = ranking_rule(
-        lambda index, c, scores: quantile_of(quantiles[c], scores[c]) * (1 - grouped["unlike"](index, c)))
-    by_evidence = ranking_rule(
-        lambda index, c, scores: grouped["evidence"](index, c) + 1e-3 * quantile_of(quantiles[c], scores[c]))
-    by_consistency = ranking_rule(
-        lambda index, c, scores: grouped["consistent"](index, c) + 1e-3 * quantile_of(quantiles[c], scores[c]))
-    by_majority = ranking_rule(
-        lambda index, c, scores: grouped["majority"](index, c) + 1e-3 * quantile_of(quantiles[c], scores[c]))
+        lambda index, c, scores: quantile_of(quantiles[c], scores[c]) * grouped["alike"](index, c))
 
     rules = {"image": image_rule, "per-image": image_rule,
              "quantile": PseudoLabelRule(split, None, "quantile", quantiles), "tail (true shares)": tail,
-             "unlike-absent": unlike_absent, "clusters": by_cluster, "clusters x quantile": cluster_quantile,
-             "clusters, evidence in images": by_evidence,
-             "clusters, consistent with the image labels": by_consistency,
-             "clusters, true majority (a ceiling)": by_majority}
+             "unlike-absent": unlike_absent, "clusters": group_rule("alike"), "clusters x quantile": cluster_quantile,
+             "clusters, evidence in images": group_rule("evidence"),
+             "clusters, consistent with the image labels": group_rule("consistent"),
+             "clusters, true majority (a ceiling)": group_rule("majority")}
     hits, unions = {name: np.zeros(len(novel)) for name in rules}, {name: np.zeros(len(novel)) for name in rules}
     confusion = {name: np.zeros((len(novel), len(novel))) for name in rules}  # true novel class x chosen one
     images = [i for i in range(0, split.count("train"), args.every) if present[i].any()]
@@ -228,14 +225,14 @@ KMEANS_PER_IMAGE, KMEANS_ROUNDS = 256, 30
 
 
 @torch.no_grad()
-def cluster_unlikeness(split, open_features_, clusters: int, full, appears: float):
+def group_namings(split, open_features_, clusters: int, full, appears: float):
     """Group the open pixels of all training images by k-means on their mask features, name the
     groups four ways, and return each naming as ``name -> f(index, c) -> (H, W)``, the score of
     class c at each pixel of a training image (that of the pixel's group):
 
-    - ``unlike``: the share of the group's open pixels that lie in images whose label lacks c,
-      over the same share for all open pixels (capped at 1): a group of class c has none there, a
-      group of another class about as many as everything else (lower is more like c);
+    - ``alike``: 1 - the share of the group's open pixels that lie in images whose label lacks c,
+      over the same share for all open pixels (capped at 1): a group of class c has none there (1),
+      a group of another class about as many as everything else (0);
     - ``evidence``: :func:`group_evidence`; ``consistent``: :func:`consistent_naming` (1 for the
       group's class, else 0);
     - ``majority``: 1 for the novel class most of the group's pixels truly are (the audit labels;
@@ -268,37 +265,39 @@ def cluster_unlikeness(split, open_features_, clusters: int, full, appears: floa
         everyone = mass[:, lacking].sum() / max(mass.sum(), 1)
         if everyone > 0:
             unlike[:, k] = np.minimum(1.0, mass[:, lacking].sum(1) / np.maximum(mass.sum(1), 1) / everyone)
-    evidence = group_evidence(mass, present, appears)
-    consistent = np.zeros((clusters, len(novel)))
-    consistent[np.arange(clusters), consistent_naming(mass, present, appears)] = 1.0
+    found = mass.sum(0) > 0  # the images with open pixels: only they can tell anything
+    seen, labelled = appearances(mass[:, found], appears), present[found]
+    evidence = group_evidence(seen, labelled)
     truth = group_truth(split, groups, open_grid, full, clusters)
-    majority = np.zeros((clusters, len(novel)))
-    majority[np.arange(clusters), truth[:, novel].argmax(1)] = 1.0
     describe_groups(split, truth, mass, unlike, evidence)
+    one_hot = np.eye(len(novel))
+    tables = {"alike": 1 - unlike, "evidence": evidence, "consistent": one_hot[consistent_naming(seen, labelled)],
+              "majority": one_hot[truth[:, novel].argmax(1)]}
 
-    def per_pixel(table: np.ndarray, index: int, c: int) -> torch.Tensor:
-        return to_image(torch.from_numpy(table[:, novel.index(c)])[groups[index]], sizes[index])
+    def per_pixel(table: np.ndarray):  # noqa: ANN202
+        return lambda index, c: to_image(torch.from_numpy(table[:, novel.index(c)])[groups[index]], sizes[index])
 
-    return {"unlike": lambda index, c: per_pixel(unlike, index, c),
-            "evidence": lambda index, c: per_pixel(evidence, index, c),
-            "majority": lambda index, c: per_pixel(majority, index, c),
-            "consistent": lambda index, c: per_pixel(consistent, index, c)}
+    return {name: per_pixel(table) for name, table in tables.items()}
+
+
+def appearances(mass: np.ndarray, appears: float) -> np.ndarray:
+    """(groups, images): whether a group appears in an image, i.e. holds at least ``appears`` of
+    its open pixels."""
+    return mass >= appears * np.maximum(mass.sum(0), 1)
 
 
 #: The rate at which a group of class n still appears in images whose label lacks n (stray pixels).
 STRAY = 0.02
 
 
-def group_evidence(mass: np.ndarray, present: np.ndarray, appears: float) -> np.ndarray:
+def group_evidence(seen: np.ndarray, present: np.ndarray) -> np.ndarray:
     """(groups, novel classes): the log-likelihood ratio, counted in images, of "group k is class n"
     against "k is another class". Were k of class n, it would appear in the images lacking n only
     by stray pixels (rate ``STRAY``); were it not, it would appear there as often as in the images
     that have n. Images, not pixels, are the counts: pixels of one image are far from independent."""
-    totals = mass.sum(0)
-    seen = (mass >= appears * np.maximum(totals, 1)) & (totals > 0)
-    evidence = np.zeros((len(mass), present.shape[1]))
+    evidence = np.zeros((len(seen), present.shape[1]))
     for n in range(present.shape[1]):
-        lacking, having = (~present[:, n]) & (totals > 0), present[:, n] & (totals > 0)
+        lacking, having = ~present[:, n], present[:, n]
         if not lacking.any() or not having.any():
             continue
         rate = np.clip(seen[:, having].mean(1), STRAY, 1 - STRAY)
@@ -311,15 +310,13 @@ def group_evidence(mass: np.ndarray, present: np.ndarray, appears: float) -> np.
 MAX_NAMINGS = 600_000
 
 
-def consistent_naming(mass: np.ndarray, present: np.ndarray, appears: float, chunk: int = 4096) -> np.ndarray:
+def consistent_naming(seen: np.ndarray, present: np.ndarray, chunk: int = 4096) -> np.ndarray:
     """The novel class of each group (index into the novel classes) under which the groups that
     appear in each image best match its image-level label: every class of the label should be
     named by a group that appears there (a miss costs 1), and no group that appears should carry a
     class the label lacks (each costs 1). Every naming is tried (classes ** groups of them)."""
-    totals = mass.sum(0)
-    keep = totals > 0
-    seen = (mass >= appears * np.maximum(totals, 1))[:, keep].astype(np.int32)  # (groups, images)
-    labels = present[keep].astype(np.int32)  # (images, classes)
+    seen = seen.astype(np.int32)  # (groups, images)
+    labels = present.astype(np.int32)  # (images, classes)
     groups, classes = seen.shape[0], labels.shape[1]
 
     def cost_of(naming: np.ndarray) -> int:

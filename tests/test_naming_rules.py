@@ -39,7 +39,7 @@ def two_classes():
 
 def test_a_group_never_seen_without_its_class_has_evidence_for_it_and_one_seen_everywhere_against(rules) -> None:
     mass, present = two_classes()
-    evidence = rules.group_evidence(mass, present, appears=0.02)
+    evidence = rules.group_evidence(rules.appearances(mass, 0.02), present)
     assert evidence[0, 0] > 0 and evidence[1, 1] > 0
     assert evidence[0, 1] < 0 and evidence[1, 0] < 0  # seen in images lacking the other class
     assert evidence[2, 0] < 0 and evidence[2, 1] < 0  # seen in every image, whatever the label
@@ -47,19 +47,19 @@ def test_a_group_never_seen_without_its_class_has_evidence_for_it_and_one_seen_e
 
 def test_the_consistent_naming_matches_each_image_label(rules) -> None:
     mass, present = two_classes()
-    naming = rules.consistent_naming(mass[:2], present, appears=0.02)
+    naming = rules.consistent_naming(rules.appearances(mass[:2], 0.02), present)
     assert naming.tolist() == [0, 1]
 
 
 def test_the_step_by_step_search_finds_the_same_naming_when_there_are_too_many_to_try(rules, monkeypatch) -> None:
     mass, present = two_classes()
     monkeypatch.setattr(rules, "MAX_NAMINGS", 1)
-    assert rules.consistent_naming(mass[:2], present, appears=0.02).tolist() == [0, 1]
+    assert rules.consistent_naming(rules.appearances(mass[:2], 0.02), present).tolist() == [0, 1]
 
 
 def test_a_group_below_the_appearance_share_does_not_count_as_seen(rules) -> None:
     mass, present = two_classes()
     mass[0, 6:] = 1  # a stray pixel or two of group 0 in the images without class 0
-    strict = rules.group_evidence(mass, present, appears=0.02)
-    loose = rules.group_evidence(mass, present, appears=0.005)
+    strict = rules.group_evidence(rules.appearances(mass, 0.02), present)
+    loose = rules.group_evidence(rules.appearances(mass, 0.005), present)
     assert strict[0, 0] > 0 > loose[0, 0]
