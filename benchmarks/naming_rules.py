@@ -62,6 +62,7 @@ import torch.nn.functional as F
 
 from simformer_cli.artifacts.split import SplitArtifact
 from simformer_cli.devices import start_runtime
+from simformer_cli.inference.groups import appearances, group_evidence, kmeans
 from simformer_cli.inference.predict import MaskFormerScorer
 from simformer_cli.inference.pseudolabel import PseudoLabelRule, class_quantiles, quantile_of
 from simformer_cli.model import SIZE_DIVISOR, normalize_images
@@ -220,8 +221,8 @@ def absent_alikeness(split, open_features_):
     return alikeness
 
 
-#: Open-pixel features per image that the k-means sees, and its rounds.
-KMEANS_PER_IMAGE, KMEANS_ROUNDS = 256, 30
+#: Open-pixel features per image that the k-means sees.
+KMEANS_PER_IMAGE = 256
 
 
 @torch.no_grad()
@@ -245,14 +246,7 @@ def group_namings(split, open_features_, clusters: int, full, appears: float):
     features, open_grid, sizes = open_features_
     pool = torch.cat([f[:, o].T[:: max(1, -(-int(o.sum()) // KMEANS_PER_IMAGE))]
                       for f, o in zip(features, open_grid) if o.any()])
-    generator = torch.Generator().manual_seed(0)
-    centers = pool[torch.randperm(len(pool), generator=generator)[:clusters]].clone()
-    for _ in range(KMEANS_ROUNDS):
-        nearest = (pool @ centers.T).argmax(1)
-        for k in range(clusters):
-            members = pool[nearest == k]
-            if len(members):
-                centers[k] = F.normalize(members.mean(0), dim=0)
+    centers = kmeans(pool, clusters)
     groups = []
     mass = np.zeros((clusters, len(features)))
     for index, (f, o) in enumerate(zip(features, open_grid)):
@@ -278,32 +272,6 @@ def group_namings(split, open_features_, clusters: int, full, appears: float):
         return lambda index, c: to_image(torch.from_numpy(table[:, novel.index(c)])[groups[index]], sizes[index])
 
     return {name: per_pixel(table) for name, table in tables.items()}
-
-
-def appearances(mass: np.ndarray, appears: float) -> np.ndarray:
-    """(groups, images): whether a group appears in an image, i.e. holds at least ``appears`` of
-    its open pixels."""
-    return mass >= appears * np.maximum(mass.sum(0), 1)
-
-
-#: The rate at which a group of class n still appears in images whose label lacks n (stray pixels).
-STRAY = 0.02
-
-
-def group_evidence(seen: np.ndarray, present: np.ndarray) -> np.ndarray:
-    """(groups, novel classes): the log-likelihood ratio, counted in images, of "group k is class n"
-    against "k is another class". Were k of class n, it would appear in the images lacking n only
-    by stray pixels (rate ``STRAY``); were it not, it would appear there as often as in the images
-    that have n. Images, not pixels, are the counts: pixels of one image are far from independent."""
-    evidence = np.zeros((len(seen), present.shape[1]))
-    for n in range(present.shape[1]):
-        lacking, having = ~present[:, n], present[:, n]
-        if not lacking.any() or not having.any():
-            continue
-        rate = np.clip(seen[:, having].mean(1), STRAY, 1 - STRAY)
-        hits, misses = seen[:, lacking].sum(1), (~seen[:, lacking]).sum(1)
-        evidence[:, n] = hits * np.log(STRAY / rate) + misses * np.log((1 - STRAY) / (1 - rate))
-    return evidence
 
 
 #: Namings of the groups tried one by one at most (3 classes, 12 groups: 531,441).

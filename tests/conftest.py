@@ -91,6 +91,20 @@ def label_map(rng: np.random.Generator, height: int, width: int, num_classes: in
     return label
 
 
+def two_class_groups() -> tuple[np.ndarray, np.ndarray]:
+    """Hand-built groups of open pixels in eight images: (groups, images) pixel counts and
+    (images, classes) image labels. Class 0 is in the first six images, class 1 in images 2-7;
+    group 0 covers class 0's pixels, group 1 class 1's, group 2 is in every image."""
+    present = np.zeros((8, 2), dtype=bool)
+    present[:6, 0] = True
+    present[2:, 1] = True
+    mass = np.zeros((3, 8))
+    mass[0, :6] = 50
+    mass[1, 2:] = 50
+    mass[2, :] = 50
+    return mass, present
+
+
 def make_folder_dataset(
     root: Path, *, sizes: dict[str, list[tuple[int, int]]] | None = None, seed: int = 0, jpeg: bool = False
 ) -> Path:

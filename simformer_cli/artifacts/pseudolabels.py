@@ -26,7 +26,11 @@ class PseudoLabelParams(Frozen):
         "all", description="all: argmax over all classes, kept where it is one of the image's novel classes (the "
                            "paper); image: pixels without base ground truth take the best of the image's novel classes; "
                            "quantile: the same, each class's scores first ranked among its own scores on the "
-                           "training images that have it")
+                           "training images that have it; groups: the same, by the evidence for the pixel's "
+                           "k-means group of mask features (counted in images)")
+    groups: int | None = Field(None, ge=2, le=255, description="among groups: k-means groups of the open pixels")
+    appears: float | None = Field(None, gt=0.0, lt=1.0, description="among groups: the share of an image's open "
+                                  "pixels from which a group counts as appearing in it")
 
 
 class PseudoLabelSummary(Frozen):

@@ -11,7 +11,7 @@ from simformer_cli.cli import options
 from simformer_cli.cli.console import RichReporter, print_json, stderr
 from simformer_cli.cli.options import DeviceOption, ForceOption, JsonOption, choice, examples
 from simformer_cli.errors import UserError
-from simformer_cli.settings.choices import Among, SubsetName
+from simformer_cli.settings.choices import APPEARS, GROUPS, Among, SubsetName
 
 INFER_EXAMPLES = examples(
     "simformer infer --model runs/syn/model.zarr --split runs/syn/split.zarr",
@@ -70,7 +70,12 @@ def pseudolabel(
                                                           "image (the paper); image: pixels without base ground truth "
                                                           "take the best novel class of the image; quantile: the same after ranking each class's "
                                                           "scores among its own on the training images that have it (for "
-                                                          "novel classes that appear together).")] = "all",
+                                                          "novel classes that appear together); groups: the image's "
+                                                          "novel class with the most evidence for the pixel's k-means "
+                                                          "group of mask features, counted in images (likewise).")] = "all",
+    groups: Annotated[int, typer.Option(help="--among groups: k-means groups of the pixels without base ground truth.")] = GROUPS,
+    appears: Annotated[float, typer.Option(help="--among groups: a group appears in an image where it holds at least "
+                                                "this share of the image's pixels without base ground truth.")] = APPEARS,
     device: DeviceOption = "auto",
     threads: options.ThreadsOption = None,
     force: ForceOption = False,
@@ -82,8 +87,12 @@ def pseudolabel(
 
     if min_score is not None and not 0 <= min_score <= 1:
         raise UserError(f"--min-score {min_score}: expected a score between 0 and 1")
+    if not 2 <= groups <= 255:
+        raise UserError(f"--groups {groups}: expected a number of groups from 2 to 255")
+    if not 0 < appears < 1:
+        raise UserError(f"--appears {appears}: expected a share between 0 and 1, e.g. 0.1")
     result = run_pseudolabel(model=model, split=split, out=out, scales=options.scales("--scales", scales), flip=flip,
-                             min_score=min_score, among=among, device=device, force=force,
+                             min_score=min_score, among=among, groups=groups, appears=appears, device=device, force=force,
                              reporter=RichReporter("pseudolabel"))
     summary = result.manifest.summary
     quality = "" if summary.novel_miou_vs_audit is None else f", novel mIoU vs full train labels {summary.novel_miou_vs_audit:.1f}"

@@ -48,6 +48,19 @@ def predict_scores(
     return results  # type: ignore[return-value]
 
 
+def padded_view(tensor: torch.Tensor, settings: TestTimeSettings, scale: float,
+                flip: bool = False) -> tuple[torch.Tensor, tuple[int, int]]:
+    """(N, 3, H, W) float images of one size as the network sees them at ``scale``: resized to the
+    view's size, normalized and padded at the bottom and right to a multiple of ``SIZE_DIVISOR``
+    (``flip``: followed by their mirrored copies, 2N in all); with the view's (height, width)
+    before padding."""
+    vh, vw = settings.view_size(tensor.shape[-2], tensor.shape[-1], scale)
+    resized = F.interpolate(tensor, size=(vh, vw), mode="bilinear", align_corners=False)
+    ph, pw = -(-vh // SIZE_DIVISOR) * SIZE_DIVISOR, -(-vw // SIZE_DIVISOR) * SIZE_DIVISOR
+    views = [resized, resized.flip(-1)] if flip else [resized]
+    return torch.cat([F.pad(normalize_images(v), (0, pw - vw, 0, ph - vh)) for v in views]), (vh, vw)
+
+
 def _scores_of_same_size(
     model: MaskFormer, tensor: torch.Tensor, settings: TestTimeSettings, device: torch.device,
     autocast_dtype: torch.dtype | None,
@@ -57,11 +70,8 @@ def _scores_of_same_size(
     total = None
     views = 0
     for scale in settings.scales:
-        vh, vw = settings.view_size(height, width, scale)
-        resized = F.interpolate(tensor, size=(vh, vw), mode="bilinear", align_corners=False)
-        ph, pw = -(-vh // SIZE_DIVISOR) * SIZE_DIVISOR, -(-vw // SIZE_DIVISOR) * SIZE_DIVISOR
-        views_in = [resized, resized.flip(-1)] if settings.flip else [resized]
-        batch = torch.cat([F.pad(normalize_images(v), (0, pw - vw, 0, ph - vh)) for v in views_in])
+        batch, (vh, vw) = padded_view(tensor, settings, scale, settings.flip)
+        ph, pw = batch.shape[-2:]
         with torch.autocast(device_type=device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             outputs = model(batch)
         scores = semantic_scores(outputs["pred_logits"], outputs["pred_masks"])  # (V * N, K, ph/4, pw/4)

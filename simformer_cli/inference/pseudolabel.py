@@ -18,6 +18,7 @@ import zarr
 from simformer_cli.artifacts.pseudolabels import PseudoLabelSummary
 from simformer_cli.artifacts.split import AUDIT_LABELS, SplitArtifact, read_audit_label
 from simformer_cli.evaluation import ConfusionMatrix, compute_report
+from simformer_cli.inference.groups import GroupNaming
 from simformer_cli.progress import Reporter
 
 
@@ -28,14 +29,20 @@ class PseudoLabelRule:
     ``among="all"`` (the paper): a pixel takes novel class n where the argmax over all K classes is
     n and n is in the image-level label. ``among="image"``: every pixel without base ground truth
     takes the best-scoring of the image's novel classes (none in the image: ignore), the rule the
-    CAM baseline uses too.
+    CAM baseline uses too. ``among="quantile"``: the same, each class's scores first ranked among
+    its own scores on the training images that have it (``quantiles``). ``among="groups"``: the
+    same, the image's novel class with the most evidence for the pixel's k-means group
+    (``groups``, from ``inference.groups``; the scores break ties).
     """
 
     def __init__(self, split: SplitArtifact, min_score: float | None, among: str = "all",
-                 quantiles: dict[int, np.ndarray] | None = None) -> None:
+                 quantiles: dict[int, np.ndarray] | None = None, groups: GroupNaming | None = None) -> None:
         if among == "quantile" and quantiles is None:
             raise ValueError("among='quantile' needs the classes' quantiles (class_quantiles)")
+        if among == "groups" and groups is None:
+            raise ValueError("among='groups' needs the named groups (inference.groups.name_groups)")
         self.quantiles = quantiles or {}
+        self.groups = groups
         manifest = split.manifest
         self.split = split
         self.ignore = manifest.ignore_index
@@ -47,13 +54,11 @@ class PseudoLabelRule:
     def __call__(self, index: int, scores: torch.Tensor) -> np.ndarray:
         allowed = self.is_novel & self.split.image_labels("train")[index]
         weak = self.split.label("train", index)  # base pixels carry their class, all else is ignore
-        if self.among in ("image", "quantile"):
+        if self.among != "all":
             classes = np.flatnonzero(allowed)
             if len(classes):
                 chosen = scores[torch.from_numpy(classes).to(scores.device)]
-                ranked = chosen if self.among == "image" else torch.stack(
-                    [quantile_of(self.quantiles[c], row) for c, row in zip(classes, chosen)])
-                position = ranked.argmax(0)
+                position = self._ranked(index, classes, chosen).argmax(0)
                 best = chosen.gather(0, position[None])[0]
                 predicted = classes[position.cpu().numpy()]
                 keep = np.ones(predicted.shape, dtype=bool)
@@ -71,6 +76,19 @@ class PseudoLabelRule:
         label[base] = weak[base]
         return label
 
+    def _ranked(self, index: int, classes: np.ndarray, chosen: torch.Tensor) -> torch.Tensor:
+        """(len(classes), H, W): what the image's novel classes are ranked by at each pixel."""
+        if self.among == "quantile":
+            return torch.stack([quantile_of(self.quantiles[c], row) for c, row in zip(classes, chosen)])
+        if self.among == "groups":
+            evidence = self.groups.pixel_evidence(index, classes, tuple(chosen.shape[1:]))  # type: ignore[union-attr]
+            return evidence.to(chosen.device) + TIE_BREAK * chosen
+        return chosen
+
+
+#: The weight of a class's score beside its group's evidence (``among="groups"``): scores are at
+#: most 1, so they only decide between classes whose evidence is the same (or within 0.001).
+TIE_BREAK = 1e-3
 
 #: Scores kept per class for its quantiles: every image's share is thinned to at most
 #: ``QUANTILE_PER_IMAGE`` evenly spaced pixels, the pooled scores to ``QUANTILE_POINTS``.

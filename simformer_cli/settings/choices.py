@@ -10,7 +10,13 @@ DeviceChoice = Literal["auto", "cpu", "cuda"]
 #: folder dataset with images/test); holdout: training images held out for tuning (split --holdout).
 SubsetName = Literal["train", "val", "test", "holdout"]
 #: Which classes a pixel's pseudo label is chosen among: all (the argmax over every class, kept where
-#: it is one of the image's novel classes: the paper) or image (the best of the image's novel classes).
-Among = Literal["all", "image", "quantile"]
+#: it is one of the image's novel classes: the paper), image (the best of the image's novel classes),
+#: quantile (the same, scores ranked per class) or groups (the same, by the evidence for the
+#: pixel's k-means group).
+Among = Literal["all", "image", "quantile", "groups"]
+#: ``groups``: the k-means groups of the pixels without base ground truth, and the share of an
+#: image's such pixels from which a group counts as appearing in it.
+GROUPS = 12
+APPEARS = 0.1
 #: Where the pipeline's retraining starts: the one-stage model's weights, or the preset's initialisation (the paper).
 RetrainStart = Literal["one-stage", "scratch"]
