@@ -48,7 +48,7 @@ def pipeline(
     checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N training steps.")] = 50,
     pseudo_scales: Annotated[str, typer.Option(help="Test-time scales of pseudo-labelling.")] = "1",
     pseudo_flip: Annotated[bool, typer.Option("--pseudo-flip", help="Flip views when pseudo-labelling.")] = False,
-    pseudo_among: Annotated[Among, choice("--pseudo-among", Among, help="pseudolabel --among: all (the paper), image or quantile.")] = "all",
+    pseudo_among: Annotated[Among, choice("--pseudo-among", Among, help="pseudolabel --among: all (the paper), image, quantile or groups.")] = "all",
     retrain_from: Annotated[RetrainStart, choice(
         "--retrain-from", RetrainStart, help="Retraining starts from the one-stage model's weights (retrain --init-from), "
                                              "or from the preset's initialisation (scratch, as the paper).")] = "one-stage",
