@@ -91,6 +91,23 @@ def label_map(rng: np.random.Generator, height: int, width: int, num_classes: in
     return label
 
 
+class OneImageSplit:
+    """What the pseudo-label rule reads of a split, for one hand-built image: the manifest, the
+    image-level label (``present``: its classes) and the weak train label."""
+
+    def __init__(self, manifest, weak: np.ndarray, present: list[int]) -> None:  # noqa: ANN001
+        self.manifest = manifest
+        self._weak = weak
+        self._labels = np.zeros((1, len(manifest.class_names)), dtype=bool)
+        self._labels[0, present] = True
+
+    def image_labels(self, subset: str) -> np.ndarray:
+        return self._labels
+
+    def label(self, subset: str, index: int) -> np.ndarray:
+        return self._weak
+
+
 def two_class_groups() -> tuple[np.ndarray, np.ndarray]:
     """Hand-built groups of open pixels in eight images: (groups, images) pixel counts and
     (images, classes) image labels. Class 0 is in the first six images, class 1 in images 2-7;

@@ -20,7 +20,7 @@ from simformer_cli.pipeline.train import run_train
 from simformer_cli.progress import SilentReporter
 from simformer_cli.settings import test_time as views
 
-from conftest import make_folder_dataset, two_class_groups
+from conftest import OneImageSplit, make_folder_dataset, two_class_groups
 
 
 def test_a_group_never_seen_without_its_class_has_evidence_for_it_and_one_seen_everywhere_against() -> None:
@@ -56,22 +56,6 @@ def test_kmeans_finds_two_clear_directions_the_same_way_every_time() -> None:
     assert len(set(nearest[:40].tolist())) == 1 and len(set(nearest[40:].tolist())) == 1
     assert nearest[0] != nearest[40]
     assert torch.allclose(centers.norm(dim=1), torch.ones(2))
-
-
-class OneImageSplit:
-    """Just what the rule reads: one image's image-level label, its weak label and the manifest."""
-
-    def __init__(self, manifest, weak: np.ndarray, present: list[int]) -> None:  # noqa: ANN001
-        self.manifest = manifest
-        self._weak = weak
-        self._labels = np.zeros((1, len(manifest.class_names)), dtype=bool)
-        self._labels[0, present] = True
-
-    def image_labels(self, subset: str) -> np.ndarray:
-        return self._labels
-
-    def label(self, subset: str, index: int) -> np.ndarray:
-        return self._weak
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from simformer_cli.pipeline.retrain import run_retrain
 from simformer_cli.pipeline.split import run_split
 from simformer_cli.pipeline.train import run_train
 
-from conftest import make_folder_dataset
+from conftest import OneImageSplit, make_folder_dataset
 
 
 @pytest.fixture(scope="module")
@@ -31,22 +31,6 @@ def trained(tmp_path_factory) -> tuple[Path, Path, Path]:  # noqa: ANN001
     return root, split, model
 
 
-class FakeSplit:
-    """Just what the rule reads: image-level labels, the weak train label and the manifest."""
-
-    def __init__(self, split: SplitArtifact, weak: np.ndarray, present: list[int]) -> None:
-        self.manifest = split.manifest
-        self._weak = weak
-        self._labels = np.zeros((1, len(split.manifest.class_names)), dtype=bool)
-        self._labels[0, present] = True
-
-    def image_labels(self, subset: str) -> np.ndarray:
-        return self._labels
-
-    def label(self, subset: str, index: int) -> np.ndarray:
-        return self._weak
-
-
 def test_rule_keeps_only_image_level_novel_classes_and_pastes_base(trained) -> None:  # noqa: ANN001
     split = SplitArtifact(trained[1])  # classes 0-5, novel {3 car, 4 person}
     weak = np.array([[0, 255, 255, 255]], dtype=np.uint8)  # pixel 0 is base class 0
@@ -54,15 +38,15 @@ def test_rule_keeps_only_image_level_novel_classes_and_pastes_base(trained) -> N
     scores = torch.zeros(6, 1, 4)
     for x, c in enumerate(predicted):
         scores[c, 0, x] = 0.9 if x != 1 else 0.3
-    rule = PseudoLabelRule(FakeSplit(split, weak, present=[0, 3]), min_score=None)
+    rule = PseudoLabelRule(OneImageSplit(split.manifest, weak, present=[0, 3]), min_score=None)
     assert rule(0, scores).tolist() == [[0, 3, 255, 255]]
-    strict = PseudoLabelRule(FakeSplit(split, weak, present=[0, 3]), min_score=0.5)
+    strict = PseudoLabelRule(OneImageSplit(split.manifest, weak, present=[0, 3]), min_score=0.5)
     assert strict(0, scores).tolist() == [[0, 255, 255, 255]]
     # among="image": every pixel without base ground truth takes the image's best novel class
-    assert PseudoLabelRule(FakeSplit(split, weak, present=[0, 3]), None, "image")(0, scores).tolist() == [[0, 3, 3, 3]]
-    assert PseudoLabelRule(FakeSplit(split, weak, present=[0, 3]), 0.2, "image")(0, scores).tolist() == [[0, 3, 255, 255]]
-    assert PseudoLabelRule(FakeSplit(split, weak, present=[0, 3, 4]), None, "image")(0, scores).tolist() == [[0, 3, 4, 3]]
-    assert PseudoLabelRule(FakeSplit(split, weak, present=[0]), None, "image")(0, scores).tolist() == [[0, 255, 255, 255]]
+    assert PseudoLabelRule(OneImageSplit(split.manifest, weak, present=[0, 3]), None, "image")(0, scores).tolist() == [[0, 3, 3, 3]]
+    assert PseudoLabelRule(OneImageSplit(split.manifest, weak, present=[0, 3]), 0.2, "image")(0, scores).tolist() == [[0, 3, 255, 255]]
+    assert PseudoLabelRule(OneImageSplit(split.manifest, weak, present=[0, 3, 4]), None, "image")(0, scores).tolist() == [[0, 3, 4, 3]]
+    assert PseudoLabelRule(OneImageSplit(split.manifest, weak, present=[0]), None, "image")(0, scores).tolist() == [[0, 255, 255, 255]]
 
 
 def test_quantile_rule_lets_a_class_that_scores_low_everywhere_take_its_best_pixels(trained) -> None:  # noqa: ANN001
@@ -71,7 +55,7 @@ def test_quantile_rule_lets_a_class_that_scores_low_everywhere_take_its_best_pix
     scores = torch.zeros(6, 1, 4)
     scores[3, 0] = torch.tensor([0.0, 0.90, 0.80, 0.85])  # car: high everywhere
     scores[4, 0] = torch.tensor([0.0, 0.10, 0.40, 0.05])  # person: low, but highest at pixel 2
-    fake = FakeSplit(split, weak, present=[0, 3, 4])
+    fake = OneImageSplit(split.manifest, weak, present=[0, 3, 4])
     assert PseudoLabelRule(fake, None, "image")(0, scores).tolist() == [[0, 3, 3, 3]]
     # Over the training images, car scores 0.7-0.95 and person 0-0.5: at pixel 2, person's 0.40
     # is in its top fifth and car's 0.80 in its lower half.
