@@ -132,3 +132,16 @@ def test_pseudolabel_refuses_bad_group_settings_in_one_line(cli, trained, tmp_pa
                  flag, value, "--device", "cpu")
     assert result.code != 0 and message in result.err and "Traceback" not in result.err
     assert not (tmp_path / "g.zarr").exists()
+
+
+def test_other_rules_keep_the_manifest_json_they_always_had() -> None:
+    """The group settings appear only with --among groups: a pseudo-label artifact made before
+    they existed keeps its plan stamp and is still up to date."""
+    from simformer_cli.artifacts.pseudolabels import PseudoLabelParams
+
+    test_time = views.TestTimeSettings(short_side=64, max_long_side=96)
+    for among in ("all", "image", "quantile"):
+        assert set(PseudoLabelParams(test_time=test_time, among=among).model_dump(mode="json")) == {
+            "test_time", "min_score", "among"}
+    grouped = PseudoLabelParams(test_time=test_time, among="groups", groups=12, appears=0.1).model_dump(mode="json")
+    assert (grouped["groups"], grouped["appears"]) == (12, 0.1)

@@ -13,13 +13,16 @@ from pydantic import Field
 
 from simformer_cli.artifacts.inventory import read_stored
 from simformer_cli.artifacts.layout import read_cut
-from simformer_cli.artifacts.manifest import Frozen, ManifestBase
+from simformer_cli.artifacts.manifest import Frozen, ManifestBase, OmitsAbsent
 from simformer_cli.artifacts.store import open_artifact
 from simformer_cli.settings.choices import Among
 from simformer_cli.settings.test_time import TestTimeSettings
 
 
-class PseudoLabelParams(Frozen):
+class PseudoLabelParams(OmitsAbsent, Frozen):
+    #: Set for ``among="groups"`` only: every other artifact keeps the plan stamp it always had.
+    OPTIONAL_FIELDS = ("groups", "appears")
+
     test_time: TestTimeSettings
     min_score: float | None = Field(None, ge=0.0, le=1.0, description="novel pixels scoring lower become ignore")
     among: Among = Field(
