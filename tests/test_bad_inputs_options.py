@@ -117,6 +117,13 @@ def test_absurd_pseudolabel_scales_and_min_score(refusals: Refusals, shared, tmp
     refusals.check("option-scales-too-large-pseudolabel", "`pseudolabel --scales 0.5,40`", [*args, "--scales", "0.5,40"],
                    "--scales", "at most 4 each")
     refusals.check("option-min-score-nan", "`pseudolabel --min-score nan`", [*args, "--min-score", "nan"], "--min-score")
+    grouped = [*args, "--among", "groups"]
+    refusals.check("option-groups-too-few", "`pseudolabel --among groups --groups 1`", [*grouped, "--groups", "1"],
+                   "--groups")
+    refusals.check("option-appears-not-a-share", "`pseudolabel --among groups --appears 1.5`",
+                   [*grouped, "--appears", "1.5"], "--appears")
+    refusals.check("option-appears-nan", "`pseudolabel --among groups --appears nan`", [*grouped, "--appears", "nan"],
+                   "--appears")
 
 
 @pytest.mark.parametrize("value", ["65", "-1"])

@@ -193,6 +193,12 @@ def test_train_pseudolabel_retrain_through_the_cli(cli, synthetic_split: Path, t
     assert retrained.code == 0, retrained.err
     assert read_manifest(tmp_path / "rt.zarr", ModelManifest)[0].params.settings.method == "supervised"
 
+    grouped = cli("pseudolabel", "--model", model, "--split", synthetic_split, "--out", tmp_path / "g.zarr",
+                  "--among", "groups", "--device", "cpu")
+    assert grouped.code == 2 and len(grouped.err.strip().splitlines()) == 1
+    assert "--among groups" in grouped.err and "--among image" in grouped.err
+    assert not (tmp_path / "g.zarr").exists()
+
     refused = cli("infer", "--model", model, "--split", synthetic_split, "--out", tmp_path / "pred.zarr", "--device", "cpu")
     assert refused.code == 2 and len(refused.err.strip().splitlines()) == 1
     assert "is a CAM classifier" in refused.err and "simformer retrain" in refused.err
