@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from simformer_cli.artifacts.split import SplitArtifact
 from simformer_cli.devices import Runtime
 from simformer_cli.errors import UserError
-from simformer_cli.inference.predict import padded_view
+from simformer_cli.inference.predict import padded_view, same_size_batches
 from simformer_cli.model import MaskFormer
 from simformer_cli.progress import Reporter
 from simformer_cli.settings.choices import APPEARS, GROUPS
@@ -72,14 +72,10 @@ class GroupNaming:
 def feature_grids(model: MaskFormer, images: Sequence[np.ndarray], test_time: TestTimeSettings,
                   runtime: Runtime) -> list[torch.Tensor]:
     """(C, h, w) unit-length mask features (float32, on the CPU) of each image's scale-1 view, on
-    the stride-4 grid, the padding's cells cropped; images of one size share a forward pass."""
+    the stride-4 grid, the padding's cells cropped; images of one size share a forward pass
+    (``same_size_batches``)."""
     results: list[torch.Tensor | None] = [None] * len(images)
-    by_size: dict[tuple[int, int], list[int]] = {}
-    for position, image in enumerate(images):
-        by_size.setdefault(image.shape[:2], []).append(position)
-    for positions in by_size.values():
-        stacked = np.stack([np.asarray(images[k], dtype=np.uint8) for k in positions])
-        tensor = torch.from_numpy(stacked).permute(0, 3, 1, 2).to(runtime.device).float()
+    for positions, tensor in same_size_batches(images, runtime.device, FEATURE_BATCH):
         batch, (vh, vw) = padded_view(tensor, test_time, 1.0)
         dtype = runtime.autocast_dtype
         with torch.autocast(device_type=runtime.device.type, dtype=dtype, enabled=dtype is not None):
@@ -174,7 +170,8 @@ def name_groups(split: SplitArtifact, model: MaskFormer, test_time: TestTimeSett
 def describe_naming(naming: GroupNaming, class_names: Sequence[str], reporter: Reporter) -> None:
     """One line per group, largest first: its share of the open pixels, the images it appears in
     and the class it is named after, with its evidence for each novel class."""
+    named = naming.named()
     for k in np.argsort(-naming.share):
         evidence = ", ".join(f"{class_names[c]} {e:+.0f}" for c, e in zip(naming.novel_classes, naming.evidence[k]))
         reporter.info(f"group {k}: {naming.share[k]:.1%} of the open pixels, appears in {naming.seen_in[k]} images; "
-                      f"most like {class_names[naming.named()[k]]} (evidence {evidence})")
+                      f"most like {class_names[named[k]]} (evidence {evidence})")

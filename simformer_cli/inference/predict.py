@@ -8,7 +8,7 @@ and resizes to the original size. Views (scales, and mirrored copies with ``flip
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -34,6 +34,16 @@ def predict_scores(
     of the same size go through the network together, up to ``batch_images`` (and
     ``BATCH_PIXELS``) at a time."""
     results: list[torch.Tensor | None] = [None] * len(images)
+    for chunk, tensor in same_size_batches(images, device, batch_images):
+        for position, scores in zip(chunk, _scores_of_same_size(model, tensor, settings, device, autocast_dtype)):
+            results[position] = scores
+    return results  # type: ignore[return-value]
+
+
+def same_size_batches(images: Sequence[np.ndarray], device: torch.device,
+                      batch_images: int = BATCH_IMAGES) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """The (H, W, 3) uint8 images as (positions, (N, 3, H, W) float tensor on ``device``) batches
+    of one size each, at most ``batch_images`` images and ``BATCH_PIXELS`` pixels together."""
     by_size: dict[tuple[int, int], list[int]] = {}
     for position, image in enumerate(images):
         by_size.setdefault(image.shape[:2], []).append(position)
@@ -42,10 +52,7 @@ def predict_scores(
         for start in range(0, len(positions), per_batch):
             chunk = positions[start : start + per_batch]
             stacked = np.stack([np.asarray(images[k], dtype=np.uint8) for k in chunk])
-            tensor = torch.from_numpy(stacked).permute(0, 3, 1, 2).to(device).float()
-            for position, scores in zip(chunk, _scores_of_same_size(model, tensor, settings, device, autocast_dtype)):
-                results[position] = scores
-    return results  # type: ignore[return-value]
+            yield chunk, torch.from_numpy(stacked).permute(0, 3, 1, 2).to(device).float()
 
 
 def padded_view(tensor: torch.Tensor, settings: TestTimeSettings, scale: float,
