@@ -29,7 +29,9 @@ and, not by default::
 and variants ``ROW+KEY=VALUE[+KEY=VALUE...]`` of every row but the oracles and CAM, trained with
 those ``--set`` settings under their own names; a retrained row's variant trains its one-stage
 model with them and takes ``pseudolabel.among=RULE`` as its pseudo-label rule (default ``image``),
-e.g. ``finetune+loss.elimination=true+pseudolabel.among=quantile``. Retrained rows that start from
+``pseudolabel.rounds=N`` and the pseudolabel options ``pseudolabel.groups=K``,
+``pseudolabel.appears=A`` and ``pseudolabel.unnamed=ignore``, e.g.
+``finetune+loss.elimination=true+pseudolabel.among=quantile``. Retrained rows that start from
 one model share its training.
 
 Every row is reported as mean ± standard deviation over all its runs (split seeds x training
@@ -105,11 +107,14 @@ FINETUNED = {"finetune": "simformer", "finetune-part": "simformer-part"}
 #: A variant of a trained row: ``ROW+KEY=VALUE[+KEY=VALUE...]``, the row with those settings. A
 #: retrained row's variant trains its one-stage model with them, except ``pseudolabel.among=RULE``,
 #: the pseudo-label rule (default ``image``), and ``pseudolabel.rounds=N``: N rounds of pseudo
-#: labels and retraining, each round's from the model the round before retrained (default 1).
+#: labels and retraining, each round's from the model the round before retrained (default 1), and
+#: ``PSEUDO_LABEL_OPTIONS``.
 VARIED = [row for row in TRAIN_FLAGS if not row.startswith("oracle") and row != "cam"] + list(FINETUNED)
 AMONG = "pseudolabel.among"
 ROUNDS = "pseudolabel.rounds"
-PSEUDO_LABEL_SETTINGS = (AMONG, ROUNDS)
+#: ``pseudolabel.KEY=VALUE`` settings passed to every round's pseudolabel as ``--KEY VALUE``.
+PSEUDO_LABEL_OPTIONS = ("pseudolabel.groups", "pseudolabel.appears", "pseudolabel.unnamed")
+PSEUDO_LABEL_SETTINGS = (AMONG, ROUNDS, *PSEUDO_LABEL_OPTIONS)
 
 
 def base_row(row: str) -> str:
@@ -139,6 +144,12 @@ def pseudo_label_setting(row: str, key: str, default: str) -> str:
 
 def among_of(row: str) -> str:
     return pseudo_label_setting(row, AMONG, "image")
+
+
+def pseudo_label_options(row: str) -> list[str]:
+    """The row's pseudolabel options beside ``--among`` (``PSEUDO_LABEL_OPTIONS``)."""
+    return [part for item in row_settings(row) if item.partition("=")[0] in PSEUDO_LABEL_OPTIONS
+            for part in ("--" + item.partition("=")[0].partition(".")[2], item.partition("=")[2])]
 
 
 def rounds_of(row: str) -> int:
@@ -343,7 +354,8 @@ def chains_for(unit: str, split: Path, folder: Path, rows: list[str], subset: st
                 init = [] if target == "cam" else ["--init-from", starting]
                 round_commands = [
                     simformer("pseudolabel", "--model", starting, "--split", split, "--out", labels,
-                              "--among", among_of(target), "--device", "cpu", "--json", ">", chain.extras[target]),
+                              "--among", among_of(target), *pseudo_label_options(target), "--device", "cpu", "--json",
+                              ">", chain.extras[target]),
                     simformer("retrain", "--split", split, "--pseudolabels", labels, "--out", retrained,
                               *init, *common, "--iters", retrain_iters)]
                 if round_commands[0] not in chain.commands:

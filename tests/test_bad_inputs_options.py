@@ -124,6 +124,8 @@ def test_absurd_pseudolabel_scales_and_min_score(refusals: Refusals, shared, tmp
                    [*grouped, "--appears", "1.5"], "--appears")
     refusals.check("option-appears-nan", "`pseudolabel --among groups --appears nan`", [*grouped, "--appears", "nan"],
                    "--appears")
+    refusals.check("option-unnamed-without-groups", "`pseudolabel --among image --unnamed ignore`",
+                   [*args, "--among", "image", "--unnamed", "ignore"], "--unnamed", "--among groups")
 
 
 @pytest.mark.parametrize("value", ["65", "-1"])

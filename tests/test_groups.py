@@ -88,6 +88,12 @@ def test_rule_names_each_pixel_after_its_groups_evidence_not_its_scores(trained)
     assert strict(0, scores).tolist() == [[0, 255, 255, 4]]
     with pytest.raises(ValueError, match="groups"):
         PseudoLabelRule(OneImageSplit(manifest, weak, [3]), None, "groups")
+    # unnamed="ignore": group 2 has no positive evidence for car or person, so its pixel stays open;
+    # with only car in the label, the person group (car -5) goes too
+    sure = PseudoLabelRule(OneImageSplit(manifest, weak, [3, 4]), None, "groups", groups=naming, unnamed="ignore")
+    assert sure(0, scores).tolist() == [[0, 3, 4, 255]]
+    sure_car = PseudoLabelRule(OneImageSplit(manifest, weak, [3]), None, "groups", groups=naming, unnamed="ignore")
+    assert sure_car(0, scores).tolist() == [[0, 3, 255, 255]]
 
 
 def test_name_groups_covers_every_training_image_on_its_feature_grid(trained) -> None:  # noqa: ANN001
@@ -113,6 +119,7 @@ def test_pseudolabel_among_groups_through_the_cli(cli, trained, tmp_path: Path) 
     params = json.loads(result.out)["params"]
     assert (params["among"], params["groups"], params["appears"]) == ("groups", 3, 0.2)
     assert "most like" in result.err  # the groups and their names are reported
+    assert "unnamed" not in params  # the default (name) keeps the stamp artifacts made before it had
     artifact, reader = SplitArtifact(split), PseudoLabelReader(tmp_path / "g.zarr")
     for index in range(artifact.count("train")):
         label, weak = reader(index), artifact.label("train", index)
@@ -134,4 +141,18 @@ def test_other_rules_keep_the_manifest_json_they_always_had() -> None:
         assert set(PseudoLabelParams(test_time=test_time, among=among).model_dump(mode="json")) == {
             "test_time", "min_score", "among"}
     grouped = PseudoLabelParams(test_time=test_time, among="groups", groups=12, appears=0.1).model_dump(mode="json")
-    assert (grouped["groups"], grouped["appears"]) == (12, 0.1)
+    assert (grouped["groups"], grouped["appears"]) == (12, 0.1) and "unnamed" not in grouped
+    sure = PseudoLabelParams(test_time=test_time, among="groups", groups=12, appears=0.1, unnamed="ignore")
+    assert sure.model_dump(mode="json")["unnamed"] == "ignore"
+
+
+def test_unnamed_ignore_through_the_cli(cli, trained, tmp_path: Path) -> None:  # noqa: ANN001
+    split, model = trained
+    result = cli("pseudolabel", "--model", model, "--split", split, "--out", tmp_path / "g.zarr", "--among", "groups",
+                 "--groups", "3", "--unnamed", "ignore", "--device", "cpu", "--json")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["params"]["unnamed"] == "ignore"
+    refused = cli("pseudolabel", "--model", model, "--split", split, "--out", tmp_path / "i.zarr", "--among", "image",
+                  "--unnamed", "ignore", "--device", "cpu")
+    assert refused.code != 0 and "--among groups" in refused.err and "Traceback" not in refused.err
+    assert not (tmp_path / "i.zarr").exists()

@@ -181,3 +181,18 @@ def test_a_subset_the_split_lacks_is_refused_before_training(quality, tmp_path) 
     quality.check_subset(split, "val")  # present: nothing to say
     with pytest.raises(SystemExit, match="no 'holdout' images to score on .*test, train, val"):
         quality.check_subset(split, "holdout")
+
+
+def test_pseudo_label_options_reach_every_rounds_pseudolabel_under_the_rows_own_names(quality, tmp_path) -> None:
+    plain = quality.row_argument("finetune+pseudolabel.among=groups+pseudolabel.rounds=2")
+    sure = quality.row_argument("finetune+pseudolabel.among=groups+pseudolabel.unnamed=ignore+pseudolabel.groups=8"
+                                "+pseudolabel.rounds=2")
+    chains = plan(quality, tmp_path / "split0" / "split.zarr", 0, ["simformer", plain, sure])
+    assert len(chains) == 1 and chains[0].trainings == 5  # one model; two rounds for each rule
+    labels = [c for c in chains[0].commands if c[3] == "pseudolabel"]
+    options = [tuple(c[c.index("--among"):c.index("--device")]) for c in labels]
+    assert options == [("--among", "groups")] * 2 + [("--among", "groups", "--unnamed", "ignore", "--groups", "8")] * 2
+    everything = [p for chain in chains for p in outputs(chain)]
+    assert len(everything) == len(set(everything))
+    with pytest.raises(argparse.ArgumentTypeError, match="retrained rows"):
+        quality.row_argument("simformer+pseudolabel.unnamed=ignore")

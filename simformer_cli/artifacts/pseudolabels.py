@@ -21,7 +21,7 @@ from simformer_cli.settings.test_time import TestTimeSettings
 
 class PseudoLabelParams(OmitsAbsent, Frozen):
     #: Set for ``among="groups"`` only: every other artifact keeps the plan stamp it always had.
-    OPTIONAL_FIELDS = ("groups", "appears")
+    OPTIONAL_FIELDS = ("groups", "appears", "unnamed")
 
     test_time: TestTimeSettings
     min_score: float | None = Field(None, ge=0.0, le=1.0, description="novel pixels scoring lower become ignore")
@@ -34,6 +34,9 @@ class PseudoLabelParams(OmitsAbsent, Frozen):
     groups: int | None = Field(None, ge=2, le=255, description="among groups: k-means groups of the open pixels")
     appears: float | None = Field(None, gt=0.0, lt=1.0, description="among groups: the share of an image's open "
                                   "pixels from which a group counts as appearing in it")
+    unnamed: Literal["ignore"] | None = Field(None, description="among groups: ignore leaves the pixels whose group has "
+                                              "no positive evidence for any novel class of the image unlabelled; absent: "
+                                              "they take the class with the most evidence")
 
 
 class PseudoLabelSummary(Frozen):

@@ -11,7 +11,7 @@ from simformer_cli.cli import options
 from simformer_cli.cli.console import RichReporter, print_json, stderr
 from simformer_cli.cli.options import DeviceOption, ForceOption, JsonOption, choice, examples
 from simformer_cli.errors import UserError
-from simformer_cli.settings.choices import APPEARS, GROUPS, Among, SubsetName
+from simformer_cli.settings.choices import APPEARS, GROUPS, Among, SubsetName, Unnamed
 
 INFER_EXAMPLES = examples(
     "simformer infer --model runs/syn/model.zarr --split runs/syn/split.zarr",
@@ -76,6 +76,10 @@ def pseudolabel(
     groups: Annotated[int, typer.Option(help="--among groups: k-means groups of the pixels without base ground truth.")] = GROUPS,
     appears: Annotated[float, typer.Option(help="--among groups: a group appears in an image where it holds at least "
                                                 "this share of the image's pixels without base ground truth.")] = APPEARS,
+    unnamed: Annotated[Unnamed, choice("--unnamed", Unnamed, help="--among groups: name (a pixel whose group has no "
+                                                                  "positive evidence for any novel class of its image "
+                                                                  "takes the class with the most evidence) or ignore "
+                                                                  "(it stays unlabelled).")] = "name",
     device: DeviceOption = "auto",
     threads: options.ThreadsOption = None,
     force: ForceOption = False,
@@ -91,8 +95,10 @@ def pseudolabel(
         raise UserError(f"--groups {groups}: expected a number of groups from 2 to 255")
     if not 0 < appears < 1:
         raise UserError(f"--appears {appears}: expected a share between 0 and 1, e.g. 0.1")
+    if unnamed != "name" and among != "groups":
+        raise UserError(f"--unnamed {unnamed}: only --among groups names groups; add --among groups or drop --unnamed")
     result = run_pseudolabel(model=model, split=split, out=out, scales=options.scales("--scales", scales), flip=flip,
-                             min_score=min_score, among=among, groups=groups, appears=appears, device=device, force=force,
+                             min_score=min_score, among=among, groups=groups, appears=appears, unnamed=unnamed, device=device, force=force,
                              reporter=RichReporter("pseudolabel"))
     summary = result.manifest.summary
     quality = "" if summary.novel_miou_vs_audit is None else f", novel mIoU vs full train labels {summary.novel_miou_vs_audit:.1f}"

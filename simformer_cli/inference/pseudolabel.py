@@ -20,6 +20,7 @@ from simformer_cli.artifacts.split import AUDIT_LABELS, SplitArtifact, read_audi
 from simformer_cli.evaluation import ConfusionMatrix, compute_report
 from simformer_cli.inference.groups import GroupNaming
 from simformer_cli.progress import Reporter
+from simformer_cli.settings.choices import Unnamed
 
 
 class PseudoLabelRule:
@@ -32,11 +33,13 @@ class PseudoLabelRule:
     CAM baseline uses too. ``among="quantile"``: the same, each class's scores first ranked among
     its own scores on the training images that have it (``quantiles``). ``among="groups"``: the
     same, the image's novel class with the most evidence for the pixel's k-means group
-    (``groups``, from ``inference.groups``; the scores break ties).
+    (``groups``, from ``inference.groups``; the scores break ties). With ``unnamed="ignore"`` a
+    pixel whose group has no positive evidence for any of its image's novel classes is left ignore.
     """
 
     def __init__(self, split: SplitArtifact, min_score: float | None, among: str = "all",
-                 quantiles: dict[int, np.ndarray] | None = None, groups: GroupNaming | None = None) -> None:
+                 quantiles: dict[int, np.ndarray] | None = None, groups: GroupNaming | None = None,
+                 unnamed: Unnamed = "name") -> None:
         if among == "quantile" and quantiles is None:
             raise ValueError("among='quantile' needs the classes' quantiles (class_quantiles)")
         if among == "groups" and groups is None:
@@ -50,6 +53,7 @@ class PseudoLabelRule:
         self.is_novel[manifest.novel_classes] = True
         self.min_score = min_score
         self.among = among
+        self.unnamed = unnamed
 
     def __call__(self, index: int, scores: torch.Tensor) -> np.ndarray:
         allowed = self.is_novel & self.split.image_labels("train")[index]
@@ -58,10 +62,14 @@ class PseudoLabelRule:
             classes = np.flatnonzero(allowed)
             if len(classes):
                 chosen = scores[torch.from_numpy(classes).to(scores.device)]
-                position = self._ranked(index, classes, chosen).argmax(0)
+                evidence = (self.groups.pixel_evidence(index, classes, tuple(chosen.shape[1:])).to(chosen.device)
+                            if self.among == "groups" else None)  # type: ignore[union-attr]
+                position = self._ranked(classes, chosen, evidence).argmax(0)
                 best = chosen.gather(0, position[None])[0]
                 predicted = classes[position.cpu().numpy()]
                 keep = np.ones(predicted.shape, dtype=bool)
+                if evidence is not None and self.unnamed == "ignore":
+                    keep = (evidence.max(0).values > 0).cpu().numpy()
             else:
                 best, predicted = None, np.zeros(weak.shape, dtype=np.int64)
                 keep = np.zeros(weak.shape, dtype=bool)
@@ -76,13 +84,13 @@ class PseudoLabelRule:
         label[base] = weak[base]
         return label
 
-    def _ranked(self, index: int, classes: np.ndarray, chosen: torch.Tensor) -> torch.Tensor:
-        """(len(classes), H, W): what the image's novel classes are ranked by at each pixel."""
+    def _ranked(self, classes: np.ndarray, chosen: torch.Tensor, evidence: torch.Tensor | None) -> torch.Tensor:
+        """(len(classes), H, W): what the image's novel classes are ranked by at each pixel
+        (``evidence``: their groups' evidence at each pixel, for ``among="groups"``)."""
         if self.among == "quantile":
             return torch.stack([quantile_of(self.quantiles[c], row) for c, row in zip(classes, chosen)])
-        if self.among == "groups":
-            evidence = self.groups.pixel_evidence(index, classes, tuple(chosen.shape[1:]))  # type: ignore[union-attr]
-            return evidence.to(chosen.device) + TIE_BREAK * chosen
+        if evidence is not None:
+            return evidence + TIE_BREAK * chosen
         return chosen
 
 

@@ -21,7 +21,7 @@ from simformer_cli.inference.pseudolabel import PseudoLabelRule, class_quantiles
 from simformer_cli.inference.sharded import PredictionJob, run_prediction_job
 from simformer_cli.pipeline.stage import StageResult, load_model, running_on, up_to_date, warn_if_busy
 from simformer_cli.progress import Reporter
-from simformer_cli.settings.choices import APPEARS, GROUPS, Among, DeviceChoice
+from simformer_cli.settings.choices import APPEARS, GROUPS, Among, DeviceChoice, Unnamed
 from simformer_cli.settings.test_time import TestTimeSettings
 
 
@@ -36,6 +36,7 @@ def run_pseudolabel(
     among: Among = "all",
     groups: int = GROUPS,
     appears: float = APPEARS,
+    unnamed: Unnamed = "name",
     device: DeviceChoice = "auto",
     force: bool = False,
     reporter: Reporter | None = None,
@@ -57,7 +58,8 @@ def run_pseudolabel(
         if cam is not None and min_score is None:
             min_score = cam.min_score
         test_time = TestTimeSettings.from_training(model_manifest.params.settings.augment, scales, flip)
-        grouping = dict(groups=groups, appears=appears) if among == "groups" else {}
+        grouping = (dict(groups=groups, appears=appears, unnamed="ignore" if unnamed == "ignore" else None)
+                    if among == "groups" else {})
         params = PseudoLabelParams(test_time=test_time, min_score=min_score, among=among, **grouping)
         out = Path(out) if out is not None else Path(split).parent / "pseudolabels.zarr"
         current = up_to_date(out, PseudoLabelsManifest, inputs, params, force=force, reporter=reporter,
@@ -79,7 +81,7 @@ def run_pseudolabel(
             describe_naming(naming, classes.class_names, reporter)
         job = PredictionJob(source=SplitImages(split_artifact, "train"), scorer=scorer,
                             num_classes=len(classes.class_names), ignore_index=classes.ignore_index,
-                            label_rule=PseudoLabelRule(split_artifact, min_score, among, quantiles, naming))
+                            label_rule=PseudoLabelRule(split_artifact, min_score, among, quantiles, naming, unnamed))
 
         def make_manifest(staging: Path, arrays: dict[str, ArraySpec], seconds: float) -> PseudoLabelsManifest:
             return PseudoLabelsManifest(

@@ -18,5 +18,8 @@ Among = Literal["all", "image", "quantile", "groups"]
 #: image's such pixels from which a group counts as appearing in it.
 GROUPS = 12
 APPEARS = 0.1
+#: ``groups``: what an open pixel takes when its group has no positive evidence for any novel class
+#: of its image: the class with the most evidence all the same (name), or nothing (ignore).
+Unnamed = Literal["name", "ignore"]
 #: Where the pipeline's retraining starts: the one-stage model's weights, or the preset's initialisation (the paper).
 RetrainStart = Literal["one-stage", "scratch"]
