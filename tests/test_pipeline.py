@@ -64,7 +64,8 @@ def test_pipeline_runs_rounds_of_pseudo_labels_with_training_settings(tmp_path: 
     env = dict(os.environ, OMP_NUM_THREADS="1")
     small = [*SMALL[:SMALL.index("--iters")], "--iters", "2", *SMALL[SMALL.index("--iters") + 2:]]
     command = [sys.executable, "-m", "simformer_cli", "pipeline", "--workdir", str(tmp_path), *small,
-               "--rounds", "2", "--set", "optim.weight_decay=0.001", "--train-set", "loss.elimination=true"]
+               "--rounds", "2", "--set", "optim.weight_decay=0.001", "--train-set", "loss.elimination=true",
+               "--pseudo-among", "groups", "--pseudo-unnamed", "ignore"]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     table = json.loads(done.stdout)
@@ -86,6 +87,12 @@ def test_pipeline_runs_rounds_of_pseudo_labels_with_training_settings(tmp_path: 
         settings = manifest(name)["params"]["settings"]
         assert settings["optim"]["weight_decay"] == 0.001, name
         assert settings["loss"].get("elimination", False) is (name == "model.zarr"), name  # off: left out
+    for name in ("pseudolabels.zarr", "pseudolabels-round2.zarr"):
+        params = manifest(name)["params"]
+        assert (params["among"], params["unnamed"]) == ("groups", "ignore"), name
+    refused = subprocess.run([*command[:command.index("--pseudo-among")], "--pseudo-unnamed", "ignore"],
+                             capture_output=True, text=True, env=env, timeout=600)
+    assert refused.returncode != 0 and "--pseudo-among groups" in refused.stderr and "Traceback" not in refused.stderr
 
 
 def test_quickstart_recipe_runs_on_a_tiny_setting(tmp_path: Path) -> None:

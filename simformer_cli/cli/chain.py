@@ -14,7 +14,7 @@ from simformer_cli.cli.options import (
     choice, examples,
 )
 from simformer_cli.data.datasets import DATASETS
-from simformer_cli.settings.choices import Among, RetrainStart
+from simformer_cli.settings.choices import Among, RetrainStart, Unnamed
 from simformer_cli.settings.training import PresetName
 
 PIPELINE_EXAMPLES = examples(
@@ -49,6 +49,8 @@ def pipeline(
     pseudo_scales: Annotated[str, typer.Option(help="Test-time scales of pseudo-labelling.")] = "1",
     pseudo_flip: Annotated[bool, typer.Option("--pseudo-flip", help="Flip views when pseudo-labelling.")] = False,
     pseudo_among: Annotated[Among, choice("--pseudo-among", Among, help="pseudolabel --among: all (the paper), image, quantile or groups.")] = "all",
+    pseudo_unnamed: Annotated[Unnamed, choice("--pseudo-unnamed", Unnamed, help="pseudolabel --unnamed (with "
+                                                                               "--pseudo-among groups): name or ignore.")] = "name",
     retrain_from: Annotated[RetrainStart, choice(
         "--retrain-from", RetrainStart, help="Retraining starts from the one-stage model's weights (retrain --init-from), "
                                              "or from the preset's initialisation (scratch, as the paper).")] = "one-stage",
@@ -77,7 +79,7 @@ def pipeline(
         retrain_iters=retrain_iters, batch_size=batch_size,
         checkpoint_every=options.positive("--checkpoint-every", checkpoint_every),
         pseudo_scales=options.scales("--pseudo-scales", pseudo_scales), pseudo_flip=pseudo_flip,
-        pseudo_among=pseudo_among, retrain_from=retrain_from, rounds=rounds, overrides=set_ or (),
+        pseudo_among=pseudo_among, pseudo_unnamed=pseudo_unnamed, retrain_from=retrain_from, rounds=rounds, overrides=set_ or (),
         train_overrides=train_set or (), device=device, reporter=RichReporter("pipeline"),
     )
     print_pipeline_table(result.one_stage, result.retrained, result.pseudo_label_novel_miou, result.workdir)

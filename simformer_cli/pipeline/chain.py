@@ -26,7 +26,7 @@ from simformer_cli.pipeline.retrain import run_retrain
 from simformer_cli.pipeline.split import run_split
 from simformer_cli.pipeline.train import run_train
 from simformer_cli.progress import Reporter, SilentReporter
-from simformer_cli.settings.choices import Among, DeviceChoice, RetrainStart
+from simformer_cli.settings.choices import Among, DeviceChoice, RetrainStart, Unnamed
 from simformer_cli.settings.synthetic import SyntheticSettings
 from simformer_cli.settings.training import MAX_BATCH_SIZE, MAX_ITERS, PresetName, batch_problem, preset_settings
 from simformer_cli.training.resolve import apply_overrides
@@ -92,6 +92,7 @@ def run_pipeline(
     pseudo_scales: tuple[float, ...] = (1.0,),
     pseudo_flip: bool = False,
     pseudo_among: Among = "all",
+    pseudo_unnamed: Unnamed = "name",
     retrain_from: RetrainStart = "one-stage",
     rounds: int = 1,
     overrides: Sequence[str] = (),
@@ -115,6 +116,9 @@ def run_pipeline(
 
     check_training_options(iters=iters, retrain_iters=retrain_iters, batch_size=batch_size, rounds=rounds,
                            overrides=[*overrides, *train_overrides], preset=preset)
+    if pseudo_unnamed != "name" and pseudo_among != "groups":
+        raise UserError(f"--pseudo-unnamed {pseudo_unnamed}: only --pseudo-among groups names groups; "
+                        "add --pseudo-among groups or drop --pseudo-unnamed")
     say("split")
     split = run_split(dataset=dataset, root=root, out=workdir / "split.zarr", ratio=ratio, seed=seed,
                       official_split=official_split, novel_classes=novel_classes, tags=tags,
@@ -131,7 +135,7 @@ def run_pipeline(
         suffix, named = ("", "") if round_ == 1 else (f"-round{round_}", f" (round {round_})")
         say("pseudolabel" + named)
         pseudo = run_pseudolabel(model=retrained_model, split=split, out=workdir / f"pseudolabels{suffix}.zarr",
-                                 scales=pseudo_scales, flip=pseudo_flip, among=pseudo_among, device=device,
+                                 scales=pseudo_scales, flip=pseudo_flip, among=pseudo_among, unnamed=pseudo_unnamed, device=device,
                                  reporter=reporter)
         say("retrain (base ground truth + novel pseudo labels)" + named)
         # From the previous model's weights by default: within the same budget it ends far above
