@@ -79,8 +79,8 @@ def pipeline(
         retrain_iters=retrain_iters, batch_size=batch_size,
         checkpoint_every=options.positive("--checkpoint-every", checkpoint_every),
         pseudo_scales=options.scales("--pseudo-scales", pseudo_scales), pseudo_flip=pseudo_flip,
-        pseudo_among=pseudo_among, pseudo_unnamed=pseudo_unnamed, retrain_from=retrain_from, rounds=rounds, overrides=set_ or (),
-        train_overrides=train_set or (), device=device, reporter=RichReporter("pipeline"),
+        pseudo_among=pseudo_among, pseudo_unnamed=pseudo_unnamed, retrain_from=retrain_from, rounds=rounds,
+        overrides=set_ or (), train_overrides=train_set or (), device=device, reporter=RichReporter("pipeline"),
     )
     print_pipeline_table(result.one_stage, result.retrained, result.pseudo_label_novel_miou, result.workdir)
     if json_out:

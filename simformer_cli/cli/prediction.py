@@ -98,8 +98,8 @@ def pseudolabel(
     if unnamed != "name" and among != "groups":
         raise UserError(f"--unnamed {unnamed}: only --among groups names groups; add --among groups or drop --unnamed")
     result = run_pseudolabel(model=model, split=split, out=out, scales=options.scales("--scales", scales), flip=flip,
-                             min_score=min_score, among=among, groups=groups, appears=appears, unnamed=unnamed, device=device, force=force,
-                             reporter=RichReporter("pseudolabel"))
+                             min_score=min_score, among=among, groups=groups, appears=appears, unnamed=unnamed,
+                             device=device, force=force, reporter=RichReporter("pseudolabel"))
     summary = result.manifest.summary
     quality = "" if summary.novel_miou_vs_audit is None else f", novel mIoU vs full train labels {summary.novel_miou_vs_audit:.1f}"
     stderr.print(f"pseudo labels {result.path}: {summary.images} images, novel pixels {summary.novel_pixel_share:.1%}, "

@@ -62,8 +62,7 @@ class PseudoLabelRule:
             classes = np.flatnonzero(allowed)
             if len(classes):
                 chosen = scores[torch.from_numpy(classes).to(scores.device)]
-                evidence = (self.groups.pixel_evidence(index, classes, tuple(chosen.shape[1:])).to(chosen.device)
-                            if self.among == "groups" else None)  # type: ignore[union-attr]
+                evidence = self._group_evidence(index, classes, chosen) if self.among == "groups" else None
                 position = self._ranked(classes, chosen, evidence).argmax(0)
                 best = chosen.gather(0, position[None])[0]
                 predicted = classes[position.cpu().numpy()]
@@ -83,6 +82,11 @@ class PseudoLabelRule:
         base = weak != self.ignore
         label[base] = weak[base]
         return label
+
+    def _group_evidence(self, index: int, classes: np.ndarray, chosen: torch.Tensor) -> torch.Tensor:
+        """(len(classes), H, W): the evidence of each pixel's group for each of the image's novel classes."""
+        size = tuple(chosen.shape[1:])
+        return self.groups.pixel_evidence(index, classes, size).to(chosen.device)  # type: ignore[union-attr, arg-type]
 
     def _ranked(self, classes: np.ndarray, chosen: torch.Tensor, evidence: torch.Tensor | None) -> torch.Tensor:
         """(len(classes), H, W): what the image's novel classes are ranked by at each pixel

@@ -135,8 +135,8 @@ def run_pipeline(
         suffix, named = ("", "") if round_ == 1 else (f"-round{round_}", f" (round {round_})")
         say("pseudolabel" + named)
         pseudo = run_pseudolabel(model=retrained_model, split=split, out=workdir / f"pseudolabels{suffix}.zarr",
-                                 scales=pseudo_scales, flip=pseudo_flip, among=pseudo_among, unnamed=pseudo_unnamed, device=device,
-                                 reporter=reporter)
+                                 scales=pseudo_scales, flip=pseudo_flip, among=pseudo_among, unnamed=pseudo_unnamed,
+                                 device=device, reporter=reporter)
         say("retrain (base ground truth + novel pseudo labels)" + named)
         # From the previous model's weights by default: within the same budget it ends far above
         # retraining from the preset's initialisation (BENCHMARKS.md); "scratch" is the paper's route.
