@@ -561,9 +561,11 @@ def unit_of(chain: Chain) -> tuple[int, int]:
 
 
 def command_line(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
+    """The command that makes the table; ``--workdir`` only when given (the artifacts' names do not
+    say every setting, e.g. ``--retrain-iters``, so such runs keep a workdir of their own)."""
     shown = []
     for name, value in vars(args).items():
-        if name in ("out", "workdir") or value is None or value == parser.get_default(name):
+        if name == "out" or value is None or value == parser.get_default(name):
             continue
         flag = "--" + name.replace("_", "-")
         if name == "overrides":
