@@ -36,13 +36,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from scipy.special import betaln
 
 from simformer_cli.artifacts.split import SplitArtifact
 from simformer_cli.devices import start_runtime
-from simformer_cli.inference.groups import STRAY, appearances, group_evidence, name_groups
+from simformer_cli.inference.groups import STRAY, appearances, group_evidence, label_on_grid, name_groups, open_cells
 from simformer_cli.pipeline.stage import load_model
 from simformer_cli.progress import SilentReporter
 from simformer_cli.settings.test_time import TestTimeSettings
@@ -59,12 +57,10 @@ def cell_counts(model: Path, split_path: Path, groups: int, appears: float) -> t
     novel, full, ignore = naming.novel_classes, split.full_labels("train"), split.manifest.ignore_index
     counts = np.zeros((split.count("train"), groups, len(novel) + 1))
     for index, grid in enumerate(naming.maps):
-        def small(label: np.ndarray) -> np.ndarray:
-            return F.interpolate(torch.from_numpy(label.astype(np.float32))[None, None], size=grid.shape,
-                                 mode="nearest")[0, 0].numpy().astype(np.int64)
-        truth, open_cells = small(full(index)), small(split.label("train", index)) == ignore
+        truth = label_on_grid(full(index), grid.shape).numpy()
+        open_ = open_cells(split.label("train", index), ignore, grid.shape).numpy()
         for column, cls in enumerate([*novel, None]):
-            where = open_cells & (~np.isin(truth, novel) if cls is None else truth == cls)
+            where = open_ & (~np.isin(truth, novel) if cls is None else truth == cls)
             counts[index, :, column] = np.bincount(grid[where], minlength=groups)
     return counts, split.image_labels("train")[:, novel]
 
@@ -114,8 +110,8 @@ def score(counts: np.ndarray, present: np.ndarray, evidence: np.ndarray, unnamed
 
 
 def describe(model: Path, split: Path, counts: np.ndarray, evidence: np.ndarray) -> None:
-    names = SplitArtifact(split).manifest.class_names
-    novel = [names[c] for c in SplitArtifact(split).manifest.novel_classes]
+    manifest = SplitArtifact(split).manifest
+    novel = [manifest.class_names[c] for c in manifest.novel_classes]
     totals = counts.sum(0)
     print(f"{model}: groups by share of the open cells; make-up ({' / '.join(novel)} / other); evidence; named")
     for group in np.argsort(-totals.sum(1)):
@@ -148,9 +144,8 @@ def main() -> None:
         if args.describe:
             describe(model, split, counts, group_evidence(seen, present[found]))
         for name, rule in rules.items():
-            evidence = np.zeros((args.groups, present.shape[1]))
-            evidence[:] = rule(seen, present[found])
-            results[name].append(score(counts, present, evidence, unnamed_ignore=name.endswith("ignore")))
+            results[name].append(score(counts, present, rule(seen, present[found]),
+                                       unnamed_ignore=name.endswith("ignore")))
         totals = counts.sum(0)[:, :-1]
         majority = np.zeros_like(totals)
         majority[np.arange(len(totals)), totals.argmax(1)] = 1

@@ -95,8 +95,6 @@ def pseudolabel(
         raise UserError(f"--groups {groups}: expected a number of groups from 2 to 255")
     if not 0 < appears < 1:
         raise UserError(f"--appears {appears}: expected a share between 0 and 1, e.g. 0.1")
-    if unnamed != "name" and among != "groups":
-        raise UserError(f"--unnamed {unnamed}: only --among groups names groups; add --among groups or drop --unnamed")
     result = run_pseudolabel(model=model, split=split, out=out, scales=options.scales("--scales", scales), flip=flip,
                              min_score=min_score, among=among, groups=groups, appears=appears, unnamed=unnamed,
                              device=device, force=force, reporter=RichReporter("pseudolabel"))

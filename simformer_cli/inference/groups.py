@@ -86,10 +86,15 @@ def feature_grids(model: MaskFormer, images: Sequence[np.ndarray], test_time: Te
     return results  # type: ignore[return-value]
 
 
+def label_on_grid(label: np.ndarray, grid_size: tuple[int, int]) -> torch.Tensor:
+    """(h, w) int64: the label of each grid cell's nearest label pixel."""
+    small = F.interpolate(torch.from_numpy(label.astype(np.float32))[None, None], size=grid_size, mode="nearest")
+    return small[0, 0].long()
+
+
 def open_cells(label: np.ndarray, ignore: int, grid_size: tuple[int, int]) -> torch.Tensor:
     """(h, w) bool: the grid cells whose nearest label pixel has no base ground truth."""
-    small = F.interpolate(torch.from_numpy(label.astype(np.float32))[None, None], size=grid_size, mode="nearest")
-    return small[0, 0] == ignore
+    return label_on_grid(label, grid_size) == ignore
 
 
 def kmeans(pool: torch.Tensor, clusters: int, rounds: int = KMEANS_ROUNDS, seed: int = 0) -> torch.Tensor:

@@ -21,7 +21,7 @@ from simformer_cli.artifacts.metrics import EvalReport
 from simformer_cli.errors import UserError
 from simformer_cli.pipeline.evaluate import run_eval
 from simformer_cli.pipeline.infer import run_infer
-from simformer_cli.pipeline.pseudolabel import run_pseudolabel
+from simformer_cli.pipeline.pseudolabel import check_unnamed, run_pseudolabel
 from simformer_cli.pipeline.retrain import run_retrain
 from simformer_cli.pipeline.split import run_split
 from simformer_cli.pipeline.train import run_train
@@ -116,9 +116,7 @@ def run_pipeline(
 
     check_training_options(iters=iters, retrain_iters=retrain_iters, batch_size=batch_size, rounds=rounds,
                            overrides=[*overrides, *train_overrides], preset=preset)
-    if pseudo_unnamed != "name" and pseudo_among != "groups":
-        raise UserError(f"--pseudo-unnamed {pseudo_unnamed}: only --pseudo-among groups names groups; "
-                        "add --pseudo-among groups or drop --pseudo-unnamed")
+    check_unnamed(pseudo_among, pseudo_unnamed, prefix="pseudo-")
     say("split")
     split = run_split(dataset=dataset, root=root, out=workdir / "split.zarr", ratio=ratio, seed=seed,
                       official_split=official_split, novel_classes=novel_classes, tags=tags,

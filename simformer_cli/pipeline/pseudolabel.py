@@ -25,6 +25,14 @@ from simformer_cli.settings.choices import APPEARS, GROUPS, Among, DeviceChoice,
 from simformer_cli.settings.test_time import TestTimeSettings
 
 
+def check_unnamed(among: Among, unnamed: Unnamed, prefix: str = "") -> None:
+    """Refuse ``--unnamed`` other than the default without ``--among groups`` (``prefix``: the
+    option names' prefix, ``pseudo-`` for pipeline)."""
+    if unnamed != "name" and among != "groups":
+        raise UserError(f"--{prefix}unnamed {unnamed}: only --{prefix}among groups names groups; "
+                        f"add --{prefix}among groups or drop --{prefix}unnamed")
+
+
 def run_pseudolabel(
     *,
     model: Path,
@@ -41,6 +49,7 @@ def run_pseudolabel(
     force: bool = False,
     reporter: Reporter | None = None,
 ) -> StageResult[PseudoLabelsManifest]:
+    check_unnamed(among, unnamed)
     with running_on(device, reporter) as (runtime, reporter):
         network, model_manifest, model_digest = load_model(model, runtime.device)
         split_artifact = SplitArtifact(split)
